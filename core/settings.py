@@ -1,0 +1,143 @@
+"""Every Orchesity setting, read from the environment and `.env`.
+
+Names follow the seed (`003_…`) where it named them. An invalid value stops start-up
+with a `SettingsError` that names the variable and what it accepts: the seed's own
+`.env.example` once shipped `DWA_ROUTING_STRATEGY=intelligent` and crashed later,
+somewhere far from the cause.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RoutingStrategy(str, Enum):
+    load_balanced = "load_balanced"
+    round_robin = "round_robin"
+    random = "random"
+    priority = "priority"
+    latency = "latency"
+    cost = "cost"
+    adaptive = "adaptive"
+
+
+class LogLevel(str, Enum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
+class UpstashEncoding(str, Enum):
+    base64 = "base64"
+    none = "none"
+
+
+class SettingsError(ValueError):
+    """A setting has a value Orchesity cannot start with; the message names it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        use_enum_values=False,
+        env_ignore_empty=True,  # a copied .env.example leaves keys empty: means unset
+    )
+
+    # --- Postgres -----------------------------------------------------------------
+    DATABASE_URL: SecretStr | None = None
+    DATABASE_ECHO: bool = False
+    DB_POOL_SIZE: int = Field(default=10, ge=1)
+    DB_MAX_OVERFLOW: int = Field(default=10, ge=0)
+    DB_POOL_TIMEOUT: float = Field(default=30, gt=0)
+    DB_POOL_RECYCLE: int = Field(default=3600, ge=-1)
+
+    # --- Redis ----------------------------------------------------------------------
+    REDIS_ENABLED: bool = True
+    REDIS_URL: SecretStr | None = None
+    REDIS_DB: int = Field(default=0, ge=0, le=15)
+    CACHE_EXPIRE_SECONDS: int = Field(default=3600, ge=1)
+    REDIS_POOL_SIZE: int = Field(default=10, ge=1)
+    REDIS_MAX_CONNECTIONS: int = Field(default=20, ge=1)
+    REDIS_TIMEOUT_SECONDS: float = Field(default=2.0, gt=0)
+    UPSTASH_REDIS_REST_URL: str | None = None
+    UPSTASH_REDIS_REST_TOKEN: SecretStr | None = None
+    UPSTASH_RETRIES: int = Field(default=1, ge=0, le=10)
+    UPSTASH_RETRY_INTERVAL_SECONDS: float = Field(default=0.05, ge=0)
+    UPSTASH_ENCODING: UpstashEncoding = UpstashEncoding.base64
+
+    # --- Embedded services (used when DATABASE_URL / Redis settings are absent) ------
+    ORCHESITY_DATA_DIR: Path = Path(".orchesity")
+
+    # --- Routing and providers --------------------------------------------------------
+    DWA_ROUTING_STRATEGY: RoutingStrategy = RoutingStrategy.load_balanced
+    OPENAI_API_KEY: SecretStr | None = None
+    ANTHROPIC_API_KEY: SecretStr | None = None
+    GEMINI_API_KEY: SecretStr | None = None
+    GROK_API_KEY: SecretStr | None = None
+
+    # --- Application ------------------------------------------------------------------
+    MAX_REQUEST_BYTES: int = Field(default=4 * 1024 * 1024, ge=1024)
+    CORS_ALLOW_ORIGINS: str = "*"  # comma-separated origins; empty turns CORS off
+    DEBUG: bool = False
+    LOG_LEVEL: LogLevel = LogLevel.INFO
+    SECRET_KEY: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _upstash_pair(self) -> "Settings":
+        if bool(self.UPSTASH_REDIS_REST_URL) != bool(self.UPSTASH_REDIS_REST_TOKEN):
+            raise ValueError(
+                "UPSTASH_REDIS_REST_URL and UPSTASH_REDIS_REST_TOKEN must be set together"
+            )
+        url = self.UPSTASH_REDIS_REST_URL
+        if url and not url.startswith(("https://", "http://")):
+            raise ValueError("UPSTASH_REDIS_REST_URL must start with https:// (or http://)")
+        return self
+
+    @property
+    def redis_backend(self) -> str | None:
+        """Which Redis this configuration uses: upstash, redis, embedded or None (off)."""
+        if not self.REDIS_ENABLED:
+            return None
+        if self.UPSTASH_REDIS_REST_URL:
+            return "upstash"
+        if self.REDIS_URL:
+            return "redis"
+        return "embedded"
+
+
+def _is_secret(name: str) -> bool:
+    field = Settings.model_fields.get(name)
+    return field is not None and "SecretStr" in str(field.annotation)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(part) for part in error.get("loc", ()) if part != "__root__"]
+    name = loc[0].upper() if loc else ""
+    ctx = error.get("ctx") or {}
+    if _is_secret(name):  # never echo a secret, even a malformed one
+        return f"{name}: {error.get('msg')}"
+    if error.get("type") == "enum" and "expected" in ctx:
+        allowed = ctx["expected"].replace("'", "")
+        return f"{name}={error.get('input')!r} is not allowed; use one of: {allowed}"
+    if not name:  # a model-level rule, such as the Upstash URL/token pair
+        return str(ctx.get("error") or error.get("msg"))
+    return f"{name}={error.get('input')!r}: {error.get('msg')}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning pydantic's report into one readable SettingsError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors(include_url=False)]
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,19 @@
+"""Every function in one app: what `orchesity serve` runs, and small deployments use."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from core.services import Services
+from core.settings import Settings
+from functions import health
+from functions.http import create_app, entry_points
+
+ROUTERS = (health.router,)
+
+
+def build_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    return create_app(*ROUTERS, title="Orchesity", settings=settings, services=services)
+
+
+__getattr__ = entry_points(build_app)
