@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     ANTHROPIC_API_KEY: SecretStr | None = None
     GEMINI_API_KEY: SecretStr | None = None
     GROK_API_KEY: SecretStr | None = None
+    ORCHESITY_PROVIDERS_FILE: Path | None = None  # JSON/TOML deployments (core/providers/config.py)
+    PROVIDER_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0, le=3600)
+    SIMULATED_LATENCY_MS: float = Field(default=120.0, ge=0)
+    SIMULATED_MS_PER_TOKEN: float = Field(default=4.0, ge=0)
+    SIMULATED_FAILURE_RATE: float = Field(default=0.0, ge=0, le=1)
+    SIMULATED_SEED: int | None = None
 
     # --- Application ------------------------------------------------------------------
     MAX_REQUEST_BYTES: int = Field(default=4 * 1024 * 1024, ge=1024)

@@ -1,0 +1,55 @@
+"""LLM provider adapters: OpenAI-compatible APIs through the openai SDK, and `simulated`.
+
+    base.py           ChatRequest, Completion, Chunk, Usage, the Adapter protocol, errors
+    config.py         DeploymentSpec; loading deployments from settings and a providers file
+    openai_compat.py  the adapter for OpenAI, Anthropic, Gemini, Grok and any base URL
+    simulated.py      the offline adapter with configurable latency and failures
+    tokens.py         token counts when a provider reports no usage
+    registry.py       every deployment as a ready adapter
+
+Importing this package does not import openai; the first real provider call does.
+"""
+
+from core.providers.base import (
+    Adapter,
+    ChatRequest,
+    Chunk,
+    Completion,
+    ProviderAuthError,
+    ProviderBadResponse,
+    ProviderBusy,
+    ProviderClientError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderStreamCut,
+    ProviderTimeout,
+    ProviderUnavailable,
+    Usage,
+)
+from core.providers.config import DeploymentConfigError, DeploymentSpec, SimulationSpec, load_deployments
+from core.providers.registry import ProviderRegistry, build_adapter, build_registry, load_registry
+
+__all__ = [
+    "Adapter",
+    "ChatRequest",
+    "Chunk",
+    "Completion",
+    "DeploymentConfigError",
+    "DeploymentSpec",
+    "ProviderAuthError",
+    "ProviderBadResponse",
+    "ProviderBusy",
+    "ProviderClientError",
+    "ProviderError",
+    "ProviderRateLimited",
+    "ProviderRegistry",
+    "ProviderStreamCut",
+    "ProviderTimeout",
+    "ProviderUnavailable",
+    "SimulationSpec",
+    "Usage",
+    "build_adapter",
+    "build_registry",
+    "load_deployments",
+    "load_registry",
+]

@@ -1,0 +1,437 @@
+"""Deployments: which models Orchesity can call, and how.
+
+A deployment is one model at one endpoint with one key. They come from two places:
+
+- the seed's key variables: each of OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY and
+  GROK_API_KEY that is set enables a deployment named after its provider, with the
+  default model and prices in `FAMILIES` below;
+- an optional providers file (ORCHESITY_PROVIDERS_FILE, JSON or TOML) that declares any
+  number of deployments. An entry with the name of a key-enabled default replaces it;
+  `include_defaults = false` in the file leaves the defaults out altogether.
+
+With neither, one `simulated` deployment is configured so the quick start works offline.
+
+Keys never live in the file: an entry names the environment variable that holds its key
+(`api_key_env`), and the value is read once, here, at load. The value is kept in a
+SecretStr that is excluded from repr, dumps, `describe()` and every error message.
+
+A file Orchesity cannot use stops start-up with a `DeploymentConfigError` naming the
+file, the entry (index and name) and the field, for every problem found at once.
+
+A providers file (TOML; the JSON form is `{"deployments": [{...}, ...]}` or just the list):
+
+    include_defaults = true          # keep the deployments enabled by the key variables
+
+    [[deployments]]
+    name = "gpt-4o"                  # what callers ask for; unique
+    provider = "openai"              # openai | anthropic | gemini | grok | custom
+    model = "gpt-4o"                 # base_url, api_key_env and prices default per provider
+    priority = 10                    # smaller is preferred
+
+    [[deployments]]
+    name = "local-llama"
+    base_url = "http://localhost:11434/v1"   # provider "custom" (the default): any
+    model = "llama3.2"                       # OpenAI-compatible server; no key needed
+    max_concurrency = 2
+    timeout_seconds = 120
+
+    [[deployments]]
+    name = "mistral"
+    base_url = "https://api.mistral.ai/v1"
+    model = "mistral-small-latest"
+    api_key_env = "MISTRAL_API_KEY"  # the variable's name, never the key
+    price_input_per_1k = 0.0002
+    price_output_per_1k = 0.0006
+
+    [[deployments]]
+    name = "sim-flaky"
+    kind = "simulated"
+    [deployments.simulation]         # see SimulationSpec
+    latency_ms = 300
+    failure_rate = 0.2
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from core.settings import SettingsError
+
+if TYPE_CHECKING:
+    from core.providers.base import Usage
+    from core.settings import Settings
+
+Kind = Literal["openai_compatible", "simulated"]
+Family = Literal["openai", "anthropic", "gemini", "grok", "custom", "simulated"]
+FailureMode = Literal["mixed", "timeout", "rate_limited", "unavailable", "bad_response", "stream_cut", "client_error"]
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,63}$"
+
+
+class DeploymentConfigError(SettingsError):
+    """The deployments cannot be used as configured; the message says where and why."""
+
+
+class FamilyDefaults(BaseModel):
+    base_url: str
+    model: str
+    api_key_env: str
+    default_max_tokens: int | None = None
+    drop_params: tuple[str, ...] = ()
+
+
+# The four named providers, all reached through their OpenAI-compatible endpoints.
+FAMILIES: dict[str, FamilyDefaults] = {
+    "openai": FamilyDefaults(base_url="https://api.openai.com/v1", model="gpt-4o-mini", api_key_env="OPENAI_API_KEY"),
+    # Anthropic's native API requires max_tokens; its compatibility layer is given one too.
+    "anthropic": FamilyDefaults(
+        base_url="https://api.anthropic.com/v1/",
+        model="claude-3-5-haiku-latest",
+        api_key_env="ANTHROPIC_API_KEY",
+        default_max_tokens=4096,
+    ),
+    "gemini": FamilyDefaults(
+        base_url="https://generativelanguage.googleapis.com/v1beta/openai/",
+        model="gemini-2.0-flash",
+        api_key_env="GEMINI_API_KEY",
+        # Its compatibility layer answers 400 "Unknown name" to these instead of ignoring them.
+        drop_params=("seed", "frequency_penalty", "presence_penalty"),
+    ),
+    "grok": FamilyDefaults(base_url="https://api.x.ai/v1", model="grok-3-mini", api_key_env="GROK_API_KEY"),
+}
+
+# USD per 1k tokens (input, output), list prices, for models whose entries give none.
+# A model not listed here costs 0 unless its deployment sets prices.
+KNOWN_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.00015, 0.0006),
+    "gpt-4o": (0.0025, 0.01),
+    "gpt-4.1": (0.002, 0.008),
+    "gpt-4.1-mini": (0.0004, 0.0016),
+    "gpt-4.1-nano": (0.0001, 0.0004),
+    "claude-3-5-haiku-latest": (0.0008, 0.004),
+    "claude-3-7-sonnet-latest": (0.003, 0.015),
+    "claude-sonnet-4-0": (0.003, 0.015),
+    "gemini-2.0-flash": (0.0001, 0.0004),
+    "gemini-2.0-flash-lite": (0.000075, 0.0003),
+    "gemini-2.5-flash": (0.0003, 0.0025),
+    "gemini-2.5-pro": (0.00125, 0.01),
+    "grok-3-mini": (0.0003, 0.0005),
+    "grok-3": (0.003, 0.015),
+}
+
+SIMULATED_MODEL = "orchesity-simulated-1"
+
+
+class SimulationSpec(BaseModel):
+    """How a `simulated` deployment behaves. Every field has a usable default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    latency_ms: float = Field(default=120.0, ge=0)  # before the first token
+    ms_per_token: float = Field(default=4.0, ge=0)  # each generated token after that
+    jitter: float = Field(default=0.1, ge=0, le=1)  # latency varies by +/- this fraction
+    failure_rate: float = Field(default=0.0, ge=0, le=1)  # share of calls that fail
+    failure_mode: FailureMode = "mixed"  # mixed: timeout, rate_limited or unavailable
+    retry_after_seconds: float = Field(default=1.0, ge=0)  # sent with rate_limited
+    reply_tokens: int = Field(default=60, ge=1)  # typical reply length (varies 0.5x-1.5x)
+    seed: int | None = None  # same seed, same calls in the same order: same outcomes
+
+
+class DeploymentSpec(BaseModel):
+    """One callable deployment. Validated once at start-up; immutable afterwards."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: Kind = "openai_compatible"
+    provider: Family = "custom"
+    model: str = Field(min_length=1)
+    base_url: str | None = None
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    price_input_per_1k: float = Field(default=0.0, ge=0)
+    price_output_per_1k: float = Field(default=0.0, ge=0)
+    priority: int = 100  # smaller is preferred (the `priority` strategy tries 1 before 2)
+    timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    max_concurrency: int | None = Field(default=None, ge=1)  # None: no limit of ours
+    default_max_tokens: int | None = Field(default=None, ge=1)  # used when a request has none
+    params: dict[str, Any] = Field(default_factory=dict)  # extra body params on every call
+    drop_params: list[str] = Field(default_factory=list)  # body params this endpoint refuses
+    stream_usage: bool = True  # ask for the final usage chunk (stream_options.include_usage)
+    enabled: bool = True
+    simulation: SimulationSpec | None = None
+    # Read from the environment variable named by api_key_env; never serialised or shown.
+    api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        kind = data.get("kind", "openai_compatible")
+        if kind == "simulated":
+            data.setdefault("provider", "simulated")
+            data.setdefault("model", SIMULATED_MODEL)
+            data.setdefault("simulation", {})
+            return data
+        family = FAMILIES.get(data.get("provider"))  # type: ignore[arg-type]
+        if family is not None:
+            data.setdefault("base_url", family.base_url)
+            data.setdefault("model", family.model)
+            data.setdefault("api_key_env", family.api_key_env)
+            data.setdefault("default_max_tokens", family.default_max_tokens)
+            data.setdefault("drop_params", list(family.drop_params))
+        prices = KNOWN_PRICES.get(data.get("model")) if isinstance(data.get("model"), str) else None
+        if prices is not None:
+            data.setdefault("price_input_per_1k", prices[0])
+            data.setdefault("price_output_per_1k", prices[1])
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeploymentSpec:
+        if self.kind == "simulated":
+            if self.provider != "simulated":
+                raise ValueError("provider: a simulated deployment has provider 'simulated'")
+            return self
+        if self.provider == "simulated":
+            raise ValueError("provider: 'simulated' needs kind 'simulated'")
+        if self.simulation is not None:
+            raise ValueError("simulation: only a deployment of kind 'simulated' takes a simulation table")
+        if not self.base_url:
+            raise ValueError("base_url: required for provider 'custom' (e.g. http://localhost:11434/v1)")
+        if not self.base_url.startswith(("https://", "http://")):
+            raise ValueError("base_url: must start with https:// or http://")
+        return self
+
+    # --- what the rest of Orchesity reads ---------------------------------------------------
+
+    @property
+    def simulated(self) -> bool:
+        return self.kind == "simulated"
+
+    def cost(self, usage: Usage) -> float:
+        """USD for one call, from the deployment's prices per 1k tokens."""
+        return (
+            usage.prompt_tokens * self.price_input_per_1k + usage.completion_tokens * self.price_output_per_1k
+        ) / 1000.0
+
+    def describe(self) -> dict[str, Any]:
+        """What may be shown to API callers (GET /api/llm/providers): never a key."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "provider": self.provider,
+            "model": self.model,
+            "base_url": redact_url(self.base_url) if self.base_url else None,
+            "simulated": self.simulated,
+            "priority": self.priority,
+            "timeout_seconds": self.timeout_seconds,
+            "max_concurrency": self.max_concurrency,
+            "price_input_per_1k": self.price_input_per_1k,
+            "price_output_per_1k": self.price_output_per_1k,
+            "api_key_env": self.api_key_env,
+            "key_configured": self.api_key is not None,
+        }
+
+    def __repr_args__(self) -> Any:
+        for key, value in super().__repr_args__():
+            yield key, (redact_url(value) if key == "base_url" and value else value)
+
+
+def redact_url(url: str) -> str:
+    """The URL without any user:password@ part (a proxy URL may carry credentials)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def load_deployments(settings: Settings, *, environ: Mapping[str, str] | None = None) -> list[DeploymentSpec]:
+    """Every enabled deployment, in priority order (stable for equal priorities).
+
+    `environ` is where api_key_env variables are looked up (default: the process
+    environment, then `.env`); the seed's four key variables come from `settings`.
+    """
+    env = environ if environ is not None else _process_environ()
+    defaults = _key_defaults(settings)
+    deployments: dict[str, DeploymentSpec] = {}
+    path = settings.ORCHESITY_PROVIDERS_FILE
+    if path is not None:
+        declared, include_defaults = read_providers_file(Path(path), settings=settings, environ=env)
+        if include_defaults:
+            deployments.update((spec.name, spec) for spec in defaults)
+        for spec in declared:
+            deployments[spec.name] = spec  # an entry named like a default replaces it
+    else:
+        deployments.update((spec.name, spec) for spec in defaults)
+    if not deployments and path is None:
+        deployments["simulated"] = default_simulated(settings)
+    enabled = [spec for spec in deployments.values() if spec.enabled]
+    if not enabled:
+        raise DeploymentConfigError(f"providers file {path}: no enabled deployment is left to call")
+    return sorted(enabled, key=lambda spec: spec.priority)
+
+
+def default_simulated(settings: Settings) -> DeploymentSpec:
+    simulation = SimulationSpec(
+        latency_ms=settings.SIMULATED_LATENCY_MS,
+        ms_per_token=settings.SIMULATED_MS_PER_TOKEN,
+        failure_rate=settings.SIMULATED_FAILURE_RATE,
+        seed=settings.SIMULATED_SEED,
+    )
+    return DeploymentSpec(
+        name="simulated",
+        kind="simulated",
+        priority=1,
+        timeout_seconds=settings.PROVIDER_TIMEOUT_SECONDS,
+        simulation=simulation,
+    )
+
+
+def _key_defaults(settings: Settings) -> list[DeploymentSpec]:
+    specs = []
+    for priority, (family, defaults) in enumerate(FAMILIES.items(), start=1):
+        key = getattr(settings, defaults.api_key_env, None)
+        if key is None or not key.get_secret_value():
+            continue
+        spec = DeploymentSpec(
+            name=family, provider=family, priority=priority, timeout_seconds=settings.PROVIDER_TIMEOUT_SECONDS
+        )
+        specs.append(spec.model_copy(update={"api_key": key}))
+    return specs
+
+
+def read_providers_file(
+    path: Path, *, settings: Settings, environ: Mapping[str, str]
+) -> tuple[list[DeploymentSpec], bool]:
+    """(declared deployments, include_defaults) from a JSON or TOML providers file."""
+    where = f"providers file {path}"
+    document = _parse_document(path, where)
+    if isinstance(document, list):
+        entries, include_defaults = document, True
+    elif isinstance(document, dict):
+        unknown = sorted(set(document) - {"deployments", "include_defaults"})
+        if unknown:
+            raise DeploymentConfigError(
+                f"{where}: unknown top-level key(s) {', '.join(unknown)}; expected 'deployments' "
+                "(a list of deployments) and optionally 'include_defaults'"
+            )
+        entries = document.get("deployments")
+        include_defaults = document.get("include_defaults", True)
+        if not isinstance(include_defaults, bool):
+            raise DeploymentConfigError(f"{where}: include_defaults must be true or false")
+    else:
+        entries, include_defaults = None, True
+    if not isinstance(entries, list) or not entries:
+        raise DeploymentConfigError(f"{where}: expected a non-empty list of deployments under 'deployments'")
+
+    problems: list[str] = []
+    specs: list[DeploymentSpec] = []
+    first_index: dict[str, int] = {}
+    for index, entry in enumerate(entries):
+        label = _entry_label(index, entry)
+        if not isinstance(entry, dict):
+            problems.append(f"{label}: expected a table/object of fields, got {type(entry).__name__}")
+            continue
+        secret_fields = sorted(f for f in entry if f.lower() in {"api_key", "key", "token", "apikey", "secret"})
+        if secret_fields:
+            # Never echo the value: name the field and say where keys belong.
+            problems.append(
+                f"{label}: {secret_fields[0]}: keys do not belong in the providers file; put the key in an "
+                "environment variable and name that variable in api_key_env"
+            )
+            continue
+        entry = dict(entry)
+        entry.setdefault("timeout_seconds", settings.PROVIDER_TIMEOUT_SECONDS)
+        try:
+            spec = DeploymentSpec.model_validate(entry)
+        except ValidationError as exc:
+            problems.extend(f"{label}: {_describe_error(err)}" for err in exc.errors(include_url=False))
+            continue
+        if spec.name in first_index:
+            problems.append(f"{label}: name: duplicate of deployments[{first_index[spec.name]}] (names must be unique)")
+            continue
+        first_index[spec.name] = index
+        if spec.api_key_env:
+            key = _lookup_key(spec.api_key_env, settings, environ)
+            if key is None:
+                if spec.enabled:
+                    problems.append(f"{label}: api_key_env: environment variable {spec.api_key_env} is not set")
+                    continue
+            else:
+                spec = spec.model_copy(update={"api_key": SecretStr(key)})
+        specs.append(spec)
+    if problems:
+        raise DeploymentConfigError(f"{where}:\n  " + "\n  ".join(problems))
+    return specs, include_defaults
+
+
+def _parse_document(path: Path, where: str) -> Any:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DeploymentConfigError(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise DeploymentConfigError(f"{where}: not valid JSON: {exc}") from None
+    if suffix == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(raw.decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise DeploymentConfigError(f"{where}: not valid TOML: {exc}") from None
+    raise DeploymentConfigError(f"{where}: use a .json or .toml file")
+
+
+def _entry_label(index: int, entry: Any) -> str:
+    name = entry.get("name") if isinstance(entry, dict) else None
+    return f"deployments[{index}] ({name!r})" if isinstance(name, str) else f"deployments[{index}]"
+
+
+def _describe_error(error: Mapping[str, Any]) -> str:
+    """One pydantic error as `field: message`, without echoing the input value."""
+    loc = ".".join(str(part) for part in error.get("loc", ()))
+    message = str(error.get("msg", "invalid"))
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    if error.get("type") == "extra_forbidden":
+        message = "unknown field"
+    if error.get("type") == "missing":
+        message = "required"
+    return f"{loc}: {message}" if loc else message
+
+
+def _lookup_key(env_name: str, settings: Settings, environ: Mapping[str, str]) -> str | None:
+    value = getattr(settings, env_name, None) if env_name in type(settings).model_fields else None
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not value:
+        value = environ.get(env_name)
+    return value or None  # empty means unset, as in the settings
+
+
+def _process_environ() -> Mapping[str, str]:
+    """The process environment, falling back to `.env` like the settings do."""
+    env_file = Path(".env")
+    if not env_file.is_file():
+        return os.environ
+    from dotenv import dotenv_values
+
+    values = {key: value for key, value in dotenv_values(env_file).items() if value}
+    return {**values, **os.environ}
+
