@@ -1,4 +1,4 @@
-"""The Postgres tables (seed `004_…`): runs, their step checkpoints, and run events.
+"""The Postgres tables: runs, steps and events (seed `004_…`), the request log and DWA state.
 
 Every change here needs a migration in `migrations/versions/`; the test suite checks
 that these models and the migrated schema agree.
@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import BigInteger, Column, DateTime, UniqueConstraint, func
+from sqlalchemy import BigInteger, Column, DateTime, Index, UniqueConstraint, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field, SQLModel
 
@@ -83,3 +83,74 @@ class Event(SQLModel, table=True):
     event_type: str
     message: str
     progress_percentage: float | None = None
+
+
+class RequestLog(SQLModel, table=True):
+    """One provider attempt of one LLM request (cache hits are a row too).
+
+    A request that failed over has a row per attempt; `final` marks the one whose result
+    went back to the caller. `log_id` (request id + attempt) makes draining the Redis
+    stream idempotent: a batch inserted twice stays one set of rows.
+    """
+
+    __tablename__ = "request_log"
+    __table_args__ = (Index("ix_request_log_provider_created_at", "provider", "created_at"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
+    log_id: str = Field(unique=True, index=True)
+    request_id: str = Field(index=True)
+    created_at: datetime = Field(
+        default_factory=_now,
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True),
+    )
+    endpoint: str
+    provider: str | None = None
+    model: str | None = None
+    status: str  # ok | error
+    error_class: str | None = None
+    error: str | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost: float = 0.0
+    cached: bool = False
+    final: bool = True
+    caller_key_id: str | None = None
+    strategy: str | None = None
+    selection_reason: str | None = None
+    dwa_score: float | None = None
+
+
+class ProviderWeight(SQLModel, table=True):
+    """A provider's windowed figures and baseline weight, as one recompute found them.
+
+    One row per provider and window end: two cron invocations computing the same window
+    write the same row (upsert), so overlapping runs are harmless.
+    """
+
+    __tablename__ = "provider_weights"
+    __table_args__ = (UniqueConstraint("provider", "window_end", name="uq_provider_weights_window"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
+    provider: str = Field(index=True)
+    window_end: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+    window_seconds: int
+    samples: int
+    p50_latency_ms: float | None = None
+    p95_latency_ms: float | None = None
+    error_rate: float
+    cost_per_1k_tokens: float | None = None
+    weight: float
+    computed_at: datetime = _timestamp()
+
+
+class ProviderStateRow(SQLModel, table=True):
+    """A provider's live DWA state when there is no Redis (the Postgres fallback)."""
+
+    __tablename__ = "dwa_provider_state"
+
+    provider: str = Field(primary_key=True)
+    state: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    updated_at: datetime = _timestamp(onupdate=True)

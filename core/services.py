@@ -1,16 +1,21 @@
 """The long-lived handles one process shares: settings, the database and the KV.
 
 Opened once per process (a uvicorn worker, or a warm Lambda container) and passed
-explicitly to the core functions that need them.
+explicitly to the core functions that need them. The orchestrator (providers, DWA
+router) is built on first use, so a function that never routes never loads it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from core.db import Database
 from core.kv import KV, open_kv
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from core.orchestrator import Orchestrator
 
 
 @dataclass
@@ -18,6 +23,7 @@ class Services:
     settings: Settings
     db: Database
     kv: KV | None  # None when Redis is turned off (REDIS_ENABLED=false)
+    _orchestrator: "Orchestrator | None" = field(default=None, repr=False)
 
     @classmethod
     async def open(cls, settings: Settings) -> "Services":
@@ -25,11 +31,21 @@ class Services:
         try:
             kv = open_kv(settings)
         except BaseException:
-            await db.close()  # don't leave an embedded Postgres handle behind
+            await db.close()
             raise
         return cls(settings=settings, db=db, kv=kv)
 
+    @property
+    def orchestrator(self) -> "Orchestrator":
+        if self._orchestrator is None:
+            from core.orchestrator import build_orchestrator
+
+            self._orchestrator = build_orchestrator(self.settings, self.db, self.kv)
+        return self._orchestrator
+
     async def close(self) -> None:
+        if self._orchestrator is not None:
+            await self._orchestrator.registry.aclose()
         if self.kv is not None:
             await self.kv.close()
         await self.db.close()

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import delete, text
 from sqlmodel import select
 
@@ -21,8 +22,8 @@ from core.migrate import alembic_config, current, downgrade, upgrade
 from core.models import EMBEDDING_DIM, Run
 from core.settings import Settings
 
-TABLES = {"runs", "run_steps", "events"}
-HEAD = "0001"
+TABLES = {"runs", "run_steps", "events", "request_log", "provider_weights", "dwa_provider_state"}
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,189 @@
+"""The request log: every provider attempt and cache hit, queued in Redis, kept in Postgres.
+
+On the hot path a record is one XADD folded into the request's final Redis round trip;
+`drain` (the cron function, `orchesity drain`) moves the stream into the `request_log`
+table in batches. A batch is deleted from the stream only after Postgres committed it,
+and rows are keyed by `log_id`, so a drain that dies half-way, or two drains at once,
+lose and duplicate nothing. Without Redis the record goes straight to Postgres.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
+
+from core.db import Database
+from core.kv import KEY_PREFIX, KV
+from core.models import RequestLog
+
+log = logging.getLogger("orchesity.requestlog")
+
+STREAM = f"{KEY_PREFIX}log:requests"
+# Bounds Redis memory if draining stops for long; at ~500 bytes a record, about 500 MB.
+STREAM_MAXLEN = 1_000_000
+
+
+@dataclass
+class LogEntry:
+    """One row of `request_log`, as queued. `created_at` is epoch seconds."""
+
+    log_id: str
+    request_id: str
+    endpoint: str
+    status: str
+    created_at: float
+    provider: str | None = None
+    model: str | None = None
+    error_class: str | None = None
+    error: str | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost: float = 0.0
+    cached: bool = False
+    final: bool = True
+    caller_key_id: str | None = None
+    strategy: str | None = None
+    selection_reason: str | None = None
+    dwa_score: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def row(self) -> dict[str, Any]:
+        values = asdict(self)
+        values.pop("extra")
+        values["created_at"] = datetime.fromtimestamp(self.created_at, UTC)
+        return values
+
+
+def append_command(entry: LogEntry) -> list[Any]:
+    payload = json.dumps(asdict(entry), separators=(",", ":"), ensure_ascii=False)
+    return ["XADD", STREAM, "MAXLEN", "~", STREAM_MAXLEN, "*", "e", payload]
+
+
+async def write(db: Database, entries: list[LogEntry]) -> int:
+    """Insert entries into `request_log`, skipping any already there; returns rows added."""
+    if not entries:
+        return 0
+    statement = insert(RequestLog.__table__).values([e.row() for e in entries])
+    statement = statement.on_conflict_do_nothing(index_elements=["log_id"])
+    async with db.engine.begin() as conn:
+        result = await conn.execute(statement)
+    return result.rowcount or 0
+
+
+def _decode(fields: dict[str, str]) -> LogEntry | None:
+    try:
+        return LogEntry(**json.loads(fields["e"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+async def drain(kv: KV, db: Database, *, batch: int = 500, max_batches: int | None = None) -> int:
+    """Move queued records into Postgres; returns how many stream entries were moved.
+
+    Raises (leaving the stream as it was) when Postgres or Redis fails mid-way.
+    """
+    moved = batches = 0
+    while max_batches is None or batches < max_batches:
+        items = await kv.xrange(STREAM, count=batch)
+        if not items:
+            break
+        entries = []
+        for entry_id, fields in items:
+            entry = _decode(fields)
+            if entry is None:  # not ours or corrupt: drop it, or it blocks every drain
+                log.warning("dropping undecodable request-log entry %s", entry_id)
+            else:
+                entries.append(entry)
+        await write(db, entries)
+        await kv.xdel(STREAM, *[entry_id for entry_id, _ in items])
+        moved += len(items)
+        batches += 1
+    return moved
+
+
+async def pending(kv: KV | None) -> int:
+    """Records queued in Redis and not yet in Postgres."""
+    return await kv.xlen(STREAM) if kv is not None else 0
+
+
+async def recent(db: Database, *, limit: int, provider: str | None = None) -> list[dict[str, Any]]:
+    table = RequestLog.__table__
+    query = select(table).order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit)
+    if provider is not None:
+        query = query.where(table.c.provider == provider)
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return [
+        {**{k: v for k, v in row.items() if k != "id"}, "created_at": row["created_at"].isoformat()}
+        for row in rows
+    ]
+
+
+async def summary(db: Database) -> dict[str, Any]:
+    """Totals over every final row, and per provider over every attempt."""
+    t = RequestLog.__table__
+    final = t.c.final.is_(True)
+    totals = select(
+        func.count().label("total"),
+        func.count().filter(t.c.cached.is_(True)).label("cached"),
+        func.avg(t.c.latency_ms).label("avg_ms"),
+        func.percentile_cont(0.95).within_group(t.c.latency_ms).label("p95_ms"),
+        func.sum(t.c.cost).label("cost"),
+        func.sum(t.c.total_tokens).label("tokens"),
+    ).where(final)
+    live = t.c.cached.is_(False)
+    per_provider = (
+        select(
+            t.c.provider,
+            func.count().label("attempts"),
+            func.count().filter(t.c.status != "ok").label("errors"),
+            func.avg(t.c.latency_ms).filter(t.c.status == "ok").label("avg_ms"),
+            func.percentile_cont(0.95).within_group(t.c.latency_ms).label("p95_ms"),
+            func.max(t.c.created_at).label("last_seen"),
+        )
+        .where(live, t.c.provider.is_not(None))
+        .group_by(t.c.provider)
+    )
+    async with db.engine.connect() as conn:
+        row = (await conn.execute(totals)).mappings().one()
+        providers = (await conn.execute(per_provider)).mappings().all()
+    total = row["total"] or 0
+    return {
+        "total_requests": total,
+        "cache_hits": row["cached"] or 0,
+        "cache_hit_rate": round((row["cached"] or 0) / total, 4) if total else 0.0,
+        "avg_response_time_ms": _ms(row["avg_ms"]),
+        "p95_response_time_ms": _ms(row["p95_ms"]),
+        "total_cost": round(row["cost"] or 0.0, 6),
+        "total_tokens": int(row["tokens"] or 0),
+        "providers": {
+            p["provider"]: {
+                "attempts": p["attempts"],
+                "errors": p["errors"],
+                "error_rate": round(p["errors"] / p["attempts"], 4) if p["attempts"] else 0.0,
+                "avg_response_time_ms": _ms(p["avg_ms"]),
+                "p95_response_time_ms": _ms(p["p95_ms"]),
+                "last_seen": p["last_seen"].isoformat() if p["last_seen"] else None,
+                "health": _health(p["errors"], p["attempts"]),
+            }
+            for p in providers
+        },
+    }
+
+
+def _ms(value: float | None) -> float | None:
+    return round(float(value), 2) if value is not None else None
+
+
+def _health(errors: int, attempts: int) -> str:
+    rate = errors / attempts if attempts else 0.0
+    return "healthy" if rate < 0.05 else "degraded" if rate < 0.5 else "down"

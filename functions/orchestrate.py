@@ -1,0 +1,381 @@
+"""The orchestrate function: the seed's API and an OpenAI-compatible one.
+
+POST /api/llm/orchestrate   seed v2 format: one or several providers, or the DWA's pick
+POST /v1/chat/completions    OpenAI's schema, `stream: true` as SSE; model = deployment,
+                             provider, or "auto"
+GET  /v1/models              the deployments, and "auto"
+GET  /api/llm/providers      configured providers, model and status (never a key)
+
+Only HTTP concerns live here; the request flow is `core.orchestrator`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.cache import DEFAULT_NAMESPACE, CachePolicy
+from core.orchestrator import LLMRequest, Orchestration, Result, UnknownProvider
+from core.providers.base import ChatRequest, Chunk, ProviderError
+from core.services import Services
+from core.settings import RoutingStrategy
+from functions.http import ApiError, create_app, entry_points, error_body, services
+
+router = APIRouter(tags=["orchestrate"])
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class CacheOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    no_cache: bool = False
+    no_store: bool = False
+    ttl: int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
+    namespace: str = Field(default=DEFAULT_NAMESPACE, min_length=1, max_length=64,
+                           pattern=r"^[A-Za-z0-9_.-]+$")
+
+    def policy(self) -> CachePolicy:
+        return CachePolicy(self.no_cache, self.no_store, self.ttl, self.namespace)
+
+
+class _Sampling(BaseModel):
+    """Parameters both APIs share."""
+
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None
+    stream: bool = False
+    strategy: RoutingStrategy | None = None
+    cache: CacheOptions | None = None
+    timeout: float | None = Field(default=None, gt=0, le=600)
+
+
+class OrchestrateBody(_Sampling):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    providers: list[str] | None = Field(default=None, max_length=16)
+    mode: Literal["all", "race"] = "all"
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("prompt is empty")
+        return value
+
+    @model_validator(mode="after")
+    def _one_input(self) -> "OrchestrateBody":
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either prompt or messages (exactly one)")
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages is empty")
+        if self.providers is not None and not self.providers:
+            raise ValueError("providers is empty; omit it to let the DWA pick")
+        if self.stream and self.providers and len(self.providers) > 1:
+            raise ValueError("stream works with one provider (or none: the DWA picks)")
+        return self
+
+
+class ChatCompletionBody(_Sampling):
+    """OpenAI's CreateChatCompletionRequest (what we act on; the rest passes through)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    n: int | None = Field(default=None, ge=1, le=1)
+    stream_options: dict[str, Any] | None = None
+    user: str | None = None
+
+
+def _chat(body: _Sampling, messages: list[dict[str, Any]], extra: dict[str, Any]) -> ChatRequest:
+    return ChatRequest(messages=messages, max_tokens=body.max_tokens, temperature=body.temperature,
+                       top_p=body.top_p, stop=body.stop, tools=body.tools,
+                       response_format=body.response_format, seed=body.seed,
+                       user=getattr(body, "user", None), extra=extra)
+
+
+def _messages(messages: list[Message]) -> list[dict[str, Any]]:
+    return [m.model_dump(exclude_none=True) for m in messages]
+
+
+def _policy(body: _Sampling) -> CachePolicy:
+    return body.cache.policy() if body.cache else CachePolicy()
+
+
+def _headers(orchestration: Orchestration) -> dict[str, str]:
+    first = orchestration.results[0] if orchestration.results else None
+    headers = {
+        "x-orchesity-request-id": orchestration.request_id,
+        "x-orchesity-overhead-ms": f"{orchestration.overhead_ms:.3f}",
+        "x-orchesity-cached": "true" if orchestration.cached else "false",
+    }
+    if first is not None and first.provider:
+        headers["x-orchesity-provider"] = first.provider
+    return headers
+
+
+async def _run(svc: Services, request: LLMRequest) -> Orchestration:
+    try:
+        return await svc.orchestrator.complete(request)
+    except UnknownProvider as exc:
+        raise ApiError(400, str(exc), param="providers" if request.endpoint == "orchestrate" else "model",
+                       code="unknown_provider") from None
+
+
+# -- the seed API --------------------------------------------------------------------------------
+
+
+def _result_json(result: Result) -> dict[str, Any]:
+    usage = result.usage
+    return {
+        "provider": result.provider,
+        "model": result.model,
+        "response": result.text,
+        "response_time": round(result.response_time, 4),
+        "tokens_used": usage.total_tokens if usage else 0,
+        "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                  "total_tokens": usage.total_tokens} if usage else None,
+        "cached": result.cached,
+        "dwa_score": round(result.dwa_score, 4) if result.dwa_score is not None else None,
+        "finish_reason": result.finish_reason,
+        "cost": round(result.cost, 8),
+        "error": result.error,
+    }
+
+
+def _orchestrate_json(orchestration: Orchestration, mode: str) -> dict[str, Any]:
+    results = orchestration.results
+    reasons = [r.selection_reason for r in results if r.selection_reason]
+    return {
+        "request_id": orchestration.request_id,
+        "results": [_result_json(r) for r in results],
+        "metadata": {
+            "total_response_time": round(orchestration.total_time, 4),
+            "cached_response": orchestration.cached,
+            "dwa_selection_reason": reasons[0] if len(set(reasons)) == 1 else (reasons or None),
+            "database_logged": orchestration.database_logged,
+            "cost": round(sum(r.cost for r in results), 8),
+            "providers_tried": orchestration.providers_tried,
+            "strategy": orchestration.strategy.value,
+            "mode": mode,
+            "overhead_ms": round(orchestration.overhead_ms, 3),
+        },
+    }
+
+
+def _failure(results: list[Result]) -> tuple[int, dict[str, Any]] | None:
+    """When nothing succeeded: the status and error object the caller should get."""
+    if any(r.ok for r in results) or not results:
+        return None
+    error = results[0].error or {}
+    status = int(error.get("status") or 502)
+    message = error.get("message") or "the provider call failed"
+    if error.get("provider"):
+        message = f"{error['provider']}: {message}"
+    kind = "invalid_request_error" if 400 <= status < 500 else "provider_error"
+    return status, {"type": kind, "message": message, "param": None, "code": error.get("type")}
+
+
+@router.post("/api/llm/orchestrate")
+async def orchestrate(body: OrchestrateBody, svc: Services = Depends(services)) -> Any:
+    if body.prompt is not None:
+        messages = [{"role": "user", "content": body.prompt}]
+    else:
+        messages = _messages(body.messages or [])
+    request = LLMRequest(chat=_chat(body, messages, {}), targets=body.providers, mode=body.mode,
+                         strategy=body.strategy, cache=_policy(body), endpoint="orchestrate",
+                         timeout=body.timeout)
+    if body.stream:
+        return await _stream(svc, request, _seed_events)
+    orchestration = await _run(svc, request)
+    payload = _orchestrate_json(orchestration, body.mode)
+    failure = _failure(orchestration.results)
+    status = 200
+    if failure is not None:
+        status, payload["error"] = failure
+    return JSONResponse(payload, status_code=status, headers=_headers(orchestration))
+
+
+# -- the OpenAI-compatible API ------------------------------------------------------------------
+
+
+def _openai_usage(result: Result) -> dict[str, int]:
+    usage = result.usage
+    if usage is None:
+        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def _completion_json(orchestration: Orchestration, result: Result, requested: str) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
+    if result.tool_calls:
+        message["tool_calls"] = result.tool_calls
+    return {
+        "id": _completion_id(orchestration),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": result.model or requested,
+        "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason or "stop",
+                     "logprobs": None}],
+        "usage": _openai_usage(result),
+        "system_fingerprint": None,
+        "orchesity": {"provider": result.provider, "cached": result.cached,
+                      "dwa_score": result.dwa_score, "dwa_selection_reason": result.selection_reason,
+                      "request_id": orchestration.request_id, "cost": result.cost,
+                      "database_logged": orchestration.database_logged},
+    }
+
+
+def _completion_id(orchestration: Orchestration) -> str:
+    return "chatcmpl-" + orchestration.request_id.removeprefix("req_")
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionBody, svc: Services = Depends(services)) -> Any:
+    extra = dict(body.model_extra or {})
+    if body.max_tokens is None and body.max_completion_tokens is not None:
+        body.max_tokens = body.max_completion_tokens
+    targets = None if body.model == "auto" else [body.model]
+    request = LLMRequest(chat=_chat(body, _messages(body.messages), extra), targets=targets,
+                         strategy=body.strategy, cache=_policy(body), endpoint="chat.completions",
+                         timeout=body.timeout)
+    if body.stream:
+        return await _stream(svc, request, _openai_events(body.model))
+    orchestration = await _run(svc, request)
+    result = orchestration.results[0]
+    failure = _failure(orchestration.results)
+    if failure is not None:
+        status, error = failure
+        return JSONResponse({"error": error}, status_code=status, headers=_headers(orchestration))
+    return JSONResponse(_completion_json(orchestration, result, body.model), headers=_headers(orchestration))
+
+
+@router.get("/v1/models")
+async def models(svc: Services = Depends(services)) -> dict[str, Any]:
+    registry = svc.orchestrator.registry
+    data = [{"id": "auto", "object": "model", "created": 0, "owned_by": "orchesity"}]
+    data += [{"id": a.name, "object": "model", "created": 0, "owned_by": a.spec.provider} for a in registry]
+    return {"object": "list", "data": data}
+
+
+@router.get("/api/llm/providers")
+async def providers(svc: Services = Depends(services)) -> dict[str, Any]:
+    orchestrator = svc.orchestrator
+    registry = orchestrator.registry
+    stats = await orchestrator.router.stats(registry.names, time.time())
+    listed = []
+    for described in registry.describe():
+        state = stats.get(described["name"], {})
+        circuit = state.get("circuit_state", "closed")
+        described["status"] = "available" if circuit == "closed" else circuit
+        described["in_flight"] = state.get("in_flight", 0)
+        listed.append(described)
+    return {"providers": listed, "default_strategy": orchestrator.router.strategy.value}
+
+
+# -- streaming ----------------------------------------------------------------------------------
+
+EventWriter = Any  # (orchestration, chunk | None, error | None) -> SSE text
+
+
+async def _stream(svc: Services, request: LLMRequest, events: EventWriter) -> Any:
+    try:
+        orchestration, chunks = await svc.orchestrator.stream(request)
+    except UnknownProvider as exc:
+        raise ApiError(400, str(exc), code="unknown_provider") from None
+    failure = _failure(orchestration.results)
+    if failure is not None:  # failed before the first token: an ordinary error response
+        status, error = failure
+        return JSONResponse({"error": error}, status_code=status, headers=_headers(orchestration))
+
+    async def body() -> AsyncIterator[str]:
+        try:
+            async for chunk in chunks:
+                yield events(orchestration, chunk, None)
+        except ProviderError as exc:
+            yield events(orchestration, None, exc)
+            return
+        yield "data: [DONE]\n\n"
+
+    headers = _headers(orchestration) | {"cache-control": "no-cache"}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=False)}\n\n"
+
+
+def _error_event(exc: ProviderError) -> str:
+    return _sse(error_body(f"the stream failed after it started: {exc.error_class}",
+                           type="provider_error", code=exc.error_class))
+
+
+def _openai_events(requested: str) -> EventWriter:
+    created = int(time.time())
+    started = False
+
+    def write(orchestration: Orchestration, chunk: Chunk | None, error: ProviderError | None) -> str:
+        nonlocal started
+        if error is not None:
+            return _error_event(error)
+        assert chunk is not None
+        result = orchestration.results[0]
+        base = {"id": _completion_id(orchestration), "object": "chat.completion.chunk", "created": created,
+                "model": result.model or requested, "system_fingerprint": None}
+        if chunk.is_final:
+            out = ""
+            if chunk.finish_reason:
+                out += _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": chunk.finish_reason,
+                                                   "logprobs": None}]})
+            usage = chunk.usage
+            return out + _sse({**base, "choices": [], "usage": {
+                "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens}})
+        delta: dict[str, Any] = {}
+        if not started:
+            delta["role"] = "assistant"
+            started = True
+        if chunk.text:
+            delta["content"] = chunk.text
+        if chunk.tool_calls:
+            delta["tool_calls"] = chunk.tool_calls
+        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": chunk.finish_reason,
+                                          "logprobs": None}]})
+
+    return write
+
+
+def _seed_events(orchestration: Orchestration, chunk: Chunk | None, error: ProviderError | None) -> str:
+    """The seed API's stream: `delta` events, then the whole v2 response as `done`."""
+    if error is not None:
+        return _error_event(error)
+    assert chunk is not None
+    if chunk.is_final:
+        result = orchestration.results[0]
+        return _sse({"type": "done", **_orchestrate_json(orchestration, "all"),
+                     "usage": {"total_tokens": chunk.usage.total_tokens} if chunk.usage else None,
+                     "provider": result.provider})
+    return _sse({"type": "delta", "request_id": orchestration.request_id, "delta": chunk.text})
+
+
+__getattr__ = entry_points(lambda: create_app(router, title="Orchesity orchestrate"))
