@@ -231,7 +231,7 @@ class Orchestrator:
             except StopAsyncIteration:  # pragma: no cover - adapters always end with usage
                 first = Chunk(usage=Usage(0, 0, 0, "estimate"))
             ttft = time.perf_counter() - started
-            result.provider, result.model = adapter.name, adapter.spec.model
+            result.provider, result.model, result.error = adapter.name, adapter.spec.model, None
             result.dwa_score, result.selection_reason, result.ttft = decision.score, decision.reason, ttft
             return orchestration, self._relay(plan, orchestration, result, adapter, stream, first, started)
 
@@ -431,7 +431,7 @@ class Orchestrator:
     def _succeeded(self, plan: _Plan, result: Result, adapter: Adapter, started: float) -> None:
         elapsed = time.perf_counter() - started
         usage = result.usage or Usage(0, 0, 0, "estimate")
-        result.usage = usage
+        result.usage, result.error = usage, None  # earlier attempts' errors are in attempts
         result.response_time = elapsed
         result.cost = adapter.spec.cost(usage)
         result.attempts.append(Attempt(adapter.name, adapter.spec.model, elapsed))

@@ -238,7 +238,6 @@ def _completion_json(orchestration: Orchestration, result: Result, requested: st
         "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason or "stop",
                      "logprobs": None}],
         "usage": _openai_usage(result),
-        "system_fingerprint": None,
         "orchesity": {"provider": result.provider, "cached": result.cached,
                       "dwa_score": result.dwa_score, "dwa_selection_reason": result.selection_reason,
                       "request_id": orchestration.request_id, "cost": result.cost,
@@ -341,7 +340,7 @@ def _openai_events(requested: str) -> EventWriter:
         assert chunk is not None
         result = orchestration.results[0]
         base = {"id": _completion_id(orchestration), "object": "chat.completion.chunk", "created": created,
-                "model": result.model or requested, "system_fingerprint": None}
+                "model": result.model or requested}
         if chunk.is_final:
             out = ""
             if chunk.finish_reason:

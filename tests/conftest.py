@@ -6,14 +6,20 @@ Nothing here mocks Postgres or Redis; pytest-httpx is only for third-party HTTP.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from core.embedded import EmbeddedPostgres, EmbeddedRedis, start_postgres, start_redis
+from core.services import Services
 from core.settings import Settings, load_settings
 
 # Keep a developer's own .env and environment out of the test run.
@@ -56,3 +62,64 @@ def settings(postgres: EmbeddedPostgres, redis_url: str, data_dir: Path) -> Sett
         REDIS_URL=redis_url,
         ORCHESITY_DATA_DIR=data_dir,
     )
+
+
+@pytest.fixture(scope="session")
+async def migrated(settings: Settings) -> None:
+    """The session database at the latest schema."""
+    from core.db import Database
+    from core.migrate import upgrade
+
+    db = Database.from_settings(settings)
+    try:
+        await upgrade(db)
+    finally:
+        await db.close()
+
+
+@dataclass
+class Gateway:
+    client: httpx.AsyncClient
+    services: Services
+
+
+@pytest.fixture
+async def gateway_settings(settings: Settings, migrated: None) -> Settings:
+    """Settings for a gateway under test: Redis database 1, emptied for each test, and
+    a fast simulated provider when no providers file is given."""
+    from core.kv import open_kv
+
+    own = settings.model_copy(update={"REDIS_DB": 1, "SIMULATED_LATENCY_MS": 2.0,
+                                      "SIMULATED_MS_PER_TOKEN": 0.0, "SIMULATED_SEED": 7})
+    kv = open_kv(own)
+    assert kv is not None
+    await kv.execute("FLUSHDB")  # test Redis only; the product never flushes
+    await kv.close()
+    return own
+
+
+@pytest.fixture
+def open_gateway(gateway_settings: Settings) -> Callable[..., AbstractAsyncContextManager[Gateway]]:
+    """`async with open_gateway(**setting_overrides) as gw:` the gateway app on real
+    Postgres and Redis, called in-process through its ASGI interface."""
+    from functions.gateway import build_app
+
+    @asynccontextmanager
+    async def _open(**overrides: Any) -> AsyncIterator[Gateway]:
+        services = await Services.open(gateway_settings.model_copy(update=overrides))
+        try:
+            app = build_app(services=services)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+                yield Gateway(client, services)
+        finally:
+            await services.close()
+
+    return _open
+
+
+def providers_file(directory: Path, deployments: list[dict[str, Any]]) -> Path:
+    """A providers file (JSON) with exactly these deployments."""
+    path = directory / "providers.json"
+    path.write_text(json.dumps({"include_defaults": False, "deployments": deployments}))
+    return path

@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import socket
-import threading
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
-import uvicorn
 from redis.exceptions import ResponseError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -30,6 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from core.kv import redis_error_text
+from tests.servers import serve
 
 
 def _b64(value: Any) -> Any:
@@ -87,33 +84,6 @@ def create_app(redis_url: str, token: str) -> Starlette:
 
     routes = [Route(path, handle, methods=["POST"]) for path in ("/", "/pipeline", "/multi-exec")]
     return Starlette(routes=routes, lifespan=lifespan)
-
-
-@contextlib.contextmanager
-def serve(app: Any, *, startup_timeout: float = 10.0) -> Iterator[str]:
-    """Serve `app` with uvicorn on 127.0.0.1 (a free port) in a thread; yield its URL."""
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets it can tell are TCP,
-    # and without it every reply waits ~40 ms on Nagle + delayed ACK.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))  # bound before the thread starts: no race for the port
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, loop="asyncio", http="h11", lifespan="on",
-                            log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
-                              name="upstash-rest", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the Upstash REST test server did not start")
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 def serve_upstash(redis_url: str, token: str) -> contextlib.AbstractContextManager[str]:

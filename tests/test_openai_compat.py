@@ -1,0 +1,117 @@
+"""/v1 as real clients see it: the official openai SDK (sync, async, streaming) and
+LangChain's ChatOpenAI against the gateway served over loopback, and every response and
+chunk checked against OpenAI's own schemas."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from core.settings import Settings
+from functions.gateway import build_app
+from tests.servers import serve
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "openai" / "chat-completions.schemas.json"
+MESSAGES = [{"role": "user", "content": "Name three colours."}]
+
+
+def _openapi_nullable(node: Any) -> Any:
+    """OpenAPI 3.0's `nullable: true` in JSON Schema terms: null is also allowed."""
+    if isinstance(node, dict):
+        node = {k: _openapi_nullable(v) for k, v in node.items()}
+        if node.pop("nullable", False) and "type" in node:
+            node["type"] = [node["type"], "null"] if isinstance(node["type"], str) else [*node["type"], "null"]
+            if "enum" in node:
+                node["enum"] = [*node["enum"], None]
+        return node
+    if isinstance(node, list):
+        return [_openapi_nullable(item) for item in node]
+    return node
+
+
+@pytest.fixture(scope="module")
+def schema_validator() -> Any:
+    document = _openapi_nullable(json.loads(SCHEMAS.read_text()))
+    registry = Registry().with_resource(
+        "urn:openai", Resource.from_contents(document, default_specification=DRAFT202012))
+
+    def validate(instance: Any, name: str) -> None:
+        schema = {"$ref": f"urn:openai#/components/schemas/{name}"}
+        jsonschema.Draft202012Validator(schema, registry=registry).validate(instance)
+
+    return validate
+
+
+@pytest.fixture
+def base_url(gateway_settings: Settings) -> Iterator[str]:
+    """The gateway served by uvicorn in a thread, opening its own services there."""
+    with serve(build_app(settings=gateway_settings)) as url:
+        yield url + "/v1"
+
+
+async def test_responses_and_chunks_match_openais_schemas(open_gateway: Any, schema_validator: Any) -> None:
+    async with open_gateway() as gw:
+        completion = await gw.client.post("/v1/chat/completions", json={"model": "auto", "messages": MESSAGES})
+        stream = await gw.client.post("/v1/chat/completions",
+                                      json={"model": "simulated", "messages": MESSAGES, "stream": True})
+        models = await gw.client.get("/v1/models")
+    assert completion.status_code == 200, completion.text
+    schema_validator(completion.json(), "CreateChatCompletionResponse")
+    schema_validator(models.json(), "ListModelsResponse")
+    chunks = [json.loads(line[6:]) for line in stream.text.splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    assert len(chunks) >= 3 and chunks[-1]["usage"]["total_tokens"] > 0
+    for chunk in chunks:
+        schema_validator(chunk, "CreateChatCompletionStreamResponse")
+
+
+def test_openai_sdk_sync_and_streaming(base_url: str) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    completion = client.chat.completions.create(model="auto", messages=MESSAGES, max_tokens=20)
+    assert completion.choices[0].message.content
+    assert completion.usage is not None and completion.usage.total_tokens > 0
+
+    text, usage = "", None
+    for chunk in client.chat.completions.create(model="simulated", messages=MESSAGES, stream=True,
+                                                stream_options={"include_usage": True}):
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        usage = chunk.usage or usage
+    assert text and usage is not None and usage.completion_tokens > 0
+    assert [m.id for m in client.models.list()] == ["auto", "simulated"]
+
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    assert "no-such-model" in str(info.value)
+
+
+async def test_openai_sdk_async(base_url: str) -> None:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    completion = await client.chat.completions.create(model="auto", messages=MESSAGES, temperature=0)
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    stream = await client.chat.completions.create(model="auto", messages=MESSAGES, stream=True)
+    pieces = [c.choices[0].delta.content async for c in stream if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces)
+    await client.close()
+
+
+def test_langchain_chat_openai(base_url: str) -> None:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=base_url, api_key="unused", model="auto", max_retries=0, temperature=0)
+    reply = llm.invoke("Say something about routing.")
+    assert isinstance(reply.content, str) and reply.content
+    assert reply.usage_metadata and reply.usage_metadata["total_tokens"] > 0
+    streamed = "".join(chunk.content for chunk in llm.stream("Stream it."))
+    assert streamed

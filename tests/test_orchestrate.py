@@ -1,0 +1,354 @@
+"""The orchestrate function end to end: real Postgres and Redis, providers simulated or
+mocked at their HTTP boundary (pytest-httpx) or served by a local fake over real TCP."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from core import requestlog
+from core.db import Database
+from core.models import RequestLog
+from tests.conftest import providers_file
+from tests.fake_openai import FakeOpenAI
+
+OPENAI_URL = "https://api.openai.com/v1/chat/completions"
+SIM = {"latency_ms": 1, "ms_per_token": 0, "jitter": 0, "seed": 3, "reply_tokens": 12}
+
+
+def sim(name: str, priority: int = 100, **simulation: Any) -> dict[str, Any]:
+    return {"name": name, "kind": "simulated", "model": f"{name}-model", "priority": priority,
+            "simulation": {**SIM, **simulation}}
+
+
+def openai_first(tmp: Path) -> Path:
+    """OpenAI (mocked at HTTP) tried first, a simulated backup behind it."""
+    return providers_file(tmp, [
+        {"name": "openai", "provider": "openai", "model": "gpt-4o-mini", "priority": 1,
+         "api_key_env": "OPENAI_API_KEY"},
+        sim("backup", priority=2),
+    ])
+
+
+def openai_reply(text: str = "Hi from OpenAI", usage: bool = True) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": "chatcmpl-abc", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini-2024",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+    }
+    if usage:
+        body["usage"] = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
+    return body
+
+
+async def dwa_stats(gw: Any) -> dict[str, Any]:
+    orchestrator = gw.services.orchestrator
+    return await orchestrator.router.stats(orchestrator.registry.names, time.time())
+
+
+# --- the seed API -------------------------------------------------------------------------------
+
+
+async def test_dwa_picks_logs_and_caches(open_gateway: Any) -> None:
+    async with open_gateway() as gw:
+        first = await gw.client.post("/api/llm/orchestrate", json={"prompt": "Say hello", "temperature": 0.2})
+        again = await gw.client.post("/api/llm/orchestrate", json={"prompt": "Say hello", "temperature": 0.2})
+        warmer = await gw.client.post("/api/llm/orchestrate", json={"prompt": "Say hello", "temperature": 0.9})
+        stats = (await gw.client.get("/api/db/cache/stats")).json()
+
+    assert first.status_code == 200, first.text
+    body = first.json()
+    result = body["results"][0]
+    assert result["provider"] == "simulated" and result["response"]
+    assert result["tokens_used"] > 0 and result["cached"] is False and result["error"] is None
+    assert 0.0 <= result["dwa_score"] <= 1.0
+    meta = body["metadata"]
+    assert meta["database_logged"] is True and meta["cached_response"] is False
+    assert meta["dwa_selection_reason"] == "only_available" and meta["providers_tried"] == ["simulated"]
+    assert float(first.headers["x-orchesity-overhead-ms"]) >= 0
+    assert body["request_id"] != again.json()["request_id"]
+
+    hit = again.json()
+    assert hit["results"][0]["cached"] is True and hit["metadata"]["cached_response"] is True
+    assert hit["results"][0]["response"] == result["response"]
+    assert warmer.json()["results"][0]["cached"] is False  # temperature is part of the key
+    assert (stats["hits"], stats["misses"]) == (1, 2)
+
+
+async def test_cache_options_and_clear_leaves_other_keys(open_gateway: Any) -> None:
+    body = {"prompt": "Cache me", "cache": {"namespace": "docs"}}
+    async with open_gateway() as gw:
+        kv = gw.services.kv
+        await kv.set("orchesity:not-cache", "keep")
+        await kv.set("someone-else:key", "keep")
+        await gw.client.post("/api/llm/orchestrate", json=body)
+        assert (await gw.client.post("/api/llm/orchestrate", json=body)).json()["results"][0]["cached"]
+        no_cache = await gw.client.post("/api/llm/orchestrate", json={**body, "cache": {"namespace": "docs",
+                                                                                         "no_cache": True}})
+        assert no_cache.json()["results"][0]["cached"] is False
+        dwa_keys_before = [k async for k in kv.scan_iter("orchesity:dwa:*")]
+
+        cleared = await gw.client.delete("/api/db/cache/clear")
+        after = await gw.client.post("/api/llm/orchestrate", json=body)
+
+        assert cleared.status_code == 200 and cleared.json()["cleared"] >= 1
+        assert after.json()["results"][0]["cached"] is False
+        assert await kv.get("orchesity:not-cache") == "keep" and await kv.get("someone-else:key") == "keep"
+        assert dwa_keys_before and all([await kv.exists(k) for k in dwa_keys_before])
+
+
+async def test_failover_to_the_next_provider_is_recorded(open_gateway: Any, tmp_path: Path) -> None:
+    path = providers_file(tmp_path, [sim("flaky", 1, failure_rate=1.0, failure_mode="unavailable"),
+                                     sim("steady", 2)])
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=path, DWA_ROUTING_STRATEGY="priority") as gw:
+        response = await gw.client.post("/api/llm/orchestrate", json={"prompt": "fail over please"})
+        stats = await dwa_stats(gw)
+    body = response.json()
+    assert response.status_code == 200
+    assert body["results"][0]["provider"] == "steady"
+    assert body["metadata"]["providers_tried"] == ["flaky", "steady"]
+    assert body["metadata"]["dwa_selection_reason"] == "fallback_after_error"
+    assert stats["flaky"]["consecutive_failures"] == 1 and stats["flaky"]["last_error"] == "unavailable"
+    assert stats["steady"]["samples"] == 1 and stats["steady"]["consecutive_failures"] == 0
+
+
+async def test_several_providers_all_and_race(open_gateway: Any, tmp_path: Path) -> None:
+    path = providers_file(tmp_path, [sim("fast", latency_ms=1), sim("slow", latency_ms=300)])
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=path) as gw:
+        everything = await gw.client.post("/api/llm/orchestrate",
+                                          json={"prompt": "both", "providers": ["fast", "slow"]})
+        race = await gw.client.post("/api/llm/orchestrate",
+                                    json={"prompt": "race", "providers": ["slow", "fast"], "mode": "race"})
+    assert [r["provider"] for r in everything.json()["results"]] == ["fast", "slow"]
+    assert all(r["response"] and r["error"] is None for r in everything.json()["results"])
+    raced = race.json()
+    assert [r["provider"] for r in raced["results"]] == ["fast"]
+    assert raced["metadata"]["total_response_time"] < 0.3
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"prompt": "   "}, 422, "prompt"),
+        ({"prompt": "hi", "max_tokens": 0}, 422, "max_tokens"),
+        ({"prompt": "hi", "temperature": 3}, 422, "temperature"),
+        ({}, 422, None),
+        ({"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, 422, None),
+        ({"prompt": "hi", "providers": ["nonexistent"]}, 400, "providers"),
+        ({"prompt": "hi", "strategy": "intelligent"}, 422, "strategy"),
+    ],
+)
+async def test_bad_input_gets_a_clear_4xx(open_gateway: Any, body: dict[str, Any], status: int,
+                                          param: str | None) -> None:
+    async with open_gateway() as gw:
+        response = await gw.client.post("/api/llm/orchestrate", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param
+    if status == 400:
+        assert "nonexistent" in error["message"] and "simulated" in error["message"]
+
+
+async def test_a_10_mb_body_is_refused_before_it_is_read(open_gateway: Any) -> None:
+    async with open_gateway() as gw:
+        response = await gw.client.post("/api/llm/orchestrate", content=b'{"prompt": "' + b"x" * (10 * 2**20) + b'"}',
+                                        headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+
+
+# --- provider HTTP at its boundary ----------------------------------------------------------------
+
+
+async def test_openai_success_uses_the_reported_usage(open_gateway: Any, tmp_path: Path, httpx_mock: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-123")
+    httpx_mock.add_response(url=OPENAI_URL, json=openai_reply())
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=openai_first(tmp_path),
+                            DWA_ROUTING_STRATEGY="priority") as gw:
+        response = await gw.client.post("/api/llm/orchestrate", json={"prompt": "hello", "providers": ["openai"]})
+    result = response.json()["results"][0]
+    assert (result["provider"], result["response"], result["tokens_used"]) == ("openai", "Hi from OpenAI", 16)
+    sent = httpx_mock.get_requests()[0]
+    assert sent.headers["authorization"] == "Bearer sk-test-secret-123"
+    assert json.loads(sent.content)["model"] == "gpt-4o-mini"
+    assert "sk-test-secret-123" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("reply", "error_class"),
+    [
+        ({"status_code": 429, "headers": {"retry-after": "7"}, "json": {"error": {"message": "slow down"}}},
+         "rate_limited"),
+        ({"status_code": 500, "json": {"error": {"message": "boom"}}}, "unavailable"),
+        ({"status_code": 200, "content": b"{not json", "headers": {"content-type": "application/json"}},
+         "bad_response"),
+        (None, "timeout"),
+    ],
+)
+async def test_retryable_provider_failures_fail_over(open_gateway: Any, tmp_path: Path, httpx_mock: Any,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     reply: dict[str, Any] | None, error_class: str) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    if reply is None:
+        httpx_mock.add_exception(httpx.ReadTimeout("timed out"), url=OPENAI_URL)
+    else:
+        httpx_mock.add_response(url=OPENAI_URL, **reply)
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=openai_first(tmp_path),
+                            DWA_ROUTING_STRATEGY="priority") as gw:
+        response = await gw.client.post("/api/llm/orchestrate", json={"prompt": "hello"})
+        stats = await dwa_stats(gw)
+    body = response.json()
+    assert response.status_code == 200
+    assert body["results"][0]["provider"] == "backup"
+    assert body["metadata"]["providers_tried"] == ["openai", "backup"]
+    assert stats["openai"]["last_error"] == error_class
+    if error_class == "rate_limited":  # a cooldown until Retry-After, not an outage
+        assert stats["openai"]["rate_limited_until"] > time.time() + 5
+        assert stats["openai"]["consecutive_failures"] == 0
+    else:
+        assert stats["openai"]["consecutive_failures"] == 1
+
+
+async def test_a_provider_400_goes_back_to_the_caller(open_gateway: Any, tmp_path: Path, httpx_mock: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    httpx_mock.add_response(url=OPENAI_URL, status_code=400,
+                            json={"error": {"message": "max_tokens is too large for this model",
+                                            "type": "invalid_request_error"}})
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=openai_first(tmp_path),
+                            DWA_ROUTING_STRATEGY="priority") as gw:
+        response = await gw.client.post("/api/llm/orchestrate", json={"prompt": "hello"})
+        stats = await dwa_stats(gw)
+    assert response.status_code == 400
+    assert "max_tokens is too large" in response.json()["error"]["message"]
+    assert response.json()["metadata"]["providers_tried"] == ["openai"]
+    assert stats["openai"]["consecutive_failures"] == 0  # the request's fault, not the provider's
+
+
+async def test_rate_limit_retry_after_is_honoured_within_the_deadline(
+        open_gateway: Any, tmp_path: Path, httpx_mock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    httpx_mock.add_response(url=OPENAI_URL, status_code=429, headers={"retry-after-ms": "50"},
+                            json={"error": {"message": "slow down"}})
+    httpx_mock.add_response(url=OPENAI_URL, json=openai_reply("after waiting"))
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=openai_first(tmp_path)) as gw:
+        response = await gw.client.post("/api/llm/orchestrate",
+                                        json={"prompt": "hello", "providers": ["openai"], "timeout": 5})
+    body = response.json()
+    assert body["results"][0]["response"] == "after waiting"
+    assert body["metadata"]["providers_tried"] == ["openai", "openai"]
+
+
+# --- streams, over a real socket ------------------------------------------------------------------
+
+
+def fake_pair(tmp: Path, base_url: str, first_model: str) -> Path:
+    return providers_file(tmp, [
+        {"name": "fake", "base_url": base_url, "model": first_model, "priority": 1},
+        sim("backup", priority=2),
+    ])
+
+
+async def sse(response: httpx.Response) -> list[Any]:
+    events = []
+    for line in response.text.splitlines():
+        if line.startswith("data: "):
+            data = line.removeprefix("data: ")
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+async def test_stream_cut_before_the_first_token_fails_over(open_gateway: Any, tmp_path: Path) -> None:
+    with FakeOpenAI() as server:
+        path = fake_pair(tmp_path, server.base_url, "cut-before-first-token")
+        async with open_gateway(ORCHESITY_PROVIDERS_FILE=path, DWA_ROUTING_STRATEGY="priority") as gw:
+            response = await gw.client.post("/v1/chat/completions", json={
+                "model": "auto", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+            stats = await dwa_stats(gw)
+    events = await sse(response)
+    assert response.status_code == 200 and response.headers["x-orchesity-provider"] == "backup"
+    assert events[-1] == "[DONE]" and events[-2]["usage"]["completion_tokens"] > 0
+    assert stats["fake"]["consecutive_failures"] == 1 and stats["fake"]["last_error"] == "stream_cut"
+
+
+async def test_stream_cut_after_the_first_token_ends_with_an_error_event(open_gateway: Any,
+                                                                         tmp_path: Path) -> None:
+    with FakeOpenAI() as server:
+        path = fake_pair(tmp_path, server.base_url, "cut-after-first-token")
+        async with open_gateway(ORCHESITY_PROVIDERS_FILE=path, DWA_ROUTING_STRATEGY="priority") as gw:
+            response = await gw.client.post("/v1/chat/completions", json={
+                "model": "auto", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+            stats = await dwa_stats(gw)
+    events = await sse(response)
+    assert events[0]["choices"][0]["delta"]["content"]
+    assert "[DONE]" not in events and events[-1]["error"]["code"] == "stream_cut"
+    assert stats["fake"]["consecutive_failures"] == 1
+
+
+# --- the request log ------------------------------------------------------------------------------
+
+
+async def log_rows(db: Database, request_ids: list[str]) -> int:
+    async with db.engine.connect() as conn:
+        query = select(func.count()).select_from(RequestLog).where(
+            RequestLog.request_id.in_(request_ids), RequestLog.final.is_(True))
+        return (await conn.execute(query)).scalar_one()
+
+
+async def test_every_request_reaches_postgres_after_a_drain(open_gateway: Any) -> None:
+    async with open_gateway() as gw:
+        ids = []
+        for i in range(5):
+            response = await gw.client.post("/api/llm/orchestrate", json={"prompt": f"log me {i}"})
+            ids.append(response.json()["request_id"])
+        ids.append((await gw.client.post("/api/llm/orchestrate", json={"prompt": "log me 0"})).json()["request_id"])
+        assert await log_rows(gw.services.db, ids) == 0  # queued in Redis, not yet in Postgres
+        moved = await requestlog.drain(gw.services.kv, gw.services.db)
+        assert moved >= 6 and await log_rows(gw.services.db, ids) == 6
+        assert await requestlog.drain(gw.services.kv, gw.services.db) == 0
+        recent = (await gw.client.get("/api/db/requests/recent", params={"limit": 6})).json()["requests"]
+        stats = (await gw.client.get("/api/db/stats")).json()
+    assert {r["request_id"] for r in recent} == set(ids)
+    assert any(r["cached"] for r in recent)
+    assert stats["total_requests"] >= 6 and stats["providers"]["simulated"]["attempts"] >= 5
+
+
+async def test_no_record_is_lost_when_postgres_is_down_during_requests(open_gateway: Any,
+                                                                       settings: Any) -> None:
+    from pydantic import SecretStr
+
+    dead = SecretStr("postgresql://nobody:pw@127.0.0.1:9/none")
+    async with open_gateway(DATABASE_URL=dead) as gw:
+        ids = []
+        for i in range(4):
+            response = await gw.client.post("/api/llm/orchestrate", json={"prompt": f"pg is down {i}"})
+            assert response.status_code == 200 and response.json()["metadata"]["database_logged"] is True
+            ids.append(response.json()["request_id"])
+        kv = gw.services.kv
+        with pytest.raises(Exception):  # draining now fails and keeps the records
+            await requestlog.drain(kv, gw.services.db)
+        assert await requestlog.pending(kv) >= 4
+        back = Database.from_settings(settings)  # Postgres is back
+        try:
+            await requestlog.drain(kv, back)
+            assert await log_rows(back, ids) == 4
+        finally:
+            await back.close()
+
+
+async def test_without_redis_requests_are_logged_straight_to_postgres(open_gateway: Any) -> None:
+    async with open_gateway(REDIS_ENABLED=False) as gw:
+        response = await gw.client.post("/api/llm/orchestrate", json={"prompt": "no redis"})
+        again = await gw.client.post("/api/llm/orchestrate", json={"prompt": "no redis"})
+        assert response.status_code == 200 and response.json()["metadata"]["database_logged"] is True
+        assert again.json()["results"][0]["cached"] is False  # no cache without Redis
+        assert await log_rows(gw.services.db, [response.json()["request_id"]]) == 1
+        stats = await dwa_stats(gw)
+    assert stats["simulated"]["samples"] == 2  # DWA state kept in Postgres
