@@ -79,5 +79,27 @@ def serve(
                 log_level=settings.LOG_LEVEL.value.lower())
 
 
+async def _drain(settings: Settings, batch: int) -> tuple[int, int]:
+    from core import requestlog
+    from core.services import Services
+
+    services = await Services.open(settings)
+    try:
+        if services.kv is None:
+            return 0, 0
+        moved = await requestlog.drain(services.kv, services.db, batch=batch)
+        return moved, await requestlog.pending(services.kv)
+    finally:
+        await services.close()
+
+
+@app.command()
+def drain(batch: Annotated[int, typer.Option(min=1, max=10_000, help="Records per insert.")] = 500) -> None:
+    """Move the request log queued in Redis into Postgres (what the cron function does)."""
+    settings = _settings()
+    moved, left = asyncio.run(_drain(settings, batch))
+    typer.echo(f"moved {moved} request-log records to Postgres; {left} still queued")
+
+
 def main() -> None:  # pragma: no cover - the console script
     sys.exit(app())

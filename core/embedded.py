@@ -57,6 +57,9 @@ def start_postgres(data_dir: Path, *, cleanup_mode: str | None = "stop") -> Embe
     cleanup_mode "stop" stops the server when the last process using it exits;
     "delete" also removes the data (tests); None leaves it running.
     """
+    # pgserver asks platformdirs for a runtime dir on import and again at exit; without
+    # XDG_RUNTIME_DIR (containers, CI) that warns each time, about nothing we use.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*", category=UserWarning)
     try:
         import pgserver
     except ImportError as exc:  # pragma: no cover - depends on the install
@@ -66,9 +69,7 @@ def start_postgres(data_dir: Path, *, cleanup_mode: str | None = "stop") -> Embe
         ) from exc
     pgdata = Path(data_dir).expanduser().resolve() / "pg"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        warnings.simplefilter("ignore", UserWarning)
-        server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
+    server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
     # pgserver's URI is postgresql://postgres:@/postgres?host=<socket dir>
     query = parse_qs(urlsplit(server.get_uri()).query)
     host = query["host"][0]
