@@ -1,0 +1,1 @@
+"""Benchmarks. Each one writes a JSON result and prints a table; see bench/README.md."""

@@ -1,0 +1,235 @@
+"""python -m bench.routing: run the routing benchmark (see bench/README.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench.routing.scenario import BUILTIN, Scenario, ScenarioError, builtin, load_scenario
+
+STRATEGIES = ("load_balanced", "round_robin", "random", "priority", "latency", "cost", "adaptive",
+              "litellm_shuffle", "litellm_latency", "oracle")
+DWA_STRATEGIES = STRATEGIES[:7]
+
+
+def make_policy(name: str, scenario: Scenario, world: Any, kv: Any, run_id: str) -> Any:
+    from core.settings import RoutingStrategy
+
+    from bench.routing.policies import DWAPolicy, LiteLLMLatency, LiteLLMShuffle, Oracle
+
+    if name in DWA_STRATEGIES:
+        return DWAPolicy(scenario, kv, RoutingStrategy(name), namespace=f"{run_id}:{scenario.name}:{name}")
+    if name == "litellm_shuffle":
+        return LiteLLMShuffle(scenario, seed=scenario.seed)
+    if name == "litellm_latency":
+        return LiteLLMLatency(scenario, seed=scenario.seed)
+    if name == "oracle":
+        return Oracle(scenario, world)
+    raise ValueError(name)
+
+
+async def run_scenario(scenario: Scenario, strategies: tuple[str, ...], kv: Any, run_id: str) -> dict[str, Any]:
+    from bench.routing.sim import make_world, recovery_times, simulate, summary, traffic_share
+
+    out: dict[str, Any] = {}
+    order = ("oracle",) + tuple(s for s in strategies if s != "oracle")
+    for name in order:
+        world, requests = make_world(scenario)
+        policy = make_policy(name, scenario, world, kv, run_id)
+        started = time.perf_counter()
+        run = await simulate(scenario, world, requests, policy)
+        metrics = summary(run)
+        out[name] = {
+            "metrics": metrics,
+            "recovery": recovery_times(scenario, run),
+            "share": traffic_share(scenario, run),
+            "failovers": run.failovers,
+            "errors": run.errors,
+            "rate_limited": run.rate_limited,
+            "requests": run.requests,
+            "reasons": dict(getattr(policy, "reasons", {}) or {}),
+            "wall_s": time.perf_counter() - started,
+        }
+    oracle_mean = out["oracle"]["metrics"]["mean_latency_ms"]
+    for name in out:
+        mean = out[name]["metrics"]["mean_latency_ms"]
+        out[name]["metrics"]["regret_pct"] = 100.0 * (mean - oracle_mean) / oracle_mean if oracle_mean else 0.0
+    if "oracle" not in strategies:
+        del out["oracle"]
+    return out
+
+
+async def run_all(scenarios: list[Scenario], strategies: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    from core.embedded import start_redis
+    from core.kv import RedisKV
+
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="orchesity-bench-") as tmp:
+        server = start_redis(Path(tmp))
+        kv = RedisKV.from_url(f"unix://{server.socket_path}", embedded=server)
+        try:
+            run_id = f"bench-{uuid.uuid4().hex[:8]}"
+            for scenario in scenarios:
+                started = time.perf_counter()
+                results[scenario.name] = await run_scenario(scenario, strategies, kv, run_id)
+                print(report_scenario(scenario, results[scenario.name],
+                                      time.perf_counter() - started), flush=True)
+        finally:
+            await kv.close()
+    return results
+
+
+def report_scenario(scenario: Scenario, result: dict[str, Any], wall: float) -> str:
+    lines = [f"\n== {scenario.name}: {scenario.description}",
+             f"   {scenario.duration_s:.0f} simulated s, {scenario.rate_per_s:g} req/s, "
+             f"{scenario.instances} instance(s), {len(scenario.providers)} providers; ran in {wall:.1f} s"]
+    header = f"   {'strategy':<16}{'mean ms':>9}{'p95 ms':>9}{'success':>9}{'cost $':>9}{'regret':>9}{'failover':>9}"
+    lines.append(header)
+    for name, entry in result.items():
+        m = entry["metrics"]
+        lines.append(
+            f"   {name:<16}{m['mean_latency_ms']:>9.0f}{m['p95_latency_ms']:>9.0f}"
+            f"{100 * m['success_rate']:>8.2f}%{m['cost']:>9.2f}{m['regret_pct']:>+8.1f}%{entry['failovers']:>9}"
+        )
+    watched = {name: entry["recovery"] for name, entry in result.items() if entry.get("recovery")}
+    if watched:
+        lines.append(f"   recovery of {scenario.watch_recovery} (s after it came back: share back to half its "
+                     f"pre-outage share / first success):")
+        for name, rec in watched.items():
+            back = "never" if rec["traffic_back_s"] is None else f"{rec['traffic_back_s']:.0f}"
+            first = "never" if rec["first_success_s"] is None else f"{rec['first_success_s']:.1f}"
+            if rec["share_before"] == 0:
+                back = "n/a (no traffic before)"
+            lines.append(f"     {name:<16}{back:>8} / {first}")
+    return "\n".join(lines)
+
+
+def check_targets(results: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["\n== targets"]
+
+    def verdict(ok: bool) -> str:
+        return "met   " if ok else "MISSED"
+
+    for scenario, result in results.items():
+        if "oracle" not in result:
+            continue
+        oracle = result["oracle"]["metrics"]["mean_latency_ms"]
+        for name in ("load_balanced", "adaptive"):
+            if name in result:
+                mean = result[name]["metrics"]["mean_latency_ms"]
+                ratio = mean / oracle - 1
+                lines.append(f"   {verdict(ratio <= 0.10)} {scenario}: {name} mean {mean:.0f} ms vs oracle "
+                             f"{oracle:.0f} ms ({100 * ratio:+.1f}%, target ≤ +10%)")
+    for scenario, result in results.items():
+        worst = min(result.items(), key=lambda kv: kv[1]["metrics"]["success_rate"])
+        dwa = {k: v for k, v in result.items() if k in DWA_STRATEGIES}
+        if dwa:
+            low = min(dwa.items(), key=lambda kv: kv[1]["metrics"]["success_rate"])
+            rate = low[1]["metrics"]["success_rate"]
+            lines.append(f"   {verdict(rate >= 0.995)} {scenario}: lowest DWA success {100 * rate:.2f}% "
+                         f"({low[0]}; target ≥ 99.5%); lowest overall {100 * worst[1]['metrics']['success_rate']:.2f}% ({worst[0]})")
+    for scenario in ("degrade", "outage"):
+        result = results.get(scenario)
+        if not result or "litellm_latency" not in result:
+            continue
+        base = result["litellm_latency"]["metrics"]["p95_latency_ms"]
+        if "oracle" in result:  # what any router could gain at most, for context
+            best = result["oracle"]["metrics"]["p95_latency_ms"]
+            lines.append(f"   (info) {scenario}: the oracle's p95 {best:.0f} ms is {100 * (1 - best / base):.0f}% "
+                         f"below litellm_latency's")
+        for name in ("load_balanced", "adaptive"):
+            if name in result:
+                p95 = result[name]["metrics"]["p95_latency_ms"]
+                lower = 1 - p95 / base
+                lines.append(f"   {verdict(lower >= 0.20)} {scenario}: {name} p95 {p95:.0f} ms vs litellm_latency "
+                             f"{base:.0f} ms ({100 * lower:.0f}% lower, target ≥ 20%)")
+    for scenario, result in results.items():
+        for name in ("load_balanced", "adaptive"):
+            rec = result.get(name, {}).get("recovery")
+            if rec:
+                back = rec["traffic_back_s"]
+                lines.append(f"   {verdict(back is not None and back <= 60)} {scenario}: {name} traffic back "
+                             f"{'never' if back is None else f'{back:.0f} s'} after recovery (target ≤ 60 s)")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.routing", description=__doc__)
+    parser.add_argument("--json", metavar="OUT.json", help="write the results here")
+    parser.add_argument("--plot-dir", metavar="DIR", help="PNG plots here (default: next to the JSON)")
+    parser.add_argument("--scenario", metavar="FILE", action="append", default=[],
+                        help="run this scenario file instead of the built-ins (repeatable)")
+    parser.add_argument("--only", metavar="NAMES", help="comma-separated built-in scenarios to run")
+    parser.add_argument("--strategies", metavar="NAMES", help="comma-separated strategies (default: all)")
+    parser.add_argument("--quick", action="store_true", help="a quarter of the traffic, for a smoke run")
+    parser.add_argument("--micro", action="store_true",
+                        help="only measure CPU per routing decision for 10 providers")
+    args = parser.parse_args(argv)
+
+    if args.micro:
+        from bench.routing.micro import run_micro
+
+        result = run_micro()
+        if args.json:
+            Path(args.json).write_text(json.dumps({"micro": result}, indent=2) + "\n")
+        return 0
+
+    try:
+        if args.scenario:
+            scenarios = [load_scenario(path) for path in args.scenario]
+        else:
+            names = args.only.split(",") if args.only else list(BUILTIN)
+            unknown = set(names) - set(BUILTIN)
+            if unknown:
+                parser.error(f"unknown scenario(s) {sorted(unknown)}; built-in: {', '.join(BUILTIN)}")
+            scenarios = [builtin(name) for name in names]
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.quick:
+        scenarios = [s.scaled(0.25) for s in scenarios]
+    strategies = tuple(args.strategies.split(",")) if args.strategies else STRATEGIES
+    unknown = set(strategies) - set(STRATEGIES)
+    if unknown:
+        parser.error(f"unknown strategies {sorted(unknown)}; known: {', '.join(STRATEGIES)}")
+
+    started = time.perf_counter()
+    results = asyncio.run(run_all(scenarios, strategies))
+    print("\n".join(check_targets(results)))
+    print(f"\ntotal wall time {time.perf_counter() - started:.1f} s")
+
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shaped = {"scenarios": {s: {k: {key: v["metrics"][key] for key in
+                                        ("mean_latency_ms", "p95_latency_ms", "success_rate", "cost", "regret_pct")}
+                                    for k, v in r.items()} for s, r in results.items()}}
+        out.write_text(json.dumps(shaped, indent=2) + "\n")
+        details = {s: {k: {key: v[key] for key in ("recovery", "failovers", "errors", "rate_limited",
+                                                    "requests", "reasons")} for k, v in r.items()}
+                   for s, r in results.items()}
+        details_path = out.with_name(out.stem + ".details.json")
+        details_path.write_text(json.dumps(details, indent=2) + "\n")
+        print(f"wrote {out} and {details_path}")
+    plot_dir = Path(args.plot_dir) if args.plot_dir else (Path(args.json).parent if args.json else None)
+    if plot_dir is not None:
+        from bench.routing.plot import write_share_plot
+
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        by_name = {s.name: s for s in scenarios}
+        for name, result in results.items():
+            path = plot_dir / f"routing_share_{name}.png"
+            write_share_plot(path, by_name[name], {k: v["share"] for k, v in result.items()})
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,179 @@
+"""The discrete-event simulator: arrivals, calls, outcomes and failover on a simulated clock.
+
+Events are processed in simulated-time order; a policy's pick and record run when their
+event does (the DWA policy's run the real Router against Redis), so the routers see
+the world exactly as a gateway would, only without waiting.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from bench.routing.scenario import Scenario
+from bench.routing.world import CallResult, Request, World, requests_for
+
+
+class Policy(Protocol):
+    async def pick(self, request: Request, now: float, exclude: Sequence[str]) -> str | None: ...
+
+    async def record(self, request: Request, name: str, result: CallResult, now: float) -> None: ...
+
+
+@dataclass
+class RunResult:
+    latencies: list[float] = field(default_factory=list)   # per request, failures included
+    ok: int = 0
+    requests: int = 0
+    cost: float = 0.0
+    attempts: dict[str, list[float]] = field(default_factory=dict)   # start times per provider
+    successes_at: dict[str, list[float]] = field(default_factory=dict)
+    failovers: int = 0
+    rate_limited: int = 0
+    errors: int = 0
+
+
+def make_world(scenario: Scenario) -> tuple[World, list[Request]]:
+    return World(scenario), requests_for(scenario)
+
+
+async def simulate(scenario: Scenario, world: World, requests: list[Request], policy: Policy) -> RunResult:
+    names = [p.name for p in scenario.providers]
+    prices = {p.name: (p.input_price_per_1k, p.output_price_per_1k) for p in scenario.providers}
+    result = RunResult(attempts={n: [] for n in names}, successes_at={n: [] for n in names})
+    deadline = scenario.deadline_s
+    tried: dict[int, list[str]] = {}
+    heap: list[tuple[float, int, int, object]] = []
+    seq = 0
+    for request in requests:
+        heap.append((request.arrival, seq, 0, request))
+        seq += 1
+    heapq.heapify(heap)
+
+    def finish(request: Request, now: float, ok: bool) -> None:
+        result.requests += 1
+        result.latencies.append(now - request.arrival)
+        if ok:
+            result.ok += 1
+        tried.pop(request.rid, None)
+
+    async def attempt(request: Request, now: float) -> None:
+        nonlocal seq
+        already = tried.setdefault(request.rid, [])
+        name = await policy.pick(request, now, already)
+        if name is None:
+            finish(request, now, False)
+            return
+        already.append(name)
+        result.attempts[name].append(now)
+        call = world.call(name, now, request)
+        left = request.arrival + deadline - now
+        if call.latency > left:  # the request's deadline cuts the call short
+            call = CallResult("fail", left, "timeout")
+        world.in_flight[name] += 1
+        heapq.heappush(heap, (now + call.latency, seq, 1, (request, name, call)))
+        seq += 1
+
+    while heap:
+        now, _, kind, data = heapq.heappop(heap)
+        if kind == 0:
+            await attempt(data, now)  # type: ignore[arg-type]
+            continue
+        request, name, call = data  # type: ignore[misc]
+        world.in_flight[name] -= 1
+        await policy.record(request, name, call, now)
+        if call.kind == "ok":
+            p_in, p_out = prices[name]
+            result.cost += (request.input_tokens * p_in + request.output_tokens * p_out) / 1000.0
+            result.successes_at[name].append(now)
+            finish(request, now, True)
+            continue
+        if call.kind == "rate":
+            result.rate_limited += 1
+        else:
+            result.errors += 1
+        if now - request.arrival < deadline and len(tried[request.rid]) < len(names):
+            result.failovers += 1
+            await attempt(request, now)
+        else:
+            finish(request, now, False)
+    return result
+
+
+# --- reading a run ---------------------------------------------------------------------
+def percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = math.ceil(q / 100.0 * len(ordered))  # nearest rank
+    return ordered[min(len(ordered), max(1, rank)) - 1]
+
+
+def summary(run: RunResult) -> dict[str, float]:
+    n = max(1, run.requests)
+    return {
+        "mean_latency_ms": 1000.0 * sum(run.latencies) / n,
+        "p95_latency_ms": 1000.0 * percentile(run.latencies, 95),
+        "success_rate": run.ok / n,
+        "cost": run.cost,
+    }
+
+
+def recovery_times(scenario: Scenario, run: RunResult, window_s: float = 10.0) -> dict[str, float | None] | None:
+    """For the watched provider: seconds from the end of its last outage (or last phase)
+    to (a) its first success and (b) the first moment its share of attempts over the
+    preceding `window_s` is back to half its share in the minute before the outage."""
+    name = scenario.watch_recovery
+    if name is None:
+        return None
+    provider = next(p for p in scenario.providers if p.name == name)
+    phases = [p for p in provider.phases if p.down] or list(provider.phases)
+    if not phases:
+        return None
+    phase = max(phases, key=lambda p: p.end_s)
+    start, recovered = phase.start_s, phase.end_s
+    all_attempts = sorted(t for times in run.attempts.values() for t in times)
+    mine = run.attempts[name]
+
+    def share(lo: float, hi: float) -> float:
+        total = _count(all_attempts, lo, hi)
+        return _count(mine, lo, hi) / total if total else 0.0
+
+    before = share(max(0.0, start - 60.0), start)
+    first = next((t for t in run.successes_at[name] if t >= recovered), None)
+    back = None
+    if before > 0:
+        t = recovered + 1.0
+        while t <= scenario.duration_s:
+            if share(t - window_s, t) >= 0.5 * before:
+                back = t - recovered
+                break
+            t += 1.0
+    return {
+        "share_before": before,
+        "first_success_s": None if first is None else first - recovered,
+        "traffic_back_s": back,
+    }
+
+
+def _count(sorted_times: Sequence[float], lo: float, hi: float) -> int:
+    from bisect import bisect_left
+
+    return bisect_left(sorted_times, hi) - bisect_left(sorted_times, lo)
+
+
+def traffic_share(scenario: Scenario, run: RunResult, buckets: int = 60) -> tuple[list[float], dict[str, list[float]]]:
+    """Per-provider share of attempts in `buckets` equal time slices (for the plot)."""
+    width = scenario.duration_s / buckets
+    counts = {name: [0] * buckets for name in run.attempts}
+    for name, times in run.attempts.items():
+        for t in times:
+            counts[name][min(buckets - 1, int(t / width))] += 1
+    shares: dict[str, list[float]] = {name: [] for name in counts}
+    for b in range(buckets):
+        total = sum(counts[name][b] for name in counts)
+        for name in counts:
+            shares[name].append(counts[name][b] / total if total else 0.0)
+    return [width * (b + 0.5) for b in range(buckets)], shares

@@ -1,0 +1,173 @@
+"""THE DWA formula: how a provider's live state becomes a score in [0, 1].
+
+For the candidates of one decision (S, F, W, m: the decayed counts and means from
+state.py; everything already decayed to `now` by elapsed time):
+
+    availability   a = (S + α₀) / (S + F + α₀ + β₀)
+                   the mean of a Beta(α₀ + S, β₀ + F) posterior. α₀ = 1.9, β₀ = 0.1:
+                   a new provider starts at 0.95 and one failure takes it to 0.63, never
+                   to 0. As S and F decay (half-life 60 s), old verdicts fade back to the
+                   prior, so a provider that was down an hour ago is not still punished.
+                   (Failures while its circuit is open are the breaker's business and
+                   are not counted in F; see breaker.py.)
+
+    latency        L = (W'·m + k₀·L*) / (W' + k₀)
+                   m: the decayed mean of latency / (output tokens + 40), with a 6 s
+                   half-life, so it follows a degradation within seconds; for a stream,
+                   of the time to first token. W: its samples, decayed with a slower
+                   20 s half-life (how long a provider's speed stays known). An LLM call takes about TTFT + tokens × time per token, so
+                   dividing by the tokens removes the spread that comes from the reply's
+                   length rather than from the provider (a 50-token reply from a slow
+                   provider beats a 400-token one from a fast provider); the +40 stands
+                   for the TTFT in tokens (TTFT / time-per-token is 20-60 on common
+                   APIs), so short replies are not over-penalised.
+                   L*: 10% below the lowest m any candidate has shown, k₀ = 1 sample.
+                   A provider with no recent samples drifts toward looking a little
+                   faster than the best, and is tried again: optimism under
+                   uncertainty, which is how a provider that recovered gets traffic
+                   back (a sample or two per provider every 30-90 s, so exploration
+                   costs less the more traffic there is).
+                   After 30 s without a sample W counts as 0: a provider that looked
+                   slow is tried once every 30 s or so, however slow it looked, so a
+                   recovery is noticed within about that.
+                   W' = W + calls in flight: pending calls count at the current mean
+                   (the "kriging believer" for pending observations), so while the
+                   answer to one exploratory call is awaited, no more are sent.
+
+    speed          v = min(L) / L                          (1 for the fastest candidate)
+    price factor   c = (min(P) + ε) / (P + ε)              P: blended price per 1k tokens
+    baseline       b' = 1 − λ + λ·b                        b: the recompute job's weight
+
+    quality        q = a^2 · v · c^0.02 · b'       ∈ [0, 1]  → dwa_score
+
+a is squared because a failure costs more than its time (a failover, a risk of an error
+reaching the caller); with a alone, a provider failing 20% of the time would look as
+good as one 20% slower. Cost enters with a small exponent: it breaks near-ties in the
+default strategy (the `cost` strategy exists for cost-first routing).
+
+load_balanced then samples provider i with probability ∝ q_i^16 / (1 + (n_i / C_i)²),
+where n_i is the in-flight count and C_i the provider's max_concurrency (default 64):
+sharp enough that a provider 25% slower gets ~3% of the traffic (and the mean latency
+stays within a few percent of always picking the best), soft enough to spread load
+across near-equals (5% slower: a third of the traffic) and to back off a provider
+filling up. In that sampling the price factor weighs c^0.32: among equally fast
+providers, one 10× cheaper gets two thirds of the traffic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from core.dwa.config import DWAConfig
+from core.dwa.state import ProviderState
+
+
+def availability(successes: float, failures: float, config: DWAConfig) -> float:
+    """Posterior mean success probability; never 0, whatever the failures."""
+    a0, b0 = config.prior_success, config.prior_failure
+    return (successes + a0) / (successes + failures + a0 + b0)
+
+
+def observed(state: ProviderState, stream: bool) -> tuple[float, float]:
+    """(decayed sample weight, mean) of the latency routing compares for this call: time
+    to first token for a stream, else latency / (output tokens + ttft_tokens)."""
+    if stream:
+        return state.ttft_weight, state.ttft_mean
+    return state.latency_weight, state.latency_norm
+
+
+def latency_prior(states: Sequence[ProviderState], config: DWAConfig, stream: bool = False) -> float:
+    """L*: a little below the lowest mean any candidate has shown (default_latency_s if
+    none has data)."""
+    best = math.inf
+    for state in states:
+        weight, mean = observed(state, stream)
+        if weight > 0.0 and mean < best:
+            best = mean
+    return best * (1.0 - config.latency_optimism) if best < math.inf else config.default_latency_s
+
+
+def expected_latency(state: ProviderState, prior: float, config: DWAConfig, now: float,
+                     stream: bool = False) -> float:
+    """L for one candidate (see the module docstring; `evaluate` inlines the same)."""
+    weight, mean = observed(state, stream)
+    if mean > 0.0:
+        if now - state.last_success > config.explore_after_s:
+            weight = 0.0
+        weight += state.in_flight
+    k0 = config.latency_prior_weight
+    return (weight * mean + k0 * prior) / (weight + k0)
+
+
+def load_factor(state: ProviderState, config: DWAConfig) -> float:
+    """1 when idle, ½ at max_concurrency in flight, falling fast beyond."""
+    capacity = state.profile.max_concurrency or config.default_capacity
+    x = state.in_flight / capacity
+    return 1.0 / (1.0 + x * x)
+
+
+class Evaluation:
+    """The formula's terms for each candidate, as parallel lists (cheap to build)."""
+
+    __slots__ = ("availability", "latency", "price", "quality")
+
+    def __init__(self, availability: list[float], latency: list[float], price: list[float],
+                 quality: list[float]) -> None:
+        self.availability = availability
+        self.latency = latency
+        self.price = price
+        self.quality = quality
+
+
+def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
+             stream: bool = False) -> Evaluation:
+    """Score every candidate at `now` (see the module docstring). Runs on every decision."""
+    stale_before = now - config.explore_after_s
+    a0 = config.prior_success
+    ab0 = a0 + config.prior_failure
+    k0 = config.latency_prior_weight
+    prior = latency_prior(states, config, stream)
+    k0_prior = k0 * prior
+    avails: list[float] = []
+    latencies: list[float] = []
+    prices: list[float] = []
+    for state in states:
+        s = state.successes
+        avails.append((s + a0) / (s + state.failures + ab0))
+        if stream:
+            weight, mean = state.ttft_weight, state.ttft_mean
+        else:
+            weight, mean = state.latency_weight, state.latency_norm
+        if mean > 0.0:
+            if state.last_success < stale_before:
+                weight = 0.0  # nothing heard for explore_after_s: time to look again
+            weight += state.in_flight  # pending calls, imputed at the current mean
+        latencies.append((weight * mean + k0_prior) / (weight + k0))
+        prices.append(state.profile.unit_price)
+    best_latency = min(latencies)
+    floor = config.price_floor_per_1k
+    best_price = min(prices) + floor
+    exp_a = config.availability_exponent
+    exp_c = config.cost_exponent
+    blend = config.baseline_blend
+    qualities: list[float] = []
+    for i, state in enumerate(states):
+        q = avails[i] ** exp_a * (best_latency / latencies[i])
+        price = prices[i] + floor
+        if price > best_price:
+            q *= (best_price / price) ** exp_c
+        if state.baseline is not None:
+            q *= 1.0 - blend + blend * state.baseline
+        qualities.append(q)
+    return Evaluation(avails, latencies, prices, qualities)
+
+
+def p95_latency(state: ProviderState) -> float | None:
+    """Approximate p95 latency (seconds) from a log-normal fit of the decayed moments of
+    ln(latency); None without samples. Cheap and smooth; it assumes a unimodal, right-
+    skewed latency distribution, which LLM latencies roughly are."""
+    if state.latency_weight <= 0.0 and state.log_mean == 0.0:
+        return None
+    variance = max(0.0, state.log_sq - state.log_mean * state.log_mean)
+    return math.exp(state.log_mean + 1.6448536 * math.sqrt(variance))

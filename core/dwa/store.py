@@ -1,0 +1,289 @@
+"""Where the live state lives: the store interface, and its Redis implementation.
+
+Hot path budget: reading every candidate's state is ONE round trip and recording an
+outcome is ONE round trip. Besides the convenience coroutines, the Redis store exposes
+the commands themselves, so the orchestrator can fold them into its own pipelines with
+the cache read, the cache write and the request-log XADD:
+
+    commands = store.read_commands(names, round_robin=...)    # + the cache GET
+    replies = await kv.pipeline([cache_get, *commands])
+    snapshot = store.parse(names, replies[1:], now, round_robin=...)
+    ...
+    await kv.pipeline([store.record_command(outcome), cache_set, xadd], scripts=store.scripts)
+
+In-flight counts: exact per process, approximate across instances, at no extra round
+trip. This process counts its own calls in memory (`start` / `finish`). Every outcome
+script also writes "this instance has k calls in flight on this provider, as of now" to
+a per-provider hash keyed by instance id; a reader adds the counts other instances
+reported in the last `in_flight_max_age_s` to its own exact count. What it misses: calls
+another instance started since its last recorded outcome, and an instance that has
+been idle since its last report counts as whatever it last reported (usually 0, since
+it reports after finishing). Good enough for a load penalty; never used for limits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from core.dwa.config import DWAConfig
+from core.dwa.profile import ProviderProfile
+from core.dwa.scripts import CLAIM_PROBE, RECORD, SCRIPTS
+from core.dwa.state import Outcome, ProviderState, Snapshot
+from core.kv import KEY_PREFIX, KV, Command, Script
+
+_LN2 = math.log(2.0)
+
+# The fields a routing decision needs, in the order HMGET returns them.
+HOT_FIELDS = ("t", "s", "f", "ew", "nm", "ls", "rl", "ho", "ou", "pu", "fe", "fm")
+
+
+class DWAStore(Protocol):
+    """What the router needs from a state store. Redis implements it below. A Postgres
+    store (for deployments without Redis) implements the same coroutines: per provider,
+    the fields of scripts.FIELDS as one JSON object, updated under a row lock by
+    update.apply_outcome (the Lua's twin, tested equal), decayed on read like
+    RedisDWAStore.parse; in-flight counts may stay per process there."""
+
+    instance_id: str
+
+    def profile(self, name: str) -> ProviderProfile:
+        """The configured profile of `name` (defaults for an unknown name)."""
+
+    async def read(self, names: Sequence[str], now: float, *, round_robin: bool = False) -> Snapshot:
+        """Every candidate's state at `now`; with round_robin, also advance the shared
+        round-robin counter for this candidate set and return its value."""
+
+    async def read_details(self, names: Sequence[str], now: float) -> Snapshot:
+        """Like read, with `ProviderState.details` filled (every stored field; for stats)."""
+
+    async def record(self, outcome: Outcome) -> None:
+        """Apply one outcome atomically; also marks the call finished in this process."""
+
+    async def claim_probe(self, name: str, now: float) -> bool:
+        """Claim the one half-open probe of `name`; False if someone else holds it."""
+
+    async def reset(self, names: Sequence[str]) -> None:
+        """Forget the live state of `names` (back to the priors)."""
+
+    def start(self, name: str) -> None:
+        """A call to `name` is starting in this process."""
+
+    def finish(self, name: str) -> int:
+        """A call to `name` ended in this process; returns this process's count left."""
+
+
+def key_prefix(namespace: str = "") -> str:
+    """`orchesity:dwa:` (plus `namespace:` for isolated test and benchmark runs)."""
+    return f"{KEY_PREFIX}dwa:{namespace + ':' if namespace else ''}"
+
+
+def baseline_key(namespace: str = "") -> str:
+    """The hash provider → baseline weight in [0, 1] that the recompute job writes."""
+    return key_prefix(namespace) + "baseline"
+
+
+def state_key(name: str, namespace: str = "") -> str:
+    # {name} is a hash tag: both keys an outcome script touches share a cluster slot.
+    return f"{key_prefix(namespace)}{{{name}}}:state"
+
+
+def in_flight_key(name: str, namespace: str = "") -> str:
+    return f"{key_prefix(namespace)}{{{name}}}:inflight"
+
+
+def _num(value: Any) -> float:
+    return float(value) if value else 0.0
+
+
+class RedisDWAStore:
+    """DWA state in Redis, through the one KV interface (Upstash REST, redis://, embedded)."""
+
+    scripts: Mapping[str, Script] = SCRIPTS
+
+    def __init__(
+        self,
+        kv: KV,
+        profiles: Mapping[str, ProviderProfile] | Sequence[ProviderProfile] = (),
+        config: DWAConfig | None = None,
+        *,
+        namespace: str = "",
+        instance_id: str | None = None,
+    ) -> None:
+        self.kv = kv
+        if not isinstance(profiles, Mapping):
+            profiles = {profile.name: profile for profile in profiles}
+        self.profiles: dict[str, ProviderProfile] = dict(profiles)
+        self.config = config or DWAConfig()
+        self.namespace = namespace
+        self.instance_id = instance_id or uuid.uuid4().hex[:12]
+        self._local: dict[str, int] = {}
+        self._keys: dict[str, tuple[str, str]] = {}
+        self._rr_keys: dict[tuple[str, ...], str] = {}
+        self._baseline_key = baseline_key(namespace)
+        cfg = self.config
+        self._k_av = _LN2 / cfg.availability_half_life_s
+        self._k_ev = _LN2 / cfg.evidence_half_life_s
+        self._record_args = (
+            cfg.availability_half_life_s, cfg.latency_half_life_s, cfg.failure_threshold,
+            cfg.cooldown_s, cfg.cooldown_max_s, cfg.rate_limit_default_s, cfg.state_ttl_s,
+            cfg.in_flight_max_age_s, cfg.ttft_tokens, cfg.evidence_half_life_s,
+        )
+
+    # -- keys --------------------------------------------------------------------------
+    def profile(self, name: str) -> ProviderProfile:
+        profile = self.profiles.get(name)
+        if profile is None:  # unknown to the config: defaults, remembered
+            profile = self.profiles[name] = ProviderProfile(name)
+        return profile
+
+    def _keys_for(self, name: str) -> tuple[str, str]:
+        keys = self._keys.get(name)
+        if keys is None:
+            keys = self._keys[name] = (state_key(name, self.namespace), in_flight_key(name, self.namespace))
+        return keys
+
+    def round_robin_key(self, names: Sequence[str]) -> str:
+        """One rotation counter per candidate set (as a set: order does not matter)."""
+        group = tuple(names)
+        key = self._rr_keys.get(group)
+        if key is None:
+            digest = hashlib.sha1("\n".join(sorted(set(group))).encode()).hexdigest()[:16]
+            key = self._rr_keys[group] = f"{key_prefix(self.namespace)}rr:{digest}"
+        return key
+
+    # -- in-flight, this process ---------------------------------------------------------
+    def start(self, name: str) -> None:
+        self._local[name] = self._local.get(name, 0) + 1
+
+    def finish(self, name: str) -> int:
+        left = max(0, self._local.get(name, 0) - 1)
+        self._local[name] = left
+        return left
+
+    def local_in_flight(self, name: str) -> int:
+        return self._local.get(name, 0)
+
+    # -- reading: commands and parsing ----------------------------------------------------
+    def read_commands(self, names: Sequence[str], *, round_robin: bool = False) -> list[Command]:
+        """The commands of one decision's read: per provider HMGET + HGETALL, then the
+        baselines, then (round_robin) the INCR and EXPIRE of the rotation counter."""
+        commands: list[Command] = []
+        for name in names:
+            state, in_flight = self._keys_for(name)
+            commands.append(("HMGET", state, *HOT_FIELDS))
+            commands.append(("HGETALL", in_flight))
+        commands.append(("HMGET", self._baseline_key, *names))
+        if round_robin:
+            key = self.round_robin_key(names)
+            commands.append(("INCR", key))
+            commands.append(("EXPIRE", key, self.config.state_ttl_s))  # a set no longer used goes
+        return commands
+
+    def parse(self, names: Sequence[str], replies: Sequence[Any], now: float,
+              *, round_robin: bool = False) -> Snapshot:
+        """Turn `read_commands`' replies into a Snapshot decayed to `now`. Lean on purpose:
+        it runs on every request."""
+        n = len(names)
+        baselines = replies[2 * n]
+        min_at = now - self.config.in_flight_max_age_s
+        k_av, k_ev = self._k_av, self._k_ev
+        own = self.instance_id
+        local = self._local
+        profiles = self.profiles
+        exp = math.exp
+        states: dict[str, ProviderState] = {}
+        for name, hot, others, baseline in zip(names, replies[0:2 * n:2], replies[1:2 * n:2], baselines):
+            t, s, f, ew, nm, ls, rl, ho, ou, pu, fe, fm = hot
+            in_flight = local.get(name, 0)
+            if others:
+                for j in range(0, len(others), 2):
+                    if others[j] != own:
+                        count, _, at = others[j + 1].partition(":")
+                        if float(at) >= min_at:
+                            in_flight += int(count)
+            profile = profiles.get(name) or self.profile(name)
+            if baseline is not None:
+                baseline = min(1.0, max(0.0, float(baseline)))
+            if t is None:  # never recorded (or reset): the priors
+                states[name] = ProviderState(name, profile, in_flight=in_flight, baseline=baseline)
+                continue
+            # the outcome script writes every field, so none is None from here
+            dt = now - float(t)
+            if dt < 0.0:
+                dt = 0.0
+            da = exp(-k_av * dt)
+            # positional, the first nine fields: half the cost of keywords, on every read
+            state = ProviderState(name, profile, float(s) * da, float(f) * da, float(ew) * exp(-k_ev * dt),
+                                  float(nm), float(ls), in_flight, baseline)
+            if rl != "0":
+                state.rate_limited_until = float(rl)
+            if ho == "1":  # only a tripped breaker's times matter
+                state.tripped = True
+                state.open_until = float(ou)
+                state.probe_until = float(pu)
+            if fe != "0":  # streams only
+                state.ttft_weight = float(fe) * exp(-k_ev * dt)
+                state.ttft_mean = float(fm)
+            states[name] = state
+        rr = int(replies[2 * n + 1]) if round_robin else None
+        return Snapshot(now=now, order=tuple(names), states=states, rr_counter=rr)
+
+    async def read(self, names: Sequence[str], now: float, *, round_robin: bool = False) -> Snapshot:
+        replies = await self.kv.pipeline(self.read_commands(names, round_robin=round_robin))
+        return self.parse(names, replies, now, round_robin=round_robin)
+
+    async def read_details(self, names: Sequence[str], now: float) -> Snapshot:
+        commands = self.read_commands(names)
+        commands += [("HGETALL", self._keys_for(name)[0]) for name in names]
+        replies = await self.kv.pipeline(commands)
+        snapshot = self.parse(names, replies, now)
+        for i, name in enumerate(names):
+            flat = replies[len(commands) - len(names) + i] or []
+            details = dict(zip(flat[::2], flat[1::2]))
+            state = snapshot.states[name]
+            state.details = details
+            state.consecutive_failures = int(_num(details.get("cf")))
+            state.latency_mean = _num(details.get("lm"))
+            state.log_mean = _num(details.get("l1"))
+            state.log_sq = _num(details.get("l2"))
+        return snapshot
+
+    # -- recording ----------------------------------------------------------------------
+    def record_command(self, outcome: Outcome) -> Command:
+        """The EVALSHA that applies `outcome` (run it with `scripts=store.scripts`).
+
+        Building it also marks the call finished in this process's in-flight count, whose
+        new value the script publishes: build it exactly once per finished call.
+        """
+        name = outcome.provider
+        left = self.finish(name)
+        cost = self.profile(name).cost(outcome.input_tokens, outcome.output_tokens)
+        args = (
+            repr(float(outcome.now)), outcome.kind.value, repr(float(outcome.latency_s)),
+            repr(float(outcome.ttft_s or 0.0)), int(outcome.input_tokens), int(outcome.output_tokens),
+            repr(cost), repr(float(outcome.retry_after_s or 0.0)), outcome.error or outcome.kind.value,
+            self.instance_id, left, *self._record_args,
+        )
+        return RECORD.command(self._keys_for(name), args)
+
+    async def record(self, outcome: Outcome) -> None:
+        await self.kv.pipeline([self.record_command(outcome)], scripts=self.scripts)
+
+    def claim_probe_command(self, name: str, now: float) -> Command:
+        return CLAIM_PROBE.command((self._keys_for(name)[0],), (repr(float(now)), self.config.probe_timeout_s))
+
+    async def claim_probe(self, name: str, now: float) -> bool:
+        (reply,) = await self.kv.pipeline([self.claim_probe_command(name, now)], scripts=self.scripts)
+        return int(reply) == 1
+
+    # -- admin --------------------------------------------------------------------------
+    async def reset(self, names: Sequence[str]) -> None:
+        """Delete the live state (metrics and breaker) of `names`: every provider is back
+        at its priors. In-flight reports, baselines and round-robin counters stay: they
+        are not learned metrics (baselines belong to the recompute job)."""
+        if names:
+            await self.kv.execute("DEL", *(self._keys_for(name)[0] for name in names))

@@ -1,0 +1,151 @@
+"""The routing strategies: each picks one of the available candidates.
+
+A strategy gets the candidates that may take a request right now (closed circuit, not
+rate limited, not excluded), in the caller's order, with their scores (scoring.py), and
+returns (index, selection reason). The router handles everything around it: exclusion,
+half-open probes, the all-circuits-open fallback, and the reason overrides.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+
+from core.dwa.config import DWAConfig
+from core.dwa.scoring import Evaluation
+from core.dwa.state import ProviderState
+from core.settings import RoutingStrategy
+
+
+class Context:
+    """What a strategy may use besides the candidates: settings, randomness, the shared
+    round-robin counter, and a fallback local counter when the read had none."""
+
+    __slots__ = ("config", "rng", "rr_counter", "_local_rr")
+
+    def __init__(self, config: DWAConfig, rng: random.Random) -> None:
+        self.config = config
+        self.rng = rng
+        self.rr_counter: int | None = None
+        self._local_rr = 0
+
+    def next_rotation(self) -> int:
+        if self.rr_counter is not None:
+            return self.rr_counter - 1  # INCR returns 1 first: start at the first candidate
+        self._local_rr += 1
+        return self._local_rr - 1
+
+
+Strategy = Callable[[Sequence[ProviderState], Evaluation, Context], tuple[int, str]]
+
+
+def _argmax(values: Sequence[float]) -> int:
+    best, best_value = 0, -math.inf
+    for i, value in enumerate(values):
+        if value > best_value:
+            best, best_value = i, value
+    return best
+
+
+def load_balanced(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tuple[int, str]:
+    """Sample ∝ quality^sharpness × load factor (see scoring.py)."""
+    config = ctx.config
+    gamma = config.sharpness
+    default_capacity = config.default_capacity
+    weights = []
+    total = 0.0
+    for state, q in zip(cands, ev.quality):
+        capacity = state.profile.max_concurrency or default_capacity
+        x = state.in_flight / capacity
+        w = q**gamma / (1.0 + x * x)
+        weights.append(w)
+        total += w
+    best = _argmax(ev.quality)
+    if total <= 0.0:
+        return best, "best_performance"
+    r = ctx.rng.random() * total
+    for i, w in enumerate(weights):
+        r -= w
+        if r < 0.0:
+            break
+    return i, "best_performance" if i == best else "weighted_share"
+
+
+def round_robin(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tuple[int, str]:
+    """The next in a rotation shared by every instance (a Redis INCR per decision)."""
+    return ctx.next_rotation() % len(cands), "round_robin"
+
+
+def random_choice(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tuple[int, str]:
+    return ctx.rng.randrange(len(cands)), "random"
+
+
+def priority(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tuple[int, str]:
+    """The lowest configured priority number; ties go to the caller's order."""
+    best = min(range(len(cands)), key=lambda i: cands[i].profile.priority)
+    return best, "priority_order"
+
+
+def lowest_latency(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tuple[int, str]:
+    """The lowest expected time to a success: latency / availability."""
+    best = min(range(len(cands)), key=lambda i: ev.latency[i] / ev.availability[i])
+    return best, "lowest_latency"
+
+
+def lowest_cost(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tuple[int, str]:
+    """The cheapest provider that is reasonably available (ties: the best quality)."""
+    floor = ctx.config.cost_min_availability
+    pool = [i for i in range(len(cands)) if ev.availability[i] >= floor] or list(range(len(cands)))
+    best = min(pool, key=lambda i: (ev.price[i], -ev.quality[i]))
+    return best, "lowest_cost"
+
+
+def adaptive(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tuple[int, str]:
+    """Thompson sampling on the success posteriors, optimism on latency.
+
+    For each candidate draw a success probability from its decayed posterior
+    Beta(α₀ + S, β₀ + F) and take the best draw of the quality formula (times the load
+    factor). A provider that failed a little lately has a wide posterior and keeps
+    getting an occasional request, in proportion to the chance it is actually the best.
+
+    Latency is not sampled: a draw per decision explores in proportion to traffic (at 8
+    requests/s, a provider one noisy sample behind would get a third of them). Latency
+    exploration comes from the optimistic estimate instead (scoring.py): an unused
+    provider's estimate drifts toward the best one with time, and after explore_after_s
+    without a sample it is tried once, whatever the traffic: that notices a recovery.
+    """
+    config = ctx.config
+    rng = ctx.rng
+    a0, b0 = config.prior_success, config.prior_failure
+    exp_a = config.availability_exponent
+    default_capacity = config.default_capacity
+    gauss = rng.gauss
+    best, best_value = 0, -math.inf
+    for i, state in enumerate(cands):
+        alpha = a0 + state.successes
+        beta = b0 + state.failures
+        n = alpha + beta
+        mean_a = alpha / n
+        if n > 40.0:  # the normal approximation: several times cheaper than betavariate
+            a = mean_a + gauss(0.0, 1.0) * math.sqrt(mean_a * (1.0 - mean_a) / (n + 1.0))
+            a = 1e-3 if a < 1e-3 else (1.0 if a > 1.0 else a)
+        else:
+            a = rng.betavariate(alpha, beta) or 1e-3
+        capacity = state.profile.max_concurrency or default_capacity
+        x = state.in_flight / capacity
+        value = ev.quality[i] * (a / ev.availability[i]) ** exp_a / (1.0 + x * x)
+        if value > best_value:
+            best, best_value = i, value
+    return best, "adaptive_sample"
+
+
+STRATEGIES: dict[RoutingStrategy, Strategy] = {
+    RoutingStrategy.load_balanced: load_balanced,
+    RoutingStrategy.round_robin: round_robin,
+    RoutingStrategy.random: random_choice,
+    RoutingStrategy.priority: priority,
+    RoutingStrategy.latency: lowest_latency,
+    RoutingStrategy.cost: lowest_cost,
+    RoutingStrategy.adaptive: adaptive,
+}

@@ -1,0 +1,200 @@
+"""The router end to end: real Redis, several router instances, no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+
+from core.dwa import DWAConfig, Outcome, OutcomeKind, ProviderProfile, RedisDWAStore, Router
+from core.kv import KV, RedisKV
+from core.settings import RoutingStrategy
+
+T0 = 1_700_000_000.0
+NAMES = ["alpha", "beta", "gamma"]
+PROFILES = [ProviderProfile("alpha", priority=1, input_price_per_1k=0.003, output_price_per_1k=0.015),
+            ProviderProfile("beta", priority=2, input_price_per_1k=0.0005, output_price_per_1k=0.0015),
+            ProviderProfile("gamma", priority=3)]
+
+
+@pytest.fixture(scope="module")
+async def kv(redis_url: str) -> AsyncIterator[KV]:
+    client = RedisKV.from_url(redis_url, max_connections=64)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+def make_router(kv: KV, ns: str, strategy: RoutingStrategy = RoutingStrategy.load_balanced,
+                instance: str | None = None, seed: int = 0, **config) -> Router:
+    store = RedisDWAStore(kv, PROFILES, DWAConfig(**config), namespace=ns, instance_id=instance)
+    return Router(store, strategy=strategy, rng=random.Random(seed))
+
+
+async def serve(router: Router, now: float, latency: dict[str, float], exclude=()) -> str:
+    decision = await router.pick(NAMES, now, exclude=exclude)
+    assert decision is not None
+    await router.record(Outcome(decision.provider, OutcomeKind.SUCCESS, latency[decision.provider], now + 0.1,
+                                input_tokens=100, output_tokens=200))
+    return decision.provider
+
+
+async def test_round_robin_rotates_exactly_across_two_router_instances(kv: KV, ns: str) -> None:
+    one = make_router(kv, ns, RoutingStrategy.round_robin, "one")
+    two = make_router(kv, ns, RoutingStrategy.round_robin, "two")
+    picks = []
+    for i in range(12):
+        router = (one, two, two, one)[i % 4]  # any interleaving of instances
+        decision = await router.pick(NAMES, T0 + i)
+        assert decision is not None and decision.reason == "round_robin"
+        picks.append(decision.provider)
+    assert picks == NAMES * 4
+    # concurrently too: each INCR is one position of the rotation
+    decisions = await asyncio.gather(*(r.pick(NAMES, T0 + 20) for r in [one, two] * 6))
+    assert Counter(d.provider for d in decisions) == {name: 4 for name in NAMES}
+
+
+async def test_priority_skips_an_open_circuit_and_returns_when_it_closes(kv: KV, ns: str) -> None:
+    router = make_router(kv, ns, RoutingStrategy.priority, failure_threshold=2, cooldown_s=5.0)
+    decision = await router.pick(NAMES, T0)
+    assert (decision.provider, decision.reason) == ("alpha", "priority_order")
+    await router.record(Outcome("alpha", OutcomeKind.FAILURE, 0.2, T0, error="http_503"))
+    retry = await router.pick(NAMES, T0, exclude={"alpha"})
+    assert (retry.provider, retry.reason) == ("beta", "fallback_after_error")
+    await router.record(Outcome("beta", OutcomeKind.SUCCESS, 0.5, T0 + 0.5, output_tokens=100))
+    router.store.start("alpha")
+    await router.record(Outcome("alpha", OutcomeKind.FAILURE, 0.2, T0 + 1, error="timeout"))  # opens
+    decision = await router.pick(NAMES, T0 + 2)
+    assert (decision.provider, decision.reason) == ("beta", "priority_order")
+    await router.record(Outcome("beta", OutcomeKind.SUCCESS, 0.5, T0 + 2.5, output_tokens=100))
+    # after the cooldown, the next pick is alpha's probe; its success closes the circuit
+    probe = await router.pick(NAMES, T0 + 7)
+    assert (probe.provider, probe.reason, probe.probe) == ("alpha", "half_open_probe", True)
+    await router.record(Outcome("alpha", OutcomeKind.SUCCESS, 0.4, T0 + 7.4, output_tokens=100))
+    decision = await router.pick(NAMES, T0 + 8)
+    assert (decision.provider, decision.reason) == ("alpha", "priority_order")
+
+
+async def test_only_one_of_two_instances_sends_the_half_open_probe(kv: KV, ns: str) -> None:
+    one = make_router(kv, ns, RoutingStrategy.priority, "one", failure_threshold=1)
+    two = make_router(kv, ns, RoutingStrategy.priority, "two", failure_threshold=1)
+    one.store.start("alpha")
+    await one.record(Outcome("alpha", OutcomeKind.FAILURE, 1.0, T0, error="timeout"))
+    now = T0 + DWAConfig().cooldown_s + 1
+    first, second = await asyncio.gather(one.pick(NAMES, now), two.pick(NAMES, now))
+    assert sorted([first.reason, second.reason]) == ["half_open_probe", "priority_order"]
+    assert {first.provider, second.provider} == {"alpha", "beta"}
+
+
+async def test_load_balanced_learns_the_fastest_and_leaves_a_failing_one(kv: KV, ns: str) -> None:
+    router = make_router(kv, ns)
+    latency = {"alpha": 2.0, "beta": 0.6, "gamma": 1.5}
+    picks = Counter()
+    now = T0
+    for _ in range(150):
+        picks[await serve(router, now, latency)] += 1
+        now += 0.5
+    assert picks["beta"] > 100
+    recent = Counter()
+    for _ in range(40):
+        recent[await serve(router, now, latency)] += 1
+        now += 0.5
+    assert recent["beta"] >= 34
+    # beta starts failing fast: traffic moves away before its circuit would even open
+    for _ in range(8):
+        decision = await router.pick(NAMES, now)
+        ok = decision.provider != "beta"
+        await router.record(Outcome(decision.provider, OutcomeKind.SUCCESS if ok else OutcomeKind.FAILURE,
+                                    latency[decision.provider] if ok else 0.1, now + 0.1,
+                                    output_tokens=200 if ok else 0))
+        now += 0.5
+    stats = await router.stats(NAMES, now)
+    assert stats["beta"]["availability"] < stats["gamma"]["availability"]
+
+
+async def test_every_strategy_through_pick(kv: KV, ns: str) -> None:
+    for strategy in RoutingStrategy:
+        router = make_router(kv, f"{ns}-{strategy.value}", strategy)
+        seen = set()
+        for i in range(9):
+            decision = await router.pick(NAMES, T0 + i)
+            assert decision is not None and 0.0 <= decision.score <= 1.0
+            seen.add(decision.provider)
+            await router.record(Outcome(decision.provider, OutcomeKind.SUCCESS, 1.0, T0 + i + 0.5,
+                                        output_tokens=100))
+        if strategy is RoutingStrategy.round_robin:
+            assert seen == set(NAMES)
+        if strategy is RoutingStrategy.priority:
+            assert seen == {"alpha"}
+        if strategy is RoutingStrategy.cost:
+            assert seen == {"gamma"}  # free
+
+
+async def test_explicit_provider_and_per_request_strategy(kv: KV, ns: str) -> None:
+    router = make_router(kv, ns)
+    decision = await router.pick(NAMES, T0, provider="gamma")
+    assert (decision.provider, decision.reason) == ("gamma", "explicit_provider")
+    decision = await router.pick(NAMES, T0, strategy="priority")
+    assert (decision.provider, decision.reason, decision.strategy) == ("alpha", "priority_order",
+                                                                       RoutingStrategy.priority)
+
+
+async def test_reset_restores_priors_and_stats_report_the_seed_fields(kv: KV, ns: str) -> None:
+    router = make_router(kv, ns, failure_threshold=2)
+    for i in range(3):
+        await serve(router, T0 + i, {"alpha": 1.0, "beta": 1.0, "gamma": 1.0})
+    for i in range(2):
+        router.store.start("alpha")
+        await router.record(Outcome("alpha", OutcomeKind.FAILURE, 0.3, T0 + 5 + i, error="http_502"))
+    stats = await router.stats(NAMES, T0 + 8)
+    alpha = stats["alpha"]
+    for field in ("accuracy", "speed", "cost", "availability", "consecutive_failures", "last_success_time",
+                  "last_error", "weight", "circuit_state", "in_flight", "p95_latency_ms", "samples"):
+        assert field in alpha
+    assert alpha["circuit_state"] == "open" and alpha["consecutive_failures"] == 2
+    assert alpha["last_error"] == "http_502" and alpha["availability"] > 0
+    assert all(0.0 <= s["weight"] <= 1.0 and 0.0 <= s["speed"] <= 1.0 for s in stats.values())
+
+    await router.reset(["alpha"])
+    alpha = (await router.stats(NAMES, T0 + 8))["alpha"]
+    assert alpha["circuit_state"] == "closed" and alpha["samples"] == 0
+    assert alpha["availability"] == pytest.approx(0.95) and alpha["consecutive_failures"] == 0
+    best = await router.best(NAMES, T0 + 8)
+    assert best is not None and best.reason == "best_performance"
+
+
+async def test_all_circuits_open_still_routes(kv: KV, ns: str) -> None:
+    router = make_router(kv, ns, failure_threshold=1, cooldown_s=10.0)
+    for i, name in enumerate(NAMES):
+        router.store.start(name)
+        await router.record(Outcome(name, OutcomeKind.FAILURE, 0.1, T0 + i, error="connection"))
+    decision = await router.pick(NAMES, T0 + 3)
+    assert (decision.provider, decision.reason) == ("alpha", "all_circuits_open")  # reopens first
+
+
+async def test_streams_route_on_time_to_first_token(kv: KV, ns: str) -> None:
+    router = make_router(kv, ns, RoutingStrategy.latency)
+    # alpha: quick first token, slow overall; beta the other way round
+    for i in range(5):
+        for name, total, ttft in (("alpha", 3.0, 0.2), ("beta", 1.0, 0.8)):
+            router.store.start(name)
+            await router.record(Outcome(name, OutcomeKind.SUCCESS, total, T0 + i, output_tokens=200, ttft_s=ttft))
+    assert (await router.pick(NAMES[:2], T0 + 5)).provider == "beta"
+    assert (await router.pick(NAMES[:2], T0 + 5, stream=True)).provider == "alpha"
+    assert (await router.stats(NAMES[:2], T0 + 5))["alpha"]["ttft_ms"] == pytest.approx(200.0)
+
+
+async def test_without_redis_the_router_still_picks_on_priors() -> None:
+    unreachable = RedisKV.from_url("unix:///nonexistent/orchesity-test.sock", timeout=0.2)
+    router = Router(RedisDWAStore(unreachable, PROFILES), strategy=RoutingStrategy.priority)
+    decision = await router.pick(NAMES, T0)
+    assert decision is not None and (decision.provider, decision.reason) == ("alpha", "priority_order")
+    await unreachable.close()
