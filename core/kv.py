@@ -259,7 +259,9 @@ class RedisKV(KV):
                  embedded: "EmbeddedRedis | None" = None) -> "RedisKV":
         import redis.asyncio as aioredis
 
-        client = aioredis.Redis.from_url(
+        # Blocking pool: a burst of more than `max_connections` concurrent commands waits
+        # (up to `timeout`) for a connection instead of failing with MaxConnectionsError.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
             db=db,
             protocol=2,
@@ -267,8 +269,10 @@ class RedisKV(KV):
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             max_connections=max_connections,
+            timeout=timeout,
             retry_on_timeout=False,
         )
+        client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         return cls(client, embedded)
 
     async def _send(self, command: Command) -> Any:
