@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -99,6 +99,85 @@ def drain(batch: Annotated[int, typer.Option(min=1, max=10_000, help="Records pe
     settings = _settings()
     moved, left = asyncio.run(_drain(settings, batch))
     typer.echo(f"moved {moved} request-log records to Postgres; {left} still queued")
+
+
+dwa = typer.Typer(help="Inspect and steer the Dynamic Weight Algorithm (provider routing).",
+                  no_args_is_help=True)
+app.add_typer(dwa, name="dwa")
+
+
+async def _with_services(settings: Settings, work: Any) -> Any:
+    from core.services import Services
+
+    services = await Services.open(settings)
+    try:
+        return await work(services)
+    finally:
+        await services.close()
+
+
+def _figure(value: Any, scale: float = 1.0, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value * scale:.{digits}f}"
+    return str(value)
+
+
+@dwa.command("stats")
+def dwa_stats() -> None:
+    """Each provider's live routing figures, as GET /api/llm/dwa/stats returns them."""
+    import time
+
+    from rich.console import Console
+    from rich.table import Table
+
+    async def work(services: Any) -> dict[str, Any]:
+        orchestrator = services.orchestrator
+        return await orchestrator.router.stats(orchestrator.registry.names, time.time())
+
+    stats = asyncio.run(_with_services(_settings(), work))
+    table = Table(title="DWA provider stats")
+    columns = [("provider", None), ("weight", "weight"), ("availability", "availability"),
+               ("accuracy", "accuracy"), ("speed", "speed"), ("cost", "cost"),
+               ("p95 ms", "p95_latency_ms"), ("samples", "samples"), ("in flight", "in_flight"),
+               ("circuit", "circuit_state"), ("fails", "consecutive_failures"), ("last error", "last_error")]
+    for title, _ in columns:
+        table.add_column(title, justify="left" if title in ("provider", "circuit", "last error") else "right")
+    for name, row in stats.items():
+        table.add_row(name, *[_figure(row.get(key), digits=1 if key == "p95_latency_ms" else 3)
+                              for _, key in columns[1:]])
+    Console().print(table)
+
+
+@dwa.command("reset")
+def dwa_reset(provider: Annotated[str | None, typer.Argument(help="One provider; all when omitted.")] = None) -> None:
+    """Forget what the DWA learned: the provider(s) start again from the priors."""
+
+    async def work(services: Any) -> list[str]:
+        names = services.orchestrator.registry.names
+        if provider is not None and provider not in names:
+            typer.echo(f"orchesity: unknown provider {provider!r}; configured: {', '.join(names)}", err=True)
+            raise typer.Exit(2)
+        chosen = [provider] if provider else names
+        await services.orchestrator.router.reset(chosen)
+        return chosen
+
+    typer.echo("reset: " + ", ".join(asyncio.run(_with_services(_settings(), work))))
+
+
+@dwa.command("recompute")
+def dwa_recompute(
+    window: Annotated[int, typer.Option(min=60, help="Aggregation window in seconds.")] = 3600,
+) -> None:
+    """Recompute baseline weights from the request log (what the cron function runs)."""
+    from core.dwa.recompute import recompute
+
+    async def work(services: Any) -> list[dict[str, Any]]:
+        return await recompute(services.db, services.kv, window_seconds=window)
+
+    for row in asyncio.run(_with_services(_settings(), work)):
+        typer.echo(", ".join(f"{k}={_figure(v)}" for k, v in row.items()))
 
 
 def main() -> None:  # pragma: no cover - the console script

@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     REQUEST_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0, le=3600)
     MAX_REQUEST_BYTES: int = Field(default=4 * 1024 * 1024, ge=1024)
     CORS_ALLOW_ORIGINS: str = "*"  # comma-separated origins; empty turns CORS off
+    CRON_SECRET: SecretStr | None = None
     DEBUG: bool = False
     LOG_LEVEL: LogLevel = LogLevel.INFO
     SECRET_KEY: SecretStr | None = None
