@@ -142,7 +142,7 @@ class ProviderWeight(SQLModel, table=True):
     p95_latency_ms: float | None = None
     error_rate: float
     cost_per_1k_tokens: float | None = None
-    weight: float
+    weight: float | None = None  # None: too few samples for a baseline (see core/dwa/recompute.py)
     computed_at: datetime = _timestamp()
 
 
@@ -153,4 +153,15 @@ class ProviderStateRow(SQLModel, table=True):
 
     provider: str = Field(primary_key=True)
     state: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    updated_at: datetime = _timestamp(onupdate=True)
+
+
+class DWACounter(SQLModel, table=True):
+    """A shared counter when there is no Redis: the round-robin rotation of a candidate
+    set (core/dwa/pg_store.py), advanced with one atomic upsert per read."""
+
+    __tablename__ = "dwa_counters"
+
+    key: str = Field(primary_key=True)
+    value: int = Field(sa_type=BigInteger)
     updated_at: datetime = _timestamp(onupdate=True)

@@ -22,7 +22,8 @@ from core.migrate import alembic_config, current, downgrade, upgrade
 from core.models import EMBEDDING_DIM, Run
 from core.settings import Settings
 
-TABLES = {"runs", "run_steps", "events", "request_log", "provider_weights", "dwa_provider_state"}
+TABLES = {"runs", "run_steps", "events", "request_log", "provider_weights", "dwa_provider_state",
+          "dwa_counters"}
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 

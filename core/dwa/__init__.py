@@ -8,6 +8,8 @@
     scripts.py     the Lua that updates state atomically in Redis
     update.py      the same update in Python (for a store without Redis)
     store.py       DWAStore (the interface) and RedisDWAStore
+    pg_store.py    PostgresDWAStore: the same state in Postgres, when there is no Redis
+    recompute.py   baseline weights from the request log (the cron function)
     strategies.py  load_balanced, round_robin, random, priority, latency, cost, adaptive
     router.py      Router: decide / pick / record / reset / stats
 """

@@ -1,4 +1,6 @@
-"""Where the live state lives: the store interface, and its Redis implementation.
+"""Where the live state lives: the store interface, what every store shares (decoding
+and decay, local in-flight counts), and the Redis implementation. pg_store.py holds the
+Postgres one, for deployments without Redis.
 
 Hot path budget: reading every candidate's state is ONE round trip and recording an
 outcome is ONE round trip. Besides the convenience coroutines, the Redis store exposes
@@ -36,17 +38,18 @@ from core.dwa.state import Outcome, ProviderState, Snapshot
 from core.kv import KEY_PREFIX, KV, Command, Script
 
 _LN2 = math.log(2.0)
+_exp = math.exp  # a global, not an attribute lookup: decode_state runs per candidate
 
 # The fields a routing decision needs, in the order HMGET returns them.
 HOT_FIELDS = ("t", "s", "f", "ew", "nm", "ls", "rl", "ho", "ou", "pu", "fe", "fm")
 
 
 class DWAStore(Protocol):
-    """What the router needs from a state store. Redis implements it below. A Postgres
-    store (for deployments without Redis) implements the same coroutines: per provider,
-    the fields of scripts.FIELDS as one JSON object, updated under a row lock by
-    update.apply_outcome (the Lua's twin, tested equal), decayed on read like
-    RedisDWAStore.parse; in-flight counts may stay per process there."""
+    """What the router needs from a state store. RedisDWAStore implements it below;
+    pg_store.PostgresDWAStore (for deployments without Redis) implements the same: per
+    provider, the fields of scripts.FIELDS as one JSON object, updated under a row lock by
+    update.apply_outcome (the Lua's twin, tested equal), decoded by the same
+    `decode_state`; its in-flight counts stay per process."""
 
     instance_id: str
 
@@ -86,6 +89,12 @@ def baseline_key(namespace: str = "") -> str:
     return key_prefix(namespace) + "baseline"
 
 
+# A baseline is used for this many of its windows after it was computed (the Redis hash
+# expires then; the Postgres store ignores older provider_weights rows): if the cron
+# job stops, routing falls back to the live state alone.
+BASELINE_TTL_WINDOWS = 3
+
+
 def state_key(name: str, namespace: str = "") -> str:
     # {name} is a hash tag: both keys an outcome script touches share a cluster slot.
     return f"{key_prefix(namespace)}{{{name}}}:state"
@@ -99,7 +108,94 @@ def _num(value: Any) -> float:
     return float(value) if value else 0.0
 
 
-class RedisDWAStore:
+def rotation_id(names: Sequence[str]) -> str:
+    """The id of a candidate set's round-robin counter: the set, not its order, counts."""
+    return hashlib.sha1("\n".join(sorted(set(names))).encode()).hexdigest()[:16]
+
+
+def decode_state(name: str, profile: ProviderProfile, hot: Sequence[Any], in_flight: int,
+                 baseline: Any, now: float, k_av: float, k_ev: float) -> ProviderState:
+    """One provider's stored fields (`hot`: the HOT_FIELDS values as the outcome update
+    writes them, strings, or all None if never recorded) decayed to `now`.
+
+    Every store decodes through here, so Redis and Postgres decay identically. Lean on
+    purpose: it runs per candidate on every request. k_av and k_ev are ln 2 over the
+    availability and evidence half-lives (see StoreBase).
+    """
+    if baseline is not None:
+        baseline = min(1.0, max(0.0, float(baseline)))
+    t, s, f, ew, nm, ls, rl, ho, ou, pu, fe, fm = hot
+    if t is None:  # never recorded (or reset): the priors
+        return ProviderState(name, profile, in_flight=in_flight, baseline=baseline)
+    # the outcome update writes every field, so none is None from here
+    dt = now - float(t)
+    if dt < 0.0:
+        dt = 0.0
+    da = _exp(-k_av * dt)
+    de = _exp(-k_ev * dt)
+    # positional, the first nine fields: half the cost of keywords, on every read
+    state = ProviderState(name, profile, float(s) * da, float(f) * da, float(ew) * de,
+                          float(nm), float(ls), in_flight, baseline)
+    if rl != "0":
+        state.rate_limited_until = float(rl)
+    if ho == "1":  # only a tripped breaker's times matter
+        state.tripped = True
+        state.open_until = float(ou)
+        state.probe_until = float(pu)
+    if fe != "0":  # streams only
+        state.ttft_weight = float(fe) * de
+        state.ttft_mean = float(fm)
+    return state
+
+
+def attach_details(state: ProviderState, details: dict[str, Any]) -> None:
+    """Fill the stats-only fields of `state` from every stored field (read_details)."""
+    state.details = details
+    state.consecutive_failures = int(_num(details.get("cf")))
+    state.latency_mean = _num(details.get("lm"))
+    state.log_mean = _num(details.get("l1"))
+    state.log_sq = _num(details.get("l2"))
+
+
+class StoreBase:
+    """What every store shares: the profiles, the tunables, this instance's id and its
+    exact in-flight counts."""
+
+    def __init__(
+        self,
+        profiles: Mapping[str, ProviderProfile] | Sequence[ProviderProfile] = (),
+        config: DWAConfig | None = None,
+        instance_id: str | None = None,
+    ) -> None:
+        if not isinstance(profiles, Mapping):
+            profiles = {profile.name: profile for profile in profiles}
+        self.profiles: dict[str, ProviderProfile] = dict(profiles)
+        self.config = config or DWAConfig()
+        self.instance_id = instance_id or uuid.uuid4().hex[:12]
+        self._local: dict[str, int] = {}
+        self._k_av = _LN2 / self.config.availability_half_life_s
+        self._k_ev = _LN2 / self.config.evidence_half_life_s
+
+    def profile(self, name: str) -> ProviderProfile:
+        profile = self.profiles.get(name)
+        if profile is None:  # unknown to the config: defaults, remembered
+            profile = self.profiles[name] = ProviderProfile(name)
+        return profile
+
+    # -- in-flight, this process ---------------------------------------------------------
+    def start(self, name: str) -> None:
+        self._local[name] = self._local.get(name, 0) + 1
+
+    def finish(self, name: str) -> int:
+        left = max(0, self._local.get(name, 0) - 1)
+        self._local[name] = left
+        return left
+
+    def local_in_flight(self, name: str) -> int:
+        return self._local.get(name, 0)
+
+
+class RedisDWAStore(StoreBase):
     """DWA state in Redis, through the one KV interface (Upstash REST, redis://, embedded)."""
 
     scripts: Mapping[str, Script] = SCRIPTS
@@ -113,20 +209,13 @@ class RedisDWAStore:
         namespace: str = "",
         instance_id: str | None = None,
     ) -> None:
+        super().__init__(profiles, config, instance_id)
         self.kv = kv
-        if not isinstance(profiles, Mapping):
-            profiles = {profile.name: profile for profile in profiles}
-        self.profiles: dict[str, ProviderProfile] = dict(profiles)
-        self.config = config or DWAConfig()
         self.namespace = namespace
-        self.instance_id = instance_id or uuid.uuid4().hex[:12]
-        self._local: dict[str, int] = {}
         self._keys: dict[str, tuple[str, str]] = {}
         self._rr_keys: dict[tuple[str, ...], str] = {}
         self._baseline_key = baseline_key(namespace)
         cfg = self.config
-        self._k_av = _LN2 / cfg.availability_half_life_s
-        self._k_ev = _LN2 / cfg.evidence_half_life_s
         self._record_args = (
             cfg.availability_half_life_s, cfg.latency_half_life_s, cfg.failure_threshold,
             cfg.cooldown_s, cfg.cooldown_max_s, cfg.rate_limit_default_s, cfg.state_ttl_s,
@@ -134,12 +223,6 @@ class RedisDWAStore:
         )
 
     # -- keys --------------------------------------------------------------------------
-    def profile(self, name: str) -> ProviderProfile:
-        profile = self.profiles.get(name)
-        if profile is None:  # unknown to the config: defaults, remembered
-            profile = self.profiles[name] = ProviderProfile(name)
-        return profile
-
     def _keys_for(self, name: str) -> tuple[str, str]:
         keys = self._keys.get(name)
         if keys is None:
@@ -151,21 +234,8 @@ class RedisDWAStore:
         group = tuple(names)
         key = self._rr_keys.get(group)
         if key is None:
-            digest = hashlib.sha1("\n".join(sorted(set(group))).encode()).hexdigest()[:16]
-            key = self._rr_keys[group] = f"{key_prefix(self.namespace)}rr:{digest}"
+            key = self._rr_keys[group] = f"{key_prefix(self.namespace)}rr:{rotation_id(group)}"
         return key
-
-    # -- in-flight, this process ---------------------------------------------------------
-    def start(self, name: str) -> None:
-        self._local[name] = self._local.get(name, 0) + 1
-
-    def finish(self, name: str) -> int:
-        left = max(0, self._local.get(name, 0) - 1)
-        self._local[name] = left
-        return left
-
-    def local_in_flight(self, name: str) -> int:
-        return self._local.get(name, 0)
 
     # -- reading: commands and parsing ----------------------------------------------------
     def read_commands(self, names: Sequence[str], *, round_robin: bool = False) -> list[Command]:
@@ -188,16 +258,13 @@ class RedisDWAStore:
         """Turn `read_commands`' replies into a Snapshot decayed to `now`. Lean on purpose:
         it runs on every request."""
         n = len(names)
-        baselines = replies[2 * n]
         min_at = now - self.config.in_flight_max_age_s
         k_av, k_ev = self._k_av, self._k_ev
         own = self.instance_id
         local = self._local
         profiles = self.profiles
-        exp = math.exp
         states: dict[str, ProviderState] = {}
-        for name, hot, others, baseline in zip(names, replies[0:2 * n:2], replies[1:2 * n:2], baselines):
-            t, s, f, ew, nm, ls, rl, ho, ou, pu, fe, fm = hot
+        for name, hot, others, baseline in zip(names, replies[0:2 * n:2], replies[1:2 * n:2], replies[2 * n]):
             in_flight = local.get(name, 0)
             if others:
                 for j in range(0, len(others), 2):
@@ -206,29 +273,7 @@ class RedisDWAStore:
                         if float(at) >= min_at:
                             in_flight += int(count)
             profile = profiles.get(name) or self.profile(name)
-            if baseline is not None:
-                baseline = min(1.0, max(0.0, float(baseline)))
-            if t is None:  # never recorded (or reset): the priors
-                states[name] = ProviderState(name, profile, in_flight=in_flight, baseline=baseline)
-                continue
-            # the outcome script writes every field, so none is None from here
-            dt = now - float(t)
-            if dt < 0.0:
-                dt = 0.0
-            da = exp(-k_av * dt)
-            # positional, the first nine fields: half the cost of keywords, on every read
-            state = ProviderState(name, profile, float(s) * da, float(f) * da, float(ew) * exp(-k_ev * dt),
-                                  float(nm), float(ls), in_flight, baseline)
-            if rl != "0":
-                state.rate_limited_until = float(rl)
-            if ho == "1":  # only a tripped breaker's times matter
-                state.tripped = True
-                state.open_until = float(ou)
-                state.probe_until = float(pu)
-            if fe != "0":  # streams only
-                state.ttft_weight = float(fe) * exp(-k_ev * dt)
-                state.ttft_mean = float(fm)
-            states[name] = state
+            states[name] = decode_state(name, profile, hot, in_flight, baseline, now, k_av, k_ev)
         rr = int(replies[2 * n + 1]) if round_robin else None
         return Snapshot(now=now, order=tuple(names), states=states, rr_counter=rr)
 
@@ -243,13 +288,7 @@ class RedisDWAStore:
         snapshot = self.parse(names, replies, now)
         for i, name in enumerate(names):
             flat = replies[len(commands) - len(names) + i] or []
-            details = dict(zip(flat[::2], flat[1::2]))
-            state = snapshot.states[name]
-            state.details = details
-            state.consecutive_failures = int(_num(details.get("cf")))
-            state.latency_mean = _num(details.get("lm"))
-            state.log_mean = _num(details.get("l1"))
-            state.log_sq = _num(details.get("l2"))
+            attach_details(snapshot.states[name], dict(zip(flat[::2], flat[1::2])))
         return snapshot
 
     # -- recording ----------------------------------------------------------------------
