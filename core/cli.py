@@ -66,6 +66,9 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     migrate_first: Annotated[bool, typer.Option("--migrate/--no-migrate",
                                                 help="Upgrade the schema before serving.")] = True,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log",
+                                             help="uvicorn's line per request (the request log "
+                                                  "in Postgres has every LLM call anyway).")] = False,
 ) -> None:
     """Serve every function (the gateway) with uvicorn; migrates the database first."""
     import uvicorn
@@ -76,7 +79,7 @@ def serve(
         # for the workers, which attach to it, and stops when the last one exits.
         asyncio.run(_migrate(settings, "head", down=False))
     uvicorn.run("functions.gateway:app", host=host, port=port, workers=workers,
-                log_level=settings.LOG_LEVEL.value.lower())
+                log_level=settings.LOG_LEVEL.value.lower(), access_log=access_log)
 
 
 async def _drain(settings: Settings, batch: int) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from core.embedded import EmbeddedRedis
+    from core.resp import RespClient
     from core.settings import Settings
 
 KEY_PREFIX = "orchesity:"
@@ -212,100 +213,61 @@ class KV:
 
 
 # The error codes redis-py strips off a reply and turns into an exception class instead.
-_ERROR_CODES = {
-    "NoScriptError": "NOSCRIPT",
-    "ExecAbortError": "EXECABORT",
-    "ReadOnlyError": "READONLY",
-    "BusyLoadingError": "LOADING",
-    "OutOfMemoryError": "OOM",
-    "NoPermissionError": "NOPERM",
-}
-
-
-def redis_error_text(exc: Exception) -> str:
-    """The error reply as Redis sent it ("NOSCRIPT …", "ERR …", "WRONGTYPE …").
-
-    redis-py drops the leading code of the replies it maps to exception classes
-    ("NOSCRIPT No matching script" arrives as NoScriptError("No matching script")), and
-    drops "ERR " from generic errors; other codes (WRONGTYPE, BUSYGROUP) it keeps. Put
-    the code back so every backend reports the same text and NOSCRIPT can be detected.
-    """
-    message = str(exc)
-    code = _ERROR_CODES.get(type(exc).__name__)
-    if code is not None:
-        return f"{code} {message}"
-    first = message.split(" ", 1)[0]
-    if first.isalpha() and first.isupper():  # a code redis-py left in place
-        return message
-    return f"ERR {message}"
-
-
 class RedisKV(KV):
-    """redis:// (or unix://) through redis-py's asyncio client; also the embedded server."""
+    """redis://, rediss:// or unix:// through `core.resp`; also the embedded server."""
 
     backend = "redis"
 
-    def __init__(self, client: Any, embedded: "EmbeddedRedis | None" = None) -> None:
-        # Raw replies: redis-py's per-command callbacks (HGETALL → dict, SET → True)
-        # would make this backend disagree with Upstash's REST replies.
-        client.response_callbacks.clear()
+    def __init__(self, client: "RespClient", embedded: "EmbeddedRedis | None" = None) -> None:
         self._client = client
         self._embedded = embedded
         if embedded is not None:
             self.backend = "embedded"
 
     @classmethod
-    def from_url(cls, url: str, *, db: int = 0, timeout: float = 2.0, max_connections: int = 20,
+    def from_url(cls, url: str, *, db: int = 0, timeout: float = 2.0, connections: int = 4,
                  embedded: "EmbeddedRedis | None" = None) -> "RedisKV":
-        import redis.asyncio as aioredis
+        from core.resp import RespClient
 
-        # Blocking pool: a burst of more than `max_connections` concurrent commands waits
-        # (up to `timeout`) for a connection instead of failing with MaxConnectionsError.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            db=db,
-            protocol=2,
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            max_connections=max_connections,
-            timeout=timeout,
-            retry_on_timeout=False,
-        )
-        client = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
-        return cls(client, embedded)
+        return cls(RespClient(url, db=db, timeout=timeout, connections=connections), embedded)
+
+    async def _round_trip(self, commands: Sequence[Command]) -> list[Any]:
+        from core.resp import ConnectionLost
+
+        try:
+            return await self._client.execute(commands)
+        except TimeoutError as exc:
+            raise KVUnavailable(f"{self.backend} Redis did not answer in time") from exc
+        except (ConnectionLost, OSError) as exc:
+            raise KVUnavailable(f"{self.backend} Redis unreachable: {type(exc).__name__}") from exc
 
     async def _send(self, command: Command) -> Any:
-        from redis import exceptions
-
-        try:
-            return await self._client.execute_command(*command)
-        except (exceptions.ConnectionError, exceptions.TimeoutError, OSError) as exc:
-            raise KVUnavailable(f"{self.backend} Redis unreachable: {type(exc).__name__}") from exc
-        except exceptions.AuthenticationError as exc:  # pragma: no cover - subclass of ConnectionError
-            raise KVUnavailable(f"{self.backend} Redis refused authentication") from exc
-        except exceptions.ResponseError as exc:
-            raise KVError(redis_error_text(exc)) from exc
+        (reply,) = await self._round_trip([command])
+        return _checked(reply)
 
     async def _send_many(self, commands: Sequence[Command], transaction: bool) -> list[Any]:
-        from redis import exceptions
-
-        pipe = self._client.pipeline(transaction=transaction)
-        for command in commands:
-            pipe.execute_command(*command)
-        try:
-            replies = await pipe.execute(raise_on_error=False)
-        except (exceptions.ConnectionError, exceptions.TimeoutError, OSError) as exc:
-            raise KVUnavailable(f"{self.backend} Redis unreachable: {type(exc).__name__}") from exc
-        except exceptions.ResponseError as exc:  # a transaction aborted as a whole
-            raise KVError(redis_error_text(exc)) from exc
-        return [KVError(redis_error_text(r)) if isinstance(r, exceptions.ResponseError) else r
-                for r in replies]
+        if not transaction:
+            return [_as_error(reply) for reply in await self._round_trip(commands)]
+        replies = await self._round_trip([["MULTI"], *commands, ["EXEC"]])
+        result = _checked(replies[-1])  # EXECABORT when a command was refused while queueing
+        return [_as_error(reply) for reply in result]
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._client.close()
         if self._embedded is not None:
             self._embedded.stop()
+
+
+def _as_error(reply: Any) -> Any:
+    # An error reply: core.resp's ReplyError, or hiredis's own inside an EXEC result.
+    return KVError(str(reply)) if isinstance(reply, Exception) else reply
+
+
+def _checked(reply: Any) -> Any:
+    reply = _as_error(reply)
+    if isinstance(reply, KVError):
+        raise reply
+    return reply
 
 
 class UpstashKV(KV):
@@ -414,7 +376,7 @@ def open_kv(settings: "Settings") -> KV | None:
             encoding=None if encoding == "none" else encoding,
         )
     options = dict(db=settings.REDIS_DB, timeout=settings.REDIS_TIMEOUT_SECONDS,
-                   max_connections=settings.REDIS_MAX_CONNECTIONS)
+                   connections=min(settings.REDIS_POOL_SIZE, settings.REDIS_MAX_CONNECTIONS))
     if backend == "redis":
         assert settings.REDIS_URL is not None
         return RedisKV.from_url(settings.REDIS_URL.get_secret_value(), **options)

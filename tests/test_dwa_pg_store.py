@@ -40,7 +40,7 @@ async def db(settings: Settings, migrated: None) -> AsyncIterator[Database]:
 
 @pytest.fixture(scope="module")
 async def kv(redis_url: str) -> AsyncIterator[KV]:
-    client = RedisKV.from_url(redis_url, max_connections=64)
+    client = RedisKV.from_url(redis_url)
     yield client
     await client.close()
 

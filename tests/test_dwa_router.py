@@ -23,7 +23,7 @@ PROFILES = [ProviderProfile("alpha", priority=1, input_price_per_1k=0.003, outpu
 
 @pytest.fixture(scope="module")
 async def kv(redis_url: str) -> AsyncIterator[KV]:
-    client = RedisKV.from_url(redis_url, max_connections=64)
+    client = RedisKV.from_url(redis_url)
     yield client
     await client.close()
 

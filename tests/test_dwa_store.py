@@ -20,8 +20,7 @@ OK, FAIL, RATE, CLIENT = OutcomeKind.SUCCESS, OutcomeKind.FAILURE, OutcomeKind.R
 
 @pytest.fixture(scope="module")
 async def kv(redis_url: str) -> AsyncIterator[KV]:
-    # 100 commands in flight at once: more than the default pool of 20 (non-blocking)
-    client = RedisKV.from_url(redis_url, max_connections=128)
+    client = RedisKV.from_url(redis_url)
     yield client
     await client.close()
 

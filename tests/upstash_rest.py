@@ -25,8 +25,35 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from core.kv import redis_error_text
 from tests.servers import serve
+
+
+_ERROR_CODES = {
+    "NoScriptError": "NOSCRIPT",
+    "ExecAbortError": "EXECABORT",
+    "ReadOnlyError": "READONLY",
+    "BusyLoadingError": "LOADING",
+    "OutOfMemoryError": "OOM",
+    "NoPermissionError": "NOPERM",
+}
+
+
+def redis_error_text(exc: Exception) -> str:
+    """The error reply as Redis sent it ("NOSCRIPT …", "ERR …", "WRONGTYPE …").
+
+    redis-py drops the leading code of the replies it maps to exception classes
+    ("NOSCRIPT No matching script" arrives as NoScriptError("No matching script")), and
+    drops "ERR " from generic errors; other codes (WRONGTYPE, BUSYGROUP) it keeps. Put
+    the code back so every backend reports the same text and NOSCRIPT can be detected.
+    """
+    message = str(exc)
+    code = _ERROR_CODES.get(type(exc).__name__)
+    if code is not None:
+        return f"{code} {message}"
+    first = message.split(" ", 1)[0]
+    if first.isalpha() and first.isupper():  # a code redis-py left in place
+        return message
+    return f"ERR {message}"
 
 
 def _b64(value: Any) -> Any:

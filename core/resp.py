@@ -1,0 +1,180 @@
+"""A lean Redis client: RESP over asyncio, replies parsed by hiredis, commands pipelined.
+
+Why not redis-py's asyncio client: on the gateway's hot path its pipeline machinery
+(retry wrapper, per-reply timeout contexts, pure-Python connection reads) cost about
+175 µs of CPU per round trip against 45 µs here (bench/overhead; py-spy put Redis at a
+fifth of the gateway's CPU per request). URL parsing is still redis-py's.
+
+One connection carries many requests at once: commands are written as they come and
+replies, which Redis sends in order, are matched to waiters in FIFO order. A timeout or
+a lost connection closes it (a late reply would otherwise be matched to the wrong
+waiter); the next call opens a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+
+
+class ReplyError(Exception):
+    """Redis answered this command with an error reply."""
+
+
+class ConnectionLost(ConnectionError):
+    """The connection failed or was closed with replies outstanding."""
+
+
+def pack(commands: Sequence[Sequence[Any]]) -> bytes:
+    parts: list[bytes] = []
+    append = parts.append
+    for command in commands:
+        append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if isinstance(arg, bytes):
+                data = arg
+            elif isinstance(arg, str):
+                data = arg.encode()
+            elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
+                data = repr(arg).encode()
+            else:
+                raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
+            append(b"$%d\r\n" % len(data))
+            append(data)
+            append(b"\r\n")
+    return b"".join(parts)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader(encoding="utf-8", errors="replace", notEnoughData=False)
+        self._waiters: collections.deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        waiters = self._waiters
+        while True:
+            try:
+                reply = reader.gets()
+            except hiredis.ProtocolError:
+                self._fail(ConnectionLost("Redis sent something that is not RESP"))
+                return
+            if reply is False:
+                return
+            if not waiters:  # a reply nobody asked for: the stream is out of step
+                self._fail(ConnectionLost("unexpected reply from Redis"))
+                return
+            future, count, replies = waiters[0]
+            replies.append(ReplyError(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply)
+            if len(replies) == count:
+                waiters.popleft()
+                if not future.done():  # the caller may have been cancelled
+                    future.set_result(replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionLost(f"connection to Redis lost ({type(exc).__name__ if exc else 'closed'})"))
+
+    def _fail(self, error: Exception) -> None:
+        self.closed = True
+        while self._waiters:
+            future, _, _ = self._waiters.popleft()
+            if not future.done():
+                future.set_exception(error)
+        if self._transport is not None:
+            self._transport.close()
+
+    def send(self, payload: bytes, count: int) -> asyncio.Future[list[Any]]:
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        if self.closed or self._transport is None:
+            future.set_exception(ConnectionLost("connection to Redis is closed"))
+            return future
+        self._waiters.append((future, count, []))
+        self._transport.write(payload)
+        return future
+
+    def close(self) -> None:
+        self._fail(ConnectionLost("connection closed by the client"))
+
+
+class RespClient:
+    """A few pipelined connections to one Redis, opened on first use."""
+
+    def __init__(self, url: str, *, db: int = 0, timeout: float = 2.0, connections: int = 4) -> None:
+        from redis.asyncio.connection import parse_url
+
+        options = parse_url(url)
+        self._path: str | None = options.get("path")
+        self._host = options.get("host", "localhost")
+        self._port = int(options.get("port", 6379))
+        self._ssl = ssl.create_default_context() if url.startswith("rediss://") else None
+        self._username = options.get("username")
+        self._password = options.get("password")
+        self._db = int(options.get("db", db) or db)
+        self._timeout = timeout
+        self._slots: list[_Protocol | None] = [None] * max(1, connections)
+        self._next = 0
+        self._opening: list[asyncio.Lock] = [asyncio.Lock() for _ in self._slots]
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        if self._path:
+            _, protocol = await loop.create_unix_connection(_Protocol, self._path)
+        else:
+            _, protocol = await loop.create_connection(_Protocol, self._host, self._port, ssl=self._ssl)
+        setup: list[list[Any]] = []
+        if self._password:
+            setup.append(["AUTH", *([self._username] if self._username else []), self._password])
+        if self._db:
+            setup.append(["SELECT", self._db])
+        if setup:
+            for reply in await protocol.send(pack(setup), len(setup)):
+                if isinstance(reply, ReplyError):
+                    protocol.close()
+                    raise ConnectionLost(f"Redis refused the connection setup: {str(reply).split(' ')[0]}")
+        return protocol
+
+    async def _connection(self) -> _Protocol:
+        index = self._next = (self._next + 1) % len(self._slots)
+        protocol = self._slots[index]
+        if protocol is None or protocol.closed:
+            async with self._opening[index]:
+                protocol = self._slots[index]
+                if protocol is None or protocol.closed:
+                    protocol = self._slots[index] = await self._open()
+        return protocol
+
+    async def execute(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send `commands` in one write and return their replies (ReplyError for errors).
+
+        Raises ConnectionLost or OSError when Redis cannot be reached, TimeoutError when
+        it does not answer in time.
+        """
+        protocol: _Protocol | None = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                protocol = await self._connection()
+                return await protocol.send(pack(commands), len(commands))
+        except TimeoutError:
+            # Replies are still owed on this connection: a later one would be matched
+            # to the wrong caller, so it goes. (A cancelled caller is different: its
+            # reply arrives and is dropped, and the connection stays in step.)
+            if protocol is not None:
+                protocol.close()
+            raise
+
+    async def close(self) -> None:
+        for index, protocol in enumerate(self._slots):
+            if protocol is not None:
+                protocol.close()
+            self._slots[index] = None
