@@ -373,6 +373,9 @@ class Orchestrator:
             started = time.perf_counter()
             try:
                 completion = await adapter.complete(plan.request.chat, timeout=self._remaining(plan))
+            except asyncio.CancelledError:  # lost a race: not an outcome, but no longer in flight
+                self.store.finish(adapter.name)
+                raise
             except ProviderError as exc:
                 provider_time += time.perf_counter() - started
                 retry = self._failed(plan, result, adapter, decision, exc, started)

@@ -64,7 +64,8 @@ class LogEntry:
 
 
 def append_command(entry: LogEntry) -> list[Any]:
-    payload = json.dumps(asdict(entry), separators=(",", ":"), ensure_ascii=False)
+    # vars(), not asdict(): asdict deep-copies every field, on every request
+    payload = json.dumps(vars(entry), separators=(",", ":"), ensure_ascii=False)
     return ["XADD", STREAM, "MAXLEN", "~", STREAM_MAXLEN, "*", "e", payload]
 
 

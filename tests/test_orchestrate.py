@@ -124,6 +124,8 @@ async def test_several_providers_all_and_race(open_gateway: Any, tmp_path: Path)
                                           json={"prompt": "both", "providers": ["fast", "slow"]})
         race = await gw.client.post("/api/llm/orchestrate",
                                     json={"prompt": "race", "providers": ["slow", "fast"], "mode": "race"})
+        stats = await dwa_stats(gw)
+    assert stats["slow"]["in_flight"] == 0  # the race's loser was cancelled, not left in flight
     assert [r["provider"] for r in everything.json()["results"]] == ["fast", "slow"]
     assert all(r["response"] and r["error"] is None for r in everything.json()["results"])
     raced = race.json()
