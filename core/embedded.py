@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +37,15 @@ class EmbeddedRedis:
     socket_path: str
     server: Any = field(repr=False)
 
-    def stop(self) -> None:
-        """Shut the server down (only if no other process is still connected)."""
+    def stop(self, grace: float = 1.0) -> None:
+        """Shut the server down, unless another process is still connected to it.
+
+        Our own connections were just closed, but the server may not have noticed yet:
+        give it up to `grace` seconds before counting clients.
+        """
+        deadline = time.monotonic() + grace
+        while self.server.pid and self.server._connection_count() > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
         self.server._cleanup()
 
     def kill(self) -> None:
@@ -69,12 +77,30 @@ def start_postgres(data_dir: Path, *, cleanup_mode: str | None = "stop") -> Embe
         ) from exc
     pgdata = Path(data_dir).expanduser().resolve() / "pg"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _forget_dead_handles(pgdata)
     server = pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)
     # pgserver's URI is postgresql://postgres:@/postgres?host=<socket dir>
     query = parse_qs(urlsplit(server.get_uri()).query)
     host = query["host"][0]
     url = f"postgresql+psycopg://postgres@/postgres?host={quote(host, safe='/')}"
     return EmbeddedPostgres(url=url, server=server)
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """Drop processes that died without letting go of the server from pgserver's list.
+
+    pgserver stops the server when the last process on its list exits; a process killed
+    before its exit hook ran stays listed forever, and then no later process ever stops
+    the server. (Two processes starting in the same instant could race on this file;
+    pgserver's own updates of it are no more careful.)
+    """
+    from pgserver.utils import DiskList, process_is_running
+
+    handles = DiskList(pgdata / ".handle_pids.json")
+    listed = handles.get()
+    alive = [pid for pid in listed if process_is_running(pid)]
+    if alive != listed:
+        handles.put(alive)
 
 
 def start_redis(data_dir: Path) -> EmbeddedRedis:

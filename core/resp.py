@@ -178,3 +178,6 @@ class RespClient:
             if protocol is not None:
                 protocol.close()
             self._slots[index] = None
+        # The sockets close on the loop's next turn; an embedded server counting its
+        # clients right after this (to decide whether to shut down) must not see ours.
+        await asyncio.sleep(0)
