@@ -77,6 +77,26 @@ async def migrated(settings: Settings) -> None:
         await db.close()
 
 
+@pytest.fixture(scope="session")
+async def db(settings: Settings, migrated: None) -> AsyncIterator[Any]:
+    """The session database, migrated (a module may define its own `db`)."""
+    from core.db import Database
+
+    database = Database.from_settings(settings)
+    yield database
+    await database.close()
+
+
+@pytest.fixture(scope="session")
+async def kv(redis_url: str) -> AsyncIterator[Any]:
+    """A KV on the session Redis (test_kv.py overrides it with every backend)."""
+    from core.kv import RedisKV
+
+    client = RedisKV.from_url(redis_url)
+    yield client
+    await client.close()
+
+
 @dataclass
 class Gateway:
     client: httpx.AsyncClient

@@ -11,7 +11,6 @@ import dataclasses
 import math
 import random
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,27 +21,13 @@ from core.db import Database
 from core.dwa import DWAConfig, Outcome, OutcomeKind, ProviderProfile, RedisDWAStore, Router, baseline_key
 from core.dwa.pg_store import PostgresDWAStore
 from core.dwa.store import BASELINE_TTL_WINDOWS, DWAStore
-from core.kv import KV, RedisKV
+from core.kv import KV
 from core.models import ProviderWeight
-from core.settings import RoutingStrategy, Settings
+from core.settings import RoutingStrategy
 
 T0 = 1_700_000_000.0
 OK, FAIL, RATE, CLIENT = OutcomeKind.SUCCESS, OutcomeKind.FAILURE, OutcomeKind.RATE_LIMITED, OutcomeKind.CLIENT_ERROR
 CONFIG = DWAConfig(failure_threshold=3, cooldown_s=5.0, cooldown_max_s=12.0)
-
-
-@pytest.fixture(scope="module")
-async def db(settings: Settings, migrated: None) -> AsyncIterator[Database]:
-    database = Database.from_settings(settings)
-    yield database
-    await database.close()
-
-
-@pytest.fixture(scope="module")
-async def kv(redis_url: str) -> AsyncIterator[KV]:
-    client = RedisKV.from_url(redis_url)
-    yield client
-    await client.close()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,26 +18,11 @@ from core.db import Database
 from core.dwa import ProviderProfile, RedisDWAStore, Router, baseline_key
 from core.dwa.pg_store import PostgresDWAStore
 from core.dwa.recompute import BUCKET_SECONDS, baseline_weights, history, recompute, window_end
-from core.kv import KV, RedisKV
+from core.kv import KV
 from core.models import ProviderWeight, RequestLog
-from core.settings import Settings
 
 NOW = datetime(2031, 1, 1, 12, 0, 30, tzinfo=UTC)
 END = datetime(2031, 1, 1, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-async def db(settings: Settings, migrated: None) -> AsyncIterator[Database]:
-    database = Database.from_settings(settings)
-    yield database
-    await database.close()
-
-
-@pytest.fixture(scope="module")
-async def kv(redis_url: str) -> AsyncIterator[KV]:
-    client = RedisKV.from_url(redis_url)
-    yield client
-    await client.close()
 
 
 def rows(provider: str, count: int, *, latency_ms: float = 100.0, status: str = "ok", ago_s: float = 600.0,

@@ -6,7 +6,6 @@ import asyncio
 import random
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,13 +18,6 @@ NAMES = ["alpha", "beta", "gamma"]
 PROFILES = [ProviderProfile("alpha", priority=1, input_price_per_1k=0.003, output_price_per_1k=0.015),
             ProviderProfile("beta", priority=2, input_price_per_1k=0.0005, output_price_per_1k=0.0015),
             ProviderProfile("gamma", priority=3)]
-
-
-@pytest.fixture(scope="module")
-async def kv(redis_url: str) -> AsyncIterator[KV]:
-    client = RedisKV.from_url(redis_url)
-    yield client
-    await client.close()
 
 
 @pytest.fixture

@@ -5,24 +5,16 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
 from core.dwa import DWAConfig, Outcome, OutcomeKind, ProviderProfile, RedisDWAStore, baseline_key
 from core.dwa.breaker import CircuitState, circuit_state
 from core.dwa.store import state_key
-from core.kv import KV, RedisKV
+from core.kv import KV
 
 T0 = 1_700_000_000.0
 OK, FAIL, RATE, CLIENT = OutcomeKind.SUCCESS, OutcomeKind.FAILURE, OutcomeKind.RATE_LIMITED, OutcomeKind.CLIENT_ERROR
-
-
-@pytest.fixture(scope="module")
-async def kv(redis_url: str) -> AsyncIterator[KV]:
-    client = RedisKV.from_url(redis_url)
-    yield client
-    await client.close()
 
 
 @pytest.fixture
