@@ -216,9 +216,15 @@ class ProviderClientError(ProviderError):
 # --- helpers shared by the adapters ----------------------------------------------------------
 
 
-def effective_timeout(spec_timeout: float, timeout: float | None) -> float:
-    """The time a call may take: the caller's remaining deadline, capped by the spec's."""
-    return spec_timeout if timeout is None else min(spec_timeout, timeout)
+def call_budget(spec: DeploymentSpec, timeout: float | None) -> float:
+    """The time a call may take: the caller's remaining deadline, capped by the spec's.
+
+    Raises ProviderTimeout when the deadline has already passed.
+    """
+    budget = spec.timeout_seconds if timeout is None else min(spec.timeout_seconds, timeout)
+    if budget <= 0:
+        raise ProviderTimeout("no time left in the request's deadline", deployment=spec.name)
+    return budget
 
 
 class Slots:

@@ -49,7 +49,7 @@ from core.providers.base import (
     ProviderUnavailable,
     Slots,
     Usage,
-    effective_timeout,
+    call_budget,
 )
 
 if TYPE_CHECKING:
@@ -187,9 +187,7 @@ class OpenAICompatAdapter:
 
     async def complete(self, request: ChatRequest, *, timeout: float | None = None) -> Completion:
         spec = self.spec
-        budget = effective_timeout(spec.timeout_seconds, timeout)
-        if budget <= 0:
-            raise ProviderTimeout("no time left in the request's deadline", deployment=spec.name)
+        budget = call_budget(spec, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         await self._slots.acquire(budget, spec.name)
@@ -225,9 +223,7 @@ class OpenAICompatAdapter:
         import httpx2
 
         spec = self.spec
-        budget = effective_timeout(spec.timeout_seconds, timeout)
-        if budget <= 0:
-            raise ProviderTimeout("no time left in the request's deadline", deployment=spec.name)
+        budget = call_budget(spec, timeout)
         await self._slots.acquire(budget, spec.name)
         try:
             client = self._get_client()

@@ -37,7 +37,7 @@ from core.providers.base import (
     ProviderUnavailable,
     Slots,
     Usage,
-    effective_timeout,
+    call_budget,
 )
 from core.providers.config import SimulationSpec
 
@@ -229,9 +229,7 @@ class SimulatedAdapter:
 
     async def complete(self, request: ChatRequest, *, timeout: float | None = None) -> Completion:
         spec = self.spec
-        budget = effective_timeout(spec.timeout_seconds, timeout)
-        if budget <= 0:
-            raise ProviderTimeout("no time left in the request's deadline", deployment=spec.name)
+        budget = call_budget(spec, timeout)
         await self._slots.acquire(budget, spec.name)
         try:
             plan = self._plan(request)
@@ -258,9 +256,7 @@ class SimulatedAdapter:
 
     async def stream(self, request: ChatRequest, *, timeout: float | None = None) -> AsyncIterator[Chunk]:
         spec = self.spec
-        budget = effective_timeout(spec.timeout_seconds, timeout)
-        if budget <= 0:
-            raise ProviderTimeout("no time left in the request's deadline", deployment=spec.name)
+        budget = call_budget(spec, timeout)
         await self._slots.acquire(budget, spec.name)
         try:
             plan = self._plan(request)
