@@ -440,7 +440,7 @@ class Orchestrator:
         result.attempts.append(Attempt(adapter.name, adapter.spec.model, elapsed))
         plan.outcomes.append(Outcome(adapter.name, OutcomeKind.SUCCESS, elapsed, time.time(),
                                      usage.prompt_tokens, usage.completion_tokens, ttft_s=result.ttft))
-        plan.entries.append(self._entry(plan, result, adapter.name, result.model, elapsed, final=True))
+        self._log_result(plan, result, elapsed)
 
     def _failed(self, plan: _Plan, result: Result, adapter: Adapter, decision: Decision | None,
                 exc: ProviderError, started: float) -> bool:
@@ -462,30 +462,30 @@ class Orchestrator:
                         "status": status, "provider": adapter.name}
         if decision is not None and result.provider is None:
             result.dwa_score, result.selection_reason = decision.score, decision.reason
-        plan.entries.append(LogEntry(
-            log_id=f"{plan.request_id}:{len(plan.entries)}", request_id=plan.request_id,
-            endpoint=plan.request.endpoint, status="error", created_at=plan.now, provider=adapter.name,
-            model=adapter.spec.model, error_class=exc.error_class, error=(exc.message or "")[:500],
-            latency_ms=elapsed * 1000.0, final=False, caller_key_id=plan.request.tenant,
-            strategy=(plan.request.strategy or self.router.strategy).value,
-            selection_reason=decision.reason if decision else None,
-            dwa_score=decision.score if decision else None,
-        ))
+        self._log(plan, status="error", provider=adapter.name, model=adapter.spec.model,
+                  error_class=exc.error_class, error=(exc.message or "")[:500],
+                  latency_ms=elapsed * 1000.0, final=False,
+                  selection_reason=decision.reason if decision else None,
+                  dwa_score=decision.score if decision else None)
         return exc.retryable
 
-    def _entry(self, plan: _Plan, result: Result, provider: str | None, model: str | None,
-               elapsed: float, *, final: bool) -> LogEntry:
-        usage = result.usage
-        return LogEntry(
+    def _log(self, plan: _Plan, **fields: Any) -> None:
+        """Queue one request-log row; the fields every row of this request shares are filled in."""
+        plan.entries.append(LogEntry(
             log_id=f"{plan.request_id}:{len(plan.entries)}", request_id=plan.request_id,
-            endpoint=plan.request.endpoint, status="ok", created_at=plan.now, provider=provider,
-            model=model, latency_ms=elapsed * 1000.0,
+            endpoint=plan.request.endpoint, created_at=plan.now, caller_key_id=plan.request.tenant,
+            strategy=(plan.request.strategy or self.router.strategy).value, **fields,
+        ))
+
+    def _log_result(self, plan: _Plan, result: Result, elapsed: float) -> None:
+        """The row of a result the caller got (a provider's answer, or a cached one)."""
+        usage = result.usage
+        self._log(
+            plan, status="ok", provider=result.provider, model=result.model, latency_ms=elapsed * 1000.0,
             ttft_ms=result.ttft * 1000.0 if result.ttft is not None else None,
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             total_tokens=usage.total_tokens if usage else 0, cost=result.cost, cached=result.cached,
-            final=final, caller_key_id=plan.request.tenant,
-            strategy=(plan.request.strategy or self.router.strategy).value,
             selection_reason=result.selection_reason, dwa_score=result.dwa_score,
         )
 
@@ -493,20 +493,15 @@ class Orchestrator:
     async def _finish(self, plan: _Plan, orchestration: Orchestration) -> None:
         if orchestration.cached:
             for result in orchestration.results:
-                plan.entries.append(self._entry(plan, result, result.provider, result.model, 0.0, final=True))
+                self._log_result(plan, result, 0.0)
         else:
             for result in orchestration.results:
                 if not result.ok:  # the row of the error the caller saw
-                    plan.entries.append(LogEntry(
-                        log_id=f"{plan.request_id}:{len(plan.entries)}", request_id=plan.request_id,
-                        endpoint=plan.request.endpoint, status="error", created_at=plan.now,
-                        provider=result.provider or (result.error or {}).get("provider"),
-                        model=result.model, error_class=(result.error or {}).get("type"),
-                        error=str((result.error or {}).get("message", ""))[:500],
-                        latency_ms=sum(a.latency_s for a in result.attempts) * 1000.0, final=True,
-                        caller_key_id=plan.request.tenant,
-                        strategy=(plan.request.strategy or self.router.strategy).value,
-                    ))
+                    error = result.error or {}
+                    self._log(plan, status="error", provider=result.provider or error.get("provider"),
+                              model=result.model, error_class=error.get("type"),
+                              error=str(error.get("message", ""))[:500],
+                              latency_ms=sum(a.latency_s for a in result.attempts) * 1000.0)
         policy = plan.request.cache
         store_answer = (plan.cache_key is not None and not policy.no_store and not orchestration.cached
                         and orchestration.results and all(r.ok for r in orchestration.results))
