@@ -102,14 +102,14 @@ class OpenAICompatAdapter:
         import httpx2
         from openai import AsyncOpenAI, Omit
 
-        from core.providers import aio_network
+        from core.providers.http_pool import ProviderTransport
 
         spec = self.spec
         key = spec.api_key.get_secret_value() if spec.api_key is not None else None
         # One HTTP client per deployment, shared by the SDK (streams) and the direct path.
         http = self._http_client or httpx2.AsyncClient(
             timeout=spec.timeout_seconds,
-            transport=aio_network.transport(limits=httpx2.Limits(
+            transport=ProviderTransport(limits=httpx2.Limits(
                 max_connections=spec.max_concurrency or 256, max_keepalive_connections=64)),
         )
         client = AsyncOpenAI(

@@ -1,0 +1,448 @@
+"""The providers' HTTP/1.1 connection pool: asyncio sockets and httptools' C parser.
+
+Every provider call goes through httpx2 (the openai SDK's HTTP client). Under load,
+httpcore2's pool below it was the largest single cost of a gateway request (py-spy,
+bench/overhead): h11's pure-Python state machine, anyio locks, events and cancel scopes
+per request, and a `select()` on every idle connection it reused. This pool does the
+same job with one asyncio Protocol per connection and llhttp (through httptools, which
+uvicorn already uses for the server side) parsing the replies.
+
+`ProviderTransport` is httpx2's own `AsyncHTTPTransport` with this pool in place of
+httpcore2's, so everything above it is httpx2 unchanged: its client and models, its
+mapping of httpcore2's exceptions (which this pool raises) to httpx2's, and
+pytest-httpx, which intercepts `AsyncHTTPTransport.handle_async_request`.
+
+What it does, as httpcore2 does for HTTP/1.1:
+- keep-alive, reusing the most recently used idle connection of the same origin, and
+  dropping idle connections the server closed or that passed `keepalive_expiry`;
+- `max_connections` connections in use at once (a request beyond that waits, within the
+  request's pool timeout), at most `max_keepalive_connections` kept idle;
+- the connect, write, read and pool timeouts of the request's `timeout` extension;
+- TLS with the transport's verified context (and ALPN http/1.1);
+- Content-Length, chunked and read-until-close replies, streamed as they arrive, with
+  reading paused while a consumer lags by more than `_HIGH_WATER` bytes;
+- a connection whose exchange was cancelled, cut or not read to the end is closed, never
+  reused; a request is never retried (a POST may already have been acted on).
+
+Not supported: HTTP/2, proxies (httpx2 mounts its own transports for those from the
+environment, and they stay httpcore2's), Unix sockets and upgrades.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any
+
+import httpcore2
+import httptools
+import httpx2
+
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+_HIGH_WATER = 256 * 1024  # buffered reply bytes at which reading pauses
+_BAD_HEADER_CHARS = (b"\r", b"\n", b"\0")
+
+
+def _expire(waiter: asyncio.Future[None], error: Exception) -> None:
+    if not waiter.done():
+        waiter.set_exception(error)
+
+
+class _Exchange:
+    """One request's reply, filled by the parser's callbacks as bytes arrive."""
+
+    __slots__ = ("status", "reason", "headers", "chunks", "buffered", "headers_done", "complete",
+                 "keep_alive", "error", "waiter", "framed", "head_only", "parser", "_informational")
+
+    def __init__(self, head_only: bool) -> None:
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = False
+        self.error: Exception | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.framed = False  # the reply says where it ends (Content-Length or chunked)
+        self.head_only = head_only
+        self.parser = httptools.HttpResponseParser(self)
+        self._informational = False
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, timeout: float | None, what: str) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = self.waiter = loop.create_future()
+        timer = (loop.call_later(timeout, _expire, waiter, httpcore2.ReadTimeout(f"no {what} within {timeout:g}s"))
+                 if timeout is not None else None)
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def fail(self, error: Exception) -> None:
+        if self.error is None and not self.complete:
+            self.error = error
+        self._wake()
+
+    # --- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second reply to one request: the framing can't be trusted
+            self.keep_alive = False
+
+    # Once the reply is complete, anything after it is ignored (and the connection dropped).
+
+    def on_status(self, reason: bytes) -> None:
+        if not self.complete:
+            self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return
+        self.headers.append((name, value))
+        lowered = name.lower()
+        if lowered == b"content-length" or (lowered == b"transfer-encoding" and b"chunked" in value.lower()):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        if self.complete:
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # 100 Continue and friends: the real reply follows
+            self._informational = True
+            self.headers = []
+            self.reason = b""
+            self.framed = False
+            return
+        self.status = status
+        self.headers_done = True
+        if self.head_only:  # no body follows a HEAD reply, whatever its headers say
+            self.complete = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
+        self.chunks.append(body)
+        self.buffered += len(body)
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        if self.complete:
+            return
+        self.complete = True
+        self.keep_alive = self.parser.should_keep_alive()
+        self._wake()
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection to one origin, carrying one exchange at a time."""
+
+    def __init__(self, origin: tuple[bytes, bytes, int]) -> None:
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.exchange: _Exchange | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._paused_reading = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None or exchange.complete:
+            # Bytes nobody asked for: the connection's framing can't be trusted any more.
+            self.close()
+            return
+        try:
+            exchange.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            exchange.fail(httpcore2.RemoteProtocolError(f"malformed HTTP reply: {exc}"))
+            self.close()
+            return
+        if exchange.buffered > _HIGH_WATER and not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._ended(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended(exc)
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_exception(httpcore2.WriteError("the connection closed while sending"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def _ended(self, exc: Exception | None) -> None:
+        self.closed = True
+        exchange = self.exchange
+        if exchange is None or exchange.complete:
+            return
+        if not exchange.headers_done:
+            detail = f": {exc}" if exc else ""
+            exchange.fail(httpcore2.RemoteProtocolError(f"server disconnected without sending a response{detail}"))
+        elif not exchange.framed:  # a read-until-close body: the close is its end
+            exchange.complete = True
+            exchange._wake()
+        else:
+            exchange.fail(httpcore2.RemoteProtocolError("server disconnected before the reply was complete"))
+
+    def consumed(self) -> None:
+        """The consumer took the buffered bytes: resume reading if it was paused."""
+        if self._paused_reading and self.transport is not None and not self.closed:
+            self._paused_reading = False
+            self.transport.resume_reading()
+
+    def usable(self, now: float, expiry: float | None) -> bool:
+        return (not self.closed and self.transport is not None and not self.transport.is_closing()
+                and (expiry is None or now - self.idle_since < expiry))
+
+    async def send(self, data: bytes, timeout: float | None) -> None:
+        transport = self.transport
+        if self.closed or transport is None or transport.is_closing():
+            raise httpcore2.WriteError("the connection is closed")
+        transport.write(data)
+        if self._write_paused:
+            loop = asyncio.get_running_loop()
+            drain = self._drain = loop.create_future()
+            timer = (loop.call_later(timeout, _expire, drain, httpcore2.WriteTimeout(f"not sent within {timeout:g}s"))
+                     if timeout is not None else None)
+            try:
+                await drain
+            finally:
+                self._drain = None
+                if timer is not None:
+                    timer.cancel()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _ReplyBody:
+    """The reply's body as httpcore2 streams it: an async iterable with `aclose`."""
+
+    def __init__(self, pool: ConnectionPool, connection: _Connection, exchange: _Exchange,
+                 read_timeout: float | None) -> None:
+        self._pool = pool
+        self._connection = connection
+        self._exchange = exchange
+        self._read_timeout = read_timeout
+        self._done = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        exchange = self._exchange
+        connection = self._connection
+        try:
+            while True:
+                if exchange.chunks:
+                    data = b"".join(exchange.chunks) if len(exchange.chunks) > 1 else exchange.chunks[0]
+                    exchange.chunks.clear()
+                    exchange.buffered = 0
+                    connection.consumed()
+                    yield data
+                elif exchange.complete:
+                    break
+                elif exchange.error is not None:
+                    raise exchange.error
+                else:
+                    await exchange.wait(self._read_timeout, "reply bytes")
+        finally:
+            # Read to the end, abandoned or failed: the connection goes back or is closed.
+            self._finish()
+
+    async def aclose(self) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self._done:
+            self._done = True
+            self._pool._release(self._connection, self._exchange)
+
+
+class ConnectionPool:
+    """HTTP/1.1 connections by origin; duck-types httpcore2's AsyncConnectionPool."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext, max_connections: int | None = None,
+                 max_keepalive_connections: int | None = None, keepalive_expiry: float | None = 5.0) -> None:
+        ssl_context.set_alpn_protocols(["http/1.1"])  # as httpcore2 does for an HTTP/1.1-only pool
+        self._ssl_context = ssl_context
+        self._in_use = asyncio.Semaphore(max_connections) if max_connections else None
+        self._max_idle = max_keepalive_connections
+        self._expiry = keepalive_expiry
+        self._idle: dict[tuple[bytes, bytes, int], list[_Connection]] = {}
+        self._idle_count = 0
+        self._busy: set[_Connection] = set()
+        self._closed = False
+
+    async def __aenter__(self) -> ConnectionPool:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None = None,
+                        exc_value: BaseException | None = None, traceback: TracebackType | None = None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.close()
+        self._idle.clear()
+        self._idle_count = 0
+        for connection in list(self._busy):
+            connection.close()
+
+    @property
+    def idle_connections(self) -> int:
+        return self._idle_count
+
+    @property
+    def busy_connections(self) -> int:
+        return len(self._busy)
+
+    async def handle_async_request(self, request: httpcore2.Request) -> httpcore2.Response:
+        if self._closed:
+            raise RuntimeError("the connection pool is closed")
+        url = request.url
+        scheme = url.scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpcore2.UnsupportedProtocol(f"unsupported URL scheme {scheme.decode('ascii', 'replace')!r}")
+        origin = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
+        timeouts = request.extensions.get("timeout", {})
+        head = self._head(request)
+        body = [part async for part in request.stream]  # type: ignore[union-attr]
+        if any(name.lower() == b"transfer-encoding" for name, _ in request.headers):
+            body = [b"%x\r\n%b\r\n" % (len(part), part) for part in body if part] + [b"0\r\n\r\n"]
+
+        semaphore = self._in_use
+        if semaphore is not None:
+            if semaphore.locked():
+                pool_timeout = timeouts.get("pool")
+                try:
+                    async with asyncio.timeout(pool_timeout):
+                        await semaphore.acquire()
+                except TimeoutError:
+                    raise httpcore2.PoolTimeout(f"no free connection within {pool_timeout:g}s") from None
+            else:
+                await semaphore.acquire()
+        connection: _Connection | None = None
+        try:
+            connection = self._take_idle(origin) or await self._connect(origin, timeouts.get("connect"))
+            self._busy.add(connection)
+            exchange = connection.exchange = _Exchange(head_only=request.method == b"HEAD")
+            await connection.send(b"".join([head, *body]), timeouts.get("write"))
+            read_timeout = timeouts.get("read")
+            while not exchange.headers_done:
+                if exchange.error is not None:
+                    raise exchange.error
+                await exchange.wait(read_timeout, "reply")
+        except BaseException:
+            if connection is not None:
+                connection.close()
+                self._busy.discard(connection)
+            if semaphore is not None:
+                semaphore.release()
+            raise
+        return httpcore2.Response(
+            exchange.status,
+            headers=exchange.headers,
+            content=_ReplyBody(self, connection, exchange, read_timeout),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": exchange.reason},
+        )
+
+    @staticmethod
+    def _head(request: httpcore2.Request) -> bytes:
+        lines = [request.method, b" ", request.url.target, b" HTTP/1.1\r\n"]
+        for name, value in request.headers:
+            if any(c in name or c in value for c in _BAD_HEADER_CHARS):
+                raise httpcore2.LocalProtocolError(
+                    f"header {name.decode('ascii', 'replace')!r} contains a line break or NUL")
+            lines += (name, b": ", value, b"\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def _take_idle(self, origin: tuple[bytes, bytes, int]) -> _Connection | None:
+        connections = self._idle.get(origin)
+        if not connections:
+            return None
+        now = asyncio.get_running_loop().time()
+        while connections:
+            connection = connections.pop()  # the most recently used: least likely timed out
+            self._idle_count -= 1
+            if connection.usable(now, self._expiry):
+                return connection
+            connection.close()
+        return None
+
+    async def _connect(self, origin: tuple[bytes, bytes, int], timeout: float | None) -> _Connection:
+        scheme, host, port = origin
+        hostname = host.decode("ascii")
+        tls = scheme == b"https"
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(origin), hostname, port,
+                    ssl=self._ssl_context if tls else None, server_hostname=hostname if tls else None)
+        except TimeoutError:
+            raise httpcore2.ConnectTimeout(f"connecting to {hostname}:{port} took over {timeout:g}s") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise httpcore2.ConnectError(f"cannot connect to {hostname}:{port}: {exc}") from None
+        return connection
+
+    def _release(self, connection: _Connection, exchange: _Exchange) -> None:
+        self._busy.discard(connection)
+        connection.exchange = None
+        reusable = (exchange.complete and exchange.keep_alive and not exchange.head_only
+                    and not self._closed and not connection.closed
+                    and (self._max_idle is None or self._idle_count < self._max_idle))
+        if reusable:
+            connection.idle_since = asyncio.get_running_loop().time()
+            self._idle.setdefault(connection.origin, []).append(connection)
+            self._idle_count += 1
+        else:
+            connection.close()
+        if self._in_use is not None:
+            self._in_use.release()
+
+
+class ProviderTransport(httpx2.AsyncHTTPTransport):
+    """httpx2's AsyncHTTPTransport on `ConnectionPool` instead of httpcore2's pool."""
+
+    def __init__(self, *, verify: ssl.SSLContext | str | bool = True, trust_env: bool = True,
+                 limits: httpx2.Limits | None = None) -> None:
+        # Not super().__init__(): all it does is build httpcore2's pool, which this replaces.
+        limits = limits or httpx2.Limits(max_connections=256, max_keepalive_connections=64)
+        self._pool: Any = ConnectionPool(
+            ssl_context=httpx2.create_ssl_context(verify=verify, trust_env=trust_env),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+        )
