@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core import __version__
+from core import __version__, heap
 from core.services import Services
 from core.settings import Settings, load_settings
 
@@ -134,6 +134,7 @@ class ServiceHolder:
             async with self._lock:
                 if self._services is None:
                     self._services = await Services.open(self.settings)
+                    heap.settle()
         return self._services
 
     async def close(self) -> None:

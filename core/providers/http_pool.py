@@ -420,6 +420,7 @@ class ConnectionPool:
     def _release(self, connection: _Connection, exchange: _Exchange) -> None:
         self._busy.discard(connection)
         connection.exchange = None
+        exchange.parser = None  # it refers back to the exchange: no cycle left for the GC
         reusable = (exchange.complete and exchange.keep_alive and not exchange.head_only
                     and not self._closed and not connection.closed
                     and (self._max_idle is None or self._idle_count < self._max_idle))

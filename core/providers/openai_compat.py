@@ -34,6 +34,7 @@ from contextlib import aclosing
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
+from core import heap
 from core.providers import tokens
 from core.providers.base import (
     ChatRequest,
@@ -129,6 +130,7 @@ class OpenAICompatAdapter:
             client.organization = None
             client.project = None
             client.admin_api_key = None
+        heap.settle()  # the SDK is loaded for good: keep it out of the GC's full scans
         self._headers = {"Content-Type": "application/json", "Accept": "application/json",
                          "User-Agent": client.user_agent}
         if key is not None:
