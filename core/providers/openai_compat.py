@@ -9,11 +9,14 @@ How it uses the SDK, and why:
   of milliseconds; a function that never calls a provider never pays it), with
   `max_retries=0`: failover between deployments is the orchestrator's job, and SDK
   retries would spend the request's deadline on one provider.
-- Non-streamed calls, the hot path, are sent straight through the httpx2 client the
-  SDK itself uses, with the URL and headers the SDK would send built once per
-  deployment. Under load the SDK's per-call request building (options, URL and header
-  merging, its retry and auth wrappers) was about half of the gateway's CPU per request
-  (py-spy, bench/overhead); the status-to-error mapping below is ours either way.
+- Non-streamed calls, the hot path, are sent straight to the transport of the httpx2
+  client the SDK itself uses (the one that client picks for the URL, so a proxy from the
+  environment still applies), with the URL and headers the SDK would send built once
+  per deployment. Under load the SDK's per-call request building (options, URL and
+  header merging, its retry and auth wrappers) was about half of the gateway's CPU per
+  request, and httpx2's client layer (URL merging, auth and redirect wrappers, cookies)
+  a fifth of what was left (py-spy, bench/overhead). Neither does anything a provider
+  call needs; the status-to-error mapping below is ours either way.
 - Streams go through the SDK's generic `client.post(..., stream=True)` (its documented
   way to call any endpoint) rather than `chat.completions.create`, which would also
   transform the params and build pydantic models for every chunk.
@@ -33,6 +36,8 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
+
+import httpx2
 
 from core import heap
 from core.providers import tokens
@@ -54,7 +59,6 @@ from core.providers.base import (
 )
 
 if TYPE_CHECKING:
-    import httpx2
     from openai import AsyncOpenAI
 
     from core.providers.config import DeploymentSpec
@@ -75,9 +79,10 @@ class OpenAICompatAdapter:
         self._client: AsyncOpenAI | None = None
         self._slots = Slots(spec.max_concurrency)
         self._options: dict[str, Any] | None = None  # per-call request options, minus timeout
-        self._http: httpx2.AsyncClient  # set with the SDK client, on first use
-        self._url = ""
-        self._headers: dict[str, str] = {}
+        # Set with the SDK client, on first use: the direct path's transport, URL, headers.
+        self._transport: httpx2.AsyncBaseTransport
+        self._url: httpx2.URL
+        self._headers = httpx2.Headers()
         self._drop = tuple(spec.drop_params)
 
     def __repr__(self) -> str:
@@ -100,7 +105,6 @@ class OpenAICompatAdapter:
         return client
 
     def _make_client(self) -> AsyncOpenAI:
-        import httpx2
         from openai import AsyncOpenAI, Omit
 
         from core.providers.http_pool import ProviderTransport
@@ -122,8 +126,8 @@ class OpenAICompatAdapter:
             timeout=spec.timeout_seconds,
             http_client=http,
         )
-        self._http = http
-        self._url = str(client.base_url).rstrip("/") + CHAT_PATH
+        self._url = httpx2.URL(str(client.base_url).rstrip("/") + CHAT_PATH)
+        self._transport = http._transport_for_url(self._url)  # private, but what send() would use
         if spec.provider != "openai":
             # The SDK reads OPENAI_ORG_ID / OPENAI_PROJECT_ID / OPENAI_ADMIN_KEY from the
             # environment; they are OpenAI's business only.
@@ -131,8 +135,10 @@ class OpenAICompatAdapter:
             client.project = None
             client.admin_api_key = None
         heap.settle()  # the SDK is loaded for good: keep it out of the GC's full scans
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json",
-                         "User-Agent": client.user_agent}
+        # The client's defaults (Accept-Encoding, Connection), then what the SDK sends.
+        self._headers = httpx2.Headers(http.headers)
+        self._headers.update({"Content-Type": "application/json", "Accept": "application/json",
+                              "User-Agent": client.user_agent})
         if key is not None:
             self._headers["Authorization"] = f"Bearer {key}"
         if client.organization:  # OpenAI's own deployments only: cleared above for others
@@ -198,10 +204,16 @@ class OpenAICompatAdapter:
                 self._get_client()
             remaining = deadline - loop.time()
             body = json.dumps(self._body(request, stream=False), separators=(",", ":"), ensure_ascii=False)
-            # httpx2's timeout bounds each phase (connect, each read); this bounds the call.
+            # The timeout extension bounds each phase (connect, each read); this bounds the call.
+            phases = {"connect": remaining, "read": remaining, "write": remaining, "pool": remaining}
             async with asyncio.timeout(remaining):
-                response = await self._http.post(self._url, content=body.encode(), headers=self._headers,
-                                                 timeout=remaining)
+                response = await self._transport.handle_async_request(httpx2.Request(
+                    "POST", self._url, headers=self._headers, content=body.encode(),
+                    extensions={"timeout": phases}))
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
                 if response.status_code >= 400:
                     raise self._status_error(response.status_code, _json_or_text(response),
                                              response.headers) from None
@@ -222,8 +234,6 @@ class OpenAICompatAdapter:
         Nothing is sent until the first `__anext__`. Every failure, including a cut
         after some chunks were yielded, is raised from the iterator as a ProviderError.
         """
-        import httpx2
-
         spec = self.spec
         budget = call_budget(spec, timeout)
         await self._slots.acquire(budget, spec.name)
@@ -377,7 +387,6 @@ class OpenAICompatAdapter:
 
     def _error(self, exc: BaseException) -> ProviderError:
         """The ProviderError for an exception raised by the SDK or httpx2."""
-        import httpx2
         import openai
 
         name = self.spec.name
