@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from core import fastjson
 from core.kv import KEY_PREFIX, KV
 
 ENTRY_PREFIX = f"{KEY_PREFIX}cache:entry:"
@@ -58,14 +59,14 @@ def parse_entry(reply: str | None) -> dict[str, Any] | None:
     if reply is None:
         return None
     try:
-        entry = json.loads(reply)
+        entry = fastjson.loads(reply)
     except ValueError:  # a foreign or truncated value under our prefix: treat as a miss
         return None
     return entry if isinstance(entry, dict) else None
 
 
 def write_command(key: str, entry: dict[str, Any], ttl: int) -> list[Any]:
-    return ["SET", key, json.dumps(entry, separators=(",", ":"), ensure_ascii=False), "EX", int(ttl)]
+    return ["SET", key, fastjson.dumps(entry).decode(), "EX", int(ttl)]
 
 
 def count_command(hit: bool) -> list[Any]:

@@ -183,6 +183,9 @@ class Orchestrator:
         else:
             if len(plan.slots) > 1 and request.mode == "race":
                 results, provider_time = await self._race(plan)
+            elif len(plan.slots) == 1:  # the common case: no task to spawn
+                result, provider_time = await self._run_slot(plan, plan.slots[0])
+                results = [result]
             else:
                 timed = await asyncio.gather(*(self._run_slot(plan, slot) for slot in plan.slots))
                 results = [r for r, _ in timed]

@@ -9,7 +9,6 @@ lose and duplicate nothing. Without Redis the record goes straight to Postgres.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 
+from core import fastjson
 from core.db import Database
 from core.kv import KEY_PREFIX, KV
 from core.models import RequestLog
@@ -65,7 +65,7 @@ class LogEntry:
 
 def append_command(entry: LogEntry) -> list[Any]:
     # vars(), not asdict(): asdict deep-copies every field, on every request
-    payload = json.dumps(vars(entry), separators=(",", ":"), ensure_ascii=False)
+    payload = fastjson.dumps(vars(entry)).decode()
     return ["XADD", STREAM, "MAXLEN", "~", STREAM_MAXLEN, "*", "e", payload]
 
 
@@ -82,7 +82,7 @@ async def write(db: Database, entries: list[LogEntry]) -> int:
 
 def _decode(fields: dict[str, str]) -> LogEntry | None:
     try:
-        return LogEntry(**json.loads(fields["e"]))
+        return LogEntry(**fastjson.loads(fields["e"]))
     except (KeyError, TypeError, ValueError):
         return None
 

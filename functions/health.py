@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
 
 from core import __version__
 from core.health import check_all
 from core.services import Services
-from functions.http import create_app, entry_points, services
+from functions.http import JSONResponse, create_app, entry_points, services
 
 router = APIRouter(tags=["health"])
 

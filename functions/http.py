@@ -14,15 +14,22 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse as _StarletteJSON
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core import __version__, heap
+from core import __version__, fastjson, heap
 from core.services import Services
 from core.settings import Settings, load_settings
 
 log = logging.getLogger("orchesity.http")
+
+
+class JSONResponse(_StarletteJSON):
+    """Starlette's JSONResponse, encoded with orjson (see core/fastjson.py)."""
+
+    def render(self, content: Any) -> bytes:
+        return fastjson.dumps(content)
 
 
 class ApiError(Exception):
@@ -163,7 +170,7 @@ def create_app(*routers: APIRouter, title: str, settings: Settings | None = None
         yield
         await holder.close()
 
-    app = FastAPI(title=title, version=__version__, lifespan=lifespan)
+    app = FastAPI(title=title, version=__version__, lifespan=lifespan, default_response_class=JSONResponse)
     app.state.services = holder
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -11,21 +11,21 @@ Only HTTP concerns live here; the request flow is `core.orchestrator`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core import fastjson
 from core.cache import DEFAULT_NAMESPACE, CachePolicy
 from core.orchestrator import LLMRequest, Orchestration, Result, UnknownProvider
 from core.providers.base import ChatRequest, Chunk, ProviderError
 from core.services import Services
 from core.settings import RoutingStrategy
-from functions.http import ApiError, create_app, entry_points, error_body, services
+from functions.http import ApiError, JSONResponse, create_app, entry_points, error_body, services
 
 router = APIRouter(tags=["orchestrate"])
 
@@ -321,7 +321,7 @@ async def _stream(svc: Services, request: LLMRequest, events: EventWriter) -> An
 
 
 def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, separators=(',', ':'), ensure_ascii=False)}\n\n"
+    return f"data: {fastjson.dumps(payload).decode()}\n\n"
 
 
 def _error_event(exc: ProviderError) -> str:

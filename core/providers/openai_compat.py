@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from core import heap
+from core import fastjson, heap
 from core.providers import tokens
 from core.providers.base import (
     ChatRequest,
@@ -203,12 +203,12 @@ class OpenAICompatAdapter:
             if self._client is None:
                 self._get_client()
             remaining = deadline - loop.time()
-            body = json.dumps(self._body(request, stream=False), separators=(",", ":"), ensure_ascii=False)
+            body = fastjson.dumps(self._body(request, stream=False))
             # The timeout extension bounds each phase (connect, each read); this bounds the call.
             phases = {"connect": remaining, "read": remaining, "write": remaining, "pool": remaining}
             async with asyncio.timeout(remaining):
                 response = await self._transport.handle_async_request(httpx2.Request(
-                    "POST", self._url, headers=self._headers, content=body.encode(),
+                    "POST", self._url, headers=self._headers, content=body,
                     extensions={"timeout": phases}))
                 try:
                     await response.aread()
@@ -217,7 +217,7 @@ class OpenAICompatAdapter:
                 if response.status_code >= 400:
                     raise self._status_error(response.status_code, _json_or_text(response),
                                              response.headers) from None
-                data = response.json()
+                data = fastjson.loads(response.content)
         except TimeoutError:
             raise ProviderTimeout(f"no reply within {budget:g}s", deployment=spec.name) from None
         except ProviderError:
@@ -291,7 +291,7 @@ class OpenAICompatAdapter:
                     done = True
                     break
                 try:
-                    data = json.loads(payload)
+                    data = fastjson.loads(payload)
                 except ValueError:
                     raise ProviderBadResponse(
                         f"malformed JSON in stream event {events + 1}", deployment=spec.name
