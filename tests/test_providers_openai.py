@@ -168,6 +168,15 @@ async def test_every_request_field_and_extras_reach_the_body(httpx_mock: HTTPXMo
     assert "stream" not in body
 
 
+async def test_extras_orjson_cannot_encode_still_reach_the_body(httpx_mock: HTTPXMock, make: Make) -> None:
+    httpx_mock.add_response(url=URL, json=reply())
+    huge = 2**70  # beyond 64 bits: the body falls back to the standard library's encoder
+    completion = await make().complete(request(extra={"metadata": {"trace": huge, "note": "naïve"}}), timeout=5)
+    assert completion.text == "Hello, tests!"
+    body = json.loads(httpx_mock.get_request().content)  # type: ignore[union-attr]
+    assert body["metadata"] == {"trace": huge, "note": "naïve"}
+
+
 async def test_tool_calls_come_back_as_sent(httpx_mock: HTTPXMock, make: Make) -> None:
     calls = [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}]
     body = reply(None)
