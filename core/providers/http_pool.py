@@ -45,6 +45,13 @@ _HIGH_WATER = 256 * 1024  # buffered reply bytes at which reading pauses
 _BAD_HEADER_CHARS = (b"\r", b"\n", b"\0")
 
 
+def _bad_part(request: httpcore2.Request) -> str:
+    for name, value in request.headers:
+        if any(c in name or c in value for c in _BAD_HEADER_CHARS):
+            return f"header {name.decode('ascii', 'replace')!r}"
+    return "the request line"
+
+
 def _expire(waiter: asyncio.Future[None], error: Exception) -> None:
     if not waiter.done():
         waiter.set_exception(error)
@@ -381,12 +388,14 @@ class ConnectionPool:
     def _head(request: httpcore2.Request) -> bytes:
         lines = [request.method, b" ", request.url.target, b" HTTP/1.1\r\n"]
         for name, value in request.headers:
-            if any(c in name or c in value for c in _BAD_HEADER_CHARS):
-                raise httpcore2.LocalProtocolError(
-                    f"header {name.decode('ascii', 'replace')!r} contains a line break or NUL")
             lines += (name, b": ", value, b"\r\n")
         lines.append(b"\r\n")
-        return b"".join(lines)
+        head = b"".join(lines)
+        # Only the line ends written above, or a header could smuggle in another header.
+        ends = len(request.headers) + 2
+        if head.count(b"\n") != ends or head.count(b"\r") != ends or b"\0" in head:
+            raise httpcore2.LocalProtocolError(f"{_bad_part(request)} contains a line break or NUL")
+        return head
 
     def _take_idle(self, origin: tuple[bytes, bytes, int]) -> _Connection | None:
         connections = self._idle.get(origin)
