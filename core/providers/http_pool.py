@@ -326,14 +326,6 @@ class ConnectionPool:
         for connection in list(self._busy):
             connection.close()
 
-    @property
-    def idle_connections(self) -> int:
-        return self._idle_count
-
-    @property
-    def busy_connections(self) -> int:
-        return len(self._busy)
-
     async def handle_async_request(self, request: httpcore2.Request) -> httpcore2.Response:
         if self._closed:
             raise RuntimeError("the connection pool is closed")

@@ -5,8 +5,8 @@ in OpenAI's schema, and so do Ollama, vLLM, llama.cpp and most company proxies; 
 the base URL, key and model differ, and those come from the `DeploymentSpec`.
 
 How it uses the SDK, and why:
-- One `AsyncOpenAI` per deployment, created on first use (importing openai costs tens
-  of milliseconds; a function that never calls a provider never pays it), with
+- One `AsyncOpenAI` per deployment, created on first use (importing openai takes about
+  half a second here; a function that never calls a provider never pays it), with
   `max_retries=0`: failover between deployments is the orchestrator's job, and SDK
   retries would spend the request's deadline on one provider.
 - Non-streamed calls, the hot path, are sent straight to the transport of the httpx2
@@ -134,7 +134,6 @@ class OpenAICompatAdapter:
             client.organization = None
             client.project = None
             client.admin_api_key = None
-        heap.settle()  # the SDK is loaded for good: keep it out of the GC's full scans
         # The client's defaults (Accept-Encoding, Connection), then what the SDK sends.
         self._headers = httpx2.Headers(http.headers)
         self._headers.update({"Content-Type": "application/json", "Accept": "application/json",
@@ -149,6 +148,7 @@ class OpenAICompatAdapter:
         if key is None:
             options["headers"] = {"Authorization": Omit()}
         self._options = options
+        heap.settle()  # the SDK is loaded for good: keep it out of the GC's full scans
         return client
 
     async def aclose(self) -> None:
