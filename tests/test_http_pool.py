@@ -260,15 +260,17 @@ async def test_a_broken_reply_is_a_protocol_error_and_the_pool_carries_on(wire: 
     assert seen.connections == 2
 
 
-async def test_a_silent_server_is_a_read_timeout_and_its_connection_is_not_reused() -> None:
-    async def silent_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Seen) -> None:
-        if seen.connections == 1:
-            await read_request(reader, seen)
-            await asyncio.sleep(5)
-            return
-        await keep_alive(reader, writer, seen)
+async def silent_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Seen) -> None:
+    """The first connection reads its request and never answers; later ones do."""
+    if seen.connections == 1:
+        await read_request(reader, seen)
+        await asyncio.sleep(5)
+        return
+    await keep_alive(reader, writer, seen)
 
-    async with scripted(silent_once) as (url, seen), client(max_connections=1) as http:
+
+async def test_a_silent_server_is_a_read_timeout_and_its_connection_is_not_reused() -> None:
+    async with scripted(silent_first) as (url, seen), client(max_connections=1) as http:
         with pytest.raises(httpx2.ReadTimeout):
             await http.post(url, json={}, timeout=0.2)
         after = await http.post(url, json={}, timeout=2)
@@ -277,14 +279,7 @@ async def test_a_silent_server_is_a_read_timeout_and_its_connection_is_not_reuse
 
 
 async def test_a_cancelled_caller_frees_its_connection_slot() -> None:
-    async def slow_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Seen) -> None:
-        if seen.connections == 1:
-            await read_request(reader, seen)
-            await asyncio.sleep(5)
-            return
-        await keep_alive(reader, writer, seen)
-
-    async with scripted(slow_once) as (url, seen), client(max_connections=1) as http:
+    async with scripted(silent_first) as (url, seen), client(max_connections=1) as http:
         call = asyncio.create_task(http.post(url, json={}))
         while not seen.bodies:
             await asyncio.sleep(0.01)

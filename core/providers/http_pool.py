@@ -57,6 +57,22 @@ def _expire(waiter: asyncio.Future[None], error: Exception) -> None:
         waiter.set_exception(error)
 
 
+async def _wait(waiter: asyncio.Future[None], timeout: float | None, error: type[Exception], what: str) -> None:
+    """Await `waiter`; after `timeout` seconds it fails with `error("{what} within …s")`.
+
+    A timer on the future, not an asyncio.timeout(): no cancellation to undo, and the
+    error says which phase ran out.
+    """
+    timer = None
+    if timeout is not None:
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, waiter, error(f"{what} within {timeout:g}s"))
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
 class _Exchange:
     """One request's reply, filled by the parser's callbacks as bytes arrive."""
 
@@ -85,16 +101,11 @@ class _Exchange:
             waiter.set_result(None)
 
     async def wait(self, timeout: float | None, what: str) -> None:
-        loop = asyncio.get_running_loop()
-        waiter = self.waiter = loop.create_future()
-        timer = (loop.call_later(timeout, _expire, waiter, httpcore2.ReadTimeout(f"no {what} within {timeout:g}s"))
-                 if timeout is not None else None)
+        self.waiter = asyncio.get_running_loop().create_future()
         try:
-            await waiter
+            await _wait(self.waiter, timeout, httpcore2.ReadTimeout, f"no {what}")
         finally:
             self.waiter = None
-            if timer is not None:
-                timer.cancel()
 
     def fail(self, error: Exception) -> None:
         if self.error is None and not self.complete:
@@ -236,16 +247,11 @@ class _Connection(asyncio.Protocol):
             raise httpcore2.WriteError("the connection is closed")
         transport.write(data)
         if self._write_paused:
-            loop = asyncio.get_running_loop()
-            drain = self._drain = loop.create_future()
-            timer = (loop.call_later(timeout, _expire, drain, httpcore2.WriteTimeout(f"not sent within {timeout:g}s"))
-                     if timeout is not None else None)
+            self._drain = asyncio.get_running_loop().create_future()
             try:
-                await drain
+                await _wait(self._drain, timeout, httpcore2.WriteTimeout, "not sent")
             finally:
                 self._drain = None
-                if timer is not None:
-                    timer.cancel()
 
     def close(self) -> None:
         self.closed = True
