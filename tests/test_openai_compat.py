@@ -18,27 +18,14 @@ from core.settings import Settings
 from functions.gateway import build_app
 from tests.servers import serve
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "openai" / "chat-completions.schemas.json"
+# What scripts/openai_schemas.py keeps of OpenAI's OpenAPI spec, committed beside the tests.
+SCHEMAS = Path(__file__).with_name("openai_schemas.json")
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
-
-
-def _openapi_nullable(node: Any) -> Any:
-    """OpenAPI 3.0's `nullable: true` in JSON Schema terms: null is also allowed."""
-    if isinstance(node, dict):
-        node = {k: _openapi_nullable(v) for k, v in node.items()}
-        if node.pop("nullable", False) and "type" in node:
-            node["type"] = [node["type"], "null"] if isinstance(node["type"], str) else [*node["type"], "null"]
-            if "enum" in node:
-                node["enum"] = [*node["enum"], None]
-        return node
-    if isinstance(node, list):
-        return [_openapi_nullable(item) for item in node]
-    return node
 
 
 @pytest.fixture(scope="module")
 def schema_validator() -> Any:
-    document = _openapi_nullable(json.loads(SCHEMAS.read_text()))
+    document = json.loads(SCHEMAS.read_text(encoding="utf-8"))
     registry = Registry().with_resource(
         "urn:openai", Resource.from_contents(document, default_specification=DRAFT202012))
 
