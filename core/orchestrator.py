@@ -19,9 +19,11 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+import anyio
 
 from core import cache
 from core.cache import CachePolicy
@@ -30,10 +32,12 @@ from core.dwa.router import Decision, Router
 from core.dwa.state import Outcome, OutcomeKind, ProviderState, Snapshot
 from core.dwa.store import DWAStore
 from core.kv import KV, KVError
+from core.outage import Outage
 from core.providers.base import (
     Adapter,
     ChatRequest,
     Chunk,
+    Completion,
     ProviderClientError,
     ProviderError,
     ProviderRateLimited,
@@ -41,19 +45,25 @@ from core.providers.base import (
     ProviderTimeout,
     Usage,
 )
+from core.providers.config import enable_hint
 from core.providers.registry import ProviderRegistry
 from core.requestlog import LogEntry, append_command
 from core.requestlog import write as write_log
-from core.settings import RoutingStrategy, Settings
+from core.settings import CacheMode, RoutingStrategy, Settings
 
 log = logging.getLogger("orchesity.orchestrator")
+
+T = TypeVar("T")
+# One provider call as the attempt loop makes it: (adapter, request, seconds left) -> T.
+Call = Callable[[Adapter, ChatRequest, float], Awaitable[T]]
 
 
 class UnknownProvider(ValueError):
     """A requested provider or model names no configured deployment."""
 
-    def __init__(self, name: str, known: Sequence[str]) -> None:
-        super().__init__(f"unknown provider or model {name!r}; configured: {', '.join(known)}")
+    def __init__(self, name: str, known: Sequence[str], hint: str | None = None) -> None:
+        message = f"unknown provider or model {name!r}; configured: {', '.join(known)}"
+        super().__init__(f"{message}. {hint}" if hint else message)
         self.name = name
 
 
@@ -90,9 +100,11 @@ class Result:
     text: str | None = None
     finish_reason: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    logprobs: list[dict[str, Any]] | None = None  # the choice's logprobs.content, when asked for
     usage: Usage | None = None
     cost: float = 0.0
-    response_time: float = 0.0          # seconds, the successful call (or all tries)
+    response_time: float = 0.0          # seconds, the successful call
+    provider_time: float = 0.0          # seconds waiting on providers, every attempt
     ttft: float | None = None
     cached: bool = False
     dwa_score: float | None = None
@@ -109,7 +121,7 @@ class Result:
         usage = self.usage
         return {
             "provider": self.provider, "model": self.model, "text": self.text,
-            "finish_reason": self.finish_reason, "tool_calls": self.tool_calls,
+            "finish_reason": self.finish_reason, "tool_calls": self.tool_calls, "logprobs": self.logprobs,
             "usage": [usage.prompt_tokens, usage.completion_tokens, usage.total_tokens] if usage else None,
             "response_time": self.response_time, "dwa_score": self.dwa_score,
         }
@@ -120,7 +132,7 @@ class Result:
         return cls(
             provider=entry.get("provider"), model=entry.get("model"), text=entry.get("text"),
             finish_reason=entry.get("finish_reason"), tool_calls=entry.get("tool_calls"),
-            usage=Usage(*usage) if usage else None, response_time=0.0, cached=True,
+            logprobs=entry.get("logprobs"), usage=Usage(*usage) if usage else None, response_time=0.0, cached=True,
             dwa_score=entry.get("dwa_score"), selection_reason="cache_hit",
         )
 
@@ -164,14 +176,18 @@ class _Plan:
 
 class Orchestrator:
     def __init__(self, *, registry: ProviderRegistry, router: Router, store: DWAStore,
-                 kv: KV | None, db: Database, cache_ttl: int, default_timeout: float) -> None:
+                 kv: KV | None, db: Database, cache_ttl: int, default_timeout: float,
+                 cache_mode: CacheMode = CacheMode.deterministic) -> None:
         self.registry = registry
         self.router = router
         self.store = store
         self.kv = kv
         self.db = db
         self.cache_ttl = cache_ttl
+        self.cache_mode = CacheMode(cache_mode)
         self.default_timeout = default_timeout
+        self.redis_outage = Outage("Redis", log)
+        self.postgres_outage = Outage("Postgres", log)
 
     # -- the request flow -------------------------------------------------------------
     async def complete(self, request: LLMRequest) -> Orchestration:
@@ -182,14 +198,15 @@ class Orchestrator:
             orchestration = Orchestration(plan.request_id, results, strategy, cached=True)
         else:
             if len(plan.slots) > 1 and request.mode == "race":
-                results, provider_time = await self._race(plan)
+                started = time.perf_counter()
+                results = await self._race(plan)
+                provider_time = time.perf_counter() - started
             elif len(plan.slots) == 1:  # the common case: no task to spawn
-                result, provider_time = await self._run_slot(plan, plan.slots[0])
-                results = [result]
+                results = [await self._complete_slot(plan, plan.slots[0])]
+                provider_time = results[0].provider_time
             else:
-                timed = await asyncio.gather(*(self._run_slot(plan, slot) for slot in plan.slots))
-                results = [r for r, _ in timed]
-                provider_time = max(t for _, t in timed)
+                results = list(await asyncio.gather(*(self._complete_slot(plan, slot) for slot in plan.slots)))
+                provider_time = max(r.provider_time for r in results)
             orchestration = Orchestration(plan.request_id, results, strategy, provider_time=provider_time)
         await self._finish(plan, orchestration)
         return orchestration
@@ -212,41 +229,29 @@ class Orchestrator:
 
         result = Result(provider=None, model=None)
         orchestration = Orchestration(plan.request_id, [result], strategy)
-        tried: list[str] = []
-        while True:
-            decision = await self._pick(plan, plan.slots[0], tried)
-            if decision is None:
-                await self._finish(plan, orchestration)
-                return orchestration, _empty()
-            adapter = self.registry[decision.provider]
-            tried.append(adapter.name)
-            started = time.perf_counter()
-            stream = adapter.stream(request.chat, timeout=self._remaining(plan))
-            try:
-                first = await stream.__anext__()
-            except ProviderError as exc:
-                retry = self._failed(plan, result, adapter, decision, exc, started)
-                orchestration.provider_time += time.perf_counter() - started
-                if retry and await self._may_retry(plan, exc, plan.slots[0], tried):
-                    continue
-                await self._finish(plan, orchestration)
-                return orchestration, _empty()
-            except StopAsyncIteration:  # pragma: no cover - adapters always end with usage
-                first = Chunk(usage=Usage(0, 0, 0, "estimate"))
-            ttft = time.perf_counter() - started
-            result.provider, result.model, result.error = adapter.name, adapter.spec.model, None
-            result.dwa_score, result.selection_reason, result.ttft = decision.score, decision.reason, ttft
-            return orchestration, self._relay(plan, orchestration, result, adapter, stream, first, started)
+        attempt = await self._attempt(plan, plan.slots[0], result, _first_chunk)
+        if attempt is None:
+            orchestration.provider_time = result.provider_time
+            await self._finish(plan, orchestration)
+            return orchestration, _empty()
+        adapter, (stream, first), started = attempt
+        result.ttft = time.perf_counter() - started
+        # Answering: earlier attempts' errors stay in `attempts` only.
+        result.provider, result.model, result.error = adapter.name, adapter.spec.model, None
+        return orchestration, self._relay(plan, orchestration, result, adapter, stream, first, started)
 
     async def _relay(self, plan: _Plan, orchestration: Orchestration, result: Result, adapter: Adapter,
                      stream: AsyncIterator[Chunk], first: Chunk, started: float) -> AsyncIterator[Chunk]:
         parts: list[str] = []
+        logprobs: list[Any] = []
         chunk = first
         recorded = False
         try:
             while True:
                 if chunk.text:
                     parts.append(chunk.text)
+                if chunk.logprobs:
+                    logprobs.extend(chunk.logprobs)
                 if chunk.finish_reason:
                     result.finish_reason = chunk.finish_reason
                 if chunk.is_final:
@@ -255,8 +260,9 @@ class Orchestrator:
                     result.usage, result.completion_id = chunk.usage, chunk.id
                     result.model = chunk.model or result.model
                     result.text = "".join(parts)
+                    result.logprobs = logprobs or None
                     self._succeeded(plan, result, adapter, started)
-                    orchestration.provider_time += time.perf_counter() - started
+                    orchestration.provider_time = result.provider_time
                     await self._finish(plan, orchestration)
                     recorded = True
                     yield chunk
@@ -265,26 +271,35 @@ class Orchestrator:
                 chunk = await stream.__anext__()
         except StopAsyncIteration:  # pragma: no cover - adapters end every stream with usage
             result.text = "".join(parts)
-            self._failed(plan, result, adapter, None,
-                         ProviderStreamCut("the stream ended without usage", deployment=adapter.name), started)
+            self._failed(plan, result, adapter, ProviderStreamCut("the stream ended without usage",
+                                                                  deployment=adapter.name), started)
         except ProviderError as exc:
             result.text = "".join(parts)
-            self._failed(plan, result, adapter, None, exc, started)
+            self._failed(plan, result, adapter, exc, started)
             raise
         finally:
-            close = getattr(stream, "aclose", None)
-            if close is not None:  # release the provider connection and its slot
-                await close()
             if not recorded:
-                orchestration.provider_time += time.perf_counter() - started
-                if result.ok:
-                    # The caller went away mid-stream: not the provider's fault, so no
-                    # DWA outcome; the log says what happened.
-                    self.store.finish(adapter.name)
-                    result.text = "".join(parts)
-                    result.error = {"type": "client_disconnected", "status": 499,
-                                    "message": "the client closed the stream", "provider": adapter.name}
-                await self._finish(plan, orchestration)
+                # The server cancels a stream whose client went away; the record must
+                # still be written, so nothing below may be cancelled half-way.
+                with anyio.CancelScope(shield=True):
+                    await self._abandon(plan, orchestration, result, adapter, stream, parts, started)
+
+    async def _abandon(self, plan: _Plan, orchestration: Orchestration, result: Result, adapter: Adapter,
+                       stream: AsyncIterator[Chunk], parts: list[str], started: float) -> None:
+        """Close a stream that ended early and record how it ended."""
+        close = getattr(stream, "aclose", None)
+        if close is not None:  # release the provider connection and its slot
+            await close()
+        if result.ok:
+            # The caller went away mid-stream: not the provider's fault, so no DWA
+            # outcome; the log says what happened.
+            self.store.finish(adapter.name)
+            result.provider_time += time.perf_counter() - started
+            result.text = "".join(parts)
+            result.error = {"type": "client_disconnected", "status": 499,
+                            "message": "the client closed the stream", "provider": adapter.name}
+        orchestration.provider_time = result.provider_time
+        await self._finish(plan, orchestration)
 
     # -- step 1: one read round trip -----------------------------------------------------
     async def _prepare(self, request: LLMRequest) -> _Plan:
@@ -295,11 +310,13 @@ class Orchestrator:
         round_robin = strategy is RoutingStrategy.round_robin
         policy = request.cache
         key = None
-        if self.kv is not None and not (policy.no_cache and policy.no_store):
+        if (self.kv is not None and not (policy.no_cache and policy.no_store)
+                and cache.applies(self.cache_mode, request.chat.temperature, request.chat.seed)):
             key = cache.cache_key(self._cache_identity(request), namespace=policy.namespace,
                                   tenant=request.tenant)
         now = time.time()
-        timeout = request.timeout or self.default_timeout
+        # A caller may ask for less time than the operator allows, never for more.
+        timeout = min(request.timeout, self.default_timeout) if request.timeout else self.default_timeout
         hit, snapshot = None, None
         if self.kv is not None:
             commands = self.store.read_commands(names, round_robin=round_robin)
@@ -309,14 +326,18 @@ class Orchestrator:
             try:
                 replies = await self.kv.pipeline(commands)
             except KVError as exc:  # Redis down: route on priors, no cache, log to Postgres
-                log.warning("Redis unavailable for the read round trip: %s", exc)
+                self.redis_outage.failed(exc)
             else:
+                self.redis_outage.recovered()
                 if read_cache:
                     hit = cache.parse_entry(replies[0])
                     replies = replies[1:]
                 snapshot = self.store.parse(names, replies, now, round_robin=round_robin)
         else:
-            snapshot = await self.store.read(names, now, round_robin=round_robin)
+            try:
+                snapshot = await self.store.read(names, now, round_robin=round_robin)
+            except Exception as exc:  # noqa: BLE001 - Postgres down: route on priors
+                self.postgres_outage.failed(exc)
         if snapshot is None:
             snapshot = Snapshot(now, tuple(names), {n: ProviderState(n, self.store.profile(n)) for n in names})
         return _Plan(request, "req_" + uuid.uuid4().hex, started, now, started + timeout, slots,
@@ -329,7 +350,7 @@ class Orchestrator:
         for name in request.targets:
             adapters = self.registry.resolve(name)
             if not adapters:
-                raise UnknownProvider(name, self.registry.names)
+                raise UnknownProvider(name, self.registry.names, enable_hint(name))
             slots.append(adapters)
         return slots
 
@@ -360,43 +381,61 @@ class Orchestrator:
             return await self.router.pick_from(snapshot, strategy=plan.request.strategy,
                                                exclude=tried, provider=explicit)
         except KVError:  # claiming a half-open probe failed with Redis: decide without it
-            return self.router.decide(snapshot, strategy=plan.request.strategy, exclude=tried,
-                                      provider=explicit)
+            decision = self.router.decide(snapshot, strategy=plan.request.strategy, exclude=tried,
+                                          provider=explicit)
+            if decision is not None:
+                self.store.start(decision.provider)
+            return decision
 
-    async def _run_slot(self, plan: _Plan, slot: list[Adapter]) -> tuple[Result, float]:
-        result = Result(provider=None, model=None)
+    async def _attempt(self, plan: _Plan, slot: list[Adapter], result: Result,
+                       call: Call[T]) -> tuple[Adapter, T, float] | None:
+        """THE request flow of one slot: pick a deployment, call it, and on a retryable
+        failure record it and fail over (or wait out a 429's Retry-After) until one
+        answers or nothing is left.
+
+        Returns the deployment that answered, what `call` returned and when that call
+        started (perf_counter); None when none answered (`result.error` says why).
+        Every attempt's time is added to `result.provider_time`.
+        """
         tried: list[str] = []
-        provider_time = 0.0
         while True:
             decision = await self._pick(plan, slot, tried)
             if decision is None:
-                break
+                if result.error is None:
+                    result.error = {"type": "no_provider", "message": "no provider could take the request",
+                                    "status": 503}
+                return None
             adapter = self.registry[decision.provider]
             tried.append(adapter.name)
+            result.dwa_score, result.selection_reason = decision.score, decision.reason
+            budget = self._remaining(plan)
             started = time.perf_counter()
             try:
-                completion = await adapter.complete(plan.request.chat, timeout=self._remaining(plan))
-            except asyncio.CancelledError:  # lost a race: not an outcome, but no longer in flight
+                value = await call(adapter, plan.request.chat, budget)
+            except asyncio.CancelledError:  # lost a race, or the caller left: not an outcome
                 self.store.finish(adapter.name)
+                result.provider_time += time.perf_counter() - started
                 raise
             except ProviderError as exc:
-                provider_time += time.perf_counter() - started
-                retry = self._failed(plan, result, adapter, decision, exc, started)
-                if retry and await self._may_retry(plan, exc, slot, tried):
+                result.provider_time += time.perf_counter() - started
+                cut_short = isinstance(exc, ProviderTimeout) and budget < adapter.spec.timeout_seconds
+                self._failed(plan, result, adapter, exc, started, decision, deadline_cut=cut_short)
+                if exc.retryable and not cut_short and await self._may_retry(plan, exc, slot, tried):
                     continue
-                break
-            provider_time += time.perf_counter() - started
+                return None
+            return adapter, value, started
+
+    async def _complete_slot(self, plan: _Plan, slot: list[Adapter]) -> Result:
+        result = Result(provider=None, model=None)
+        attempt = await self._attempt(plan, slot, result, _complete)
+        if attempt is not None:
+            adapter, completion, started = attempt
             result.provider, result.model = adapter.name, completion.model or adapter.spec.model
             result.text, result.finish_reason = completion.text, completion.finish_reason
             result.tool_calls, result.usage = completion.tool_calls, completion.usage
-            result.completion_id = completion.id
-            result.dwa_score, result.selection_reason = decision.score, decision.reason
+            result.logprobs, result.completion_id = completion.logprobs, completion.id
             self._succeeded(plan, result, adapter, started)
-            break
-        if result.error is None and result.usage is None:
-            result.error = {"type": "no_provider", "message": "no provider could take the request",
-                            "status": 503}
-        return result, provider_time
+        return result
 
     async def _may_retry(self, plan: _Plan, exc: ProviderError, slot: list[Adapter],
                          tried: list[str]) -> bool:
@@ -414,15 +453,14 @@ class Orchestrator:
             return True
         return False
 
-    async def _race(self, plan: _Plan) -> tuple[list[Result], float]:
+    async def _race(self, plan: _Plan) -> list[Result]:
         """Several targets, first success wins; the others are cancelled."""
-        started = time.perf_counter()
-        tasks = [asyncio.ensure_future(self._run_slot(plan, slot)) for slot in plan.slots]
+        tasks = [asyncio.ensure_future(self._complete_slot(plan, slot)) for slot in plan.slots]
         winner: Result | None = None
         failures: list[Result] = []
         try:
             for next_done in asyncio.as_completed(tasks):
-                result, _ = await next_done
+                result = await next_done
                 if result.ok:
                     winner = result
                     break
@@ -431,7 +469,7 @@ class Orchestrator:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        return ([winner] if winner else failures), time.perf_counter() - started
+        return [winner] if winner else failures
 
     # -- bookkeeping of each attempt ----------------------------------------------------------
     def _succeeded(self, plan: _Plan, result: Result, adapter: Adapter, started: float) -> None:
@@ -439,38 +477,51 @@ class Orchestrator:
         usage = result.usage or Usage(0, 0, 0, "estimate")
         result.usage, result.error = usage, None  # earlier attempts' errors are in attempts
         result.response_time = elapsed
+        result.provider_time += elapsed
         result.cost = adapter.spec.cost(usage)
         result.attempts.append(Attempt(adapter.name, adapter.spec.model, elapsed))
         plan.outcomes.append(Outcome(adapter.name, OutcomeKind.SUCCESS, elapsed, time.time(),
                                      usage.prompt_tokens, usage.completion_tokens, ttft_s=result.ttft))
         self._log_result(plan, result, elapsed)
 
-    def _failed(self, plan: _Plan, result: Result, adapter: Adapter, decision: Decision | None,
-                exc: ProviderError, started: float) -> bool:
-        """Record a failed attempt; returns whether failing over makes sense."""
+    def _failed(self, plan: _Plan, result: Result, adapter: Adapter, exc: ProviderError, started: float,
+                decision: Decision | None = None, *, deadline_cut: bool = False) -> None:
+        """Record a failed attempt: its DWA outcome, its log row, and the error it leaves.
+
+        `deadline_cut`: the call timed out inside a budget the request's own deadline
+        had shortened. Slow or not, the provider was not given its full time, so it is
+        not held against it; otherwise any caller could open a healthy provider's
+        circuit with a few requests of `timeout: 0.001`.
+        """
         elapsed = time.perf_counter() - started
-        result.attempts.append(Attempt(adapter.name, adapter.spec.model, elapsed, exc.error_class,
+        error_class = "deadline_exceeded" if deadline_cut else exc.error_class
+        result.attempts.append(Attempt(adapter.name, adapter.spec.model, elapsed, error_class,
                                        exc.message, exc.status))
-        if isinstance(exc, ProviderClientError):
-            kind = OutcomeKind.CLIENT_ERROR
-        elif isinstance(exc, ProviderRateLimited):
-            kind = OutcomeKind.RATE_LIMITED
+        if deadline_cut:
+            self.store.finish(adapter.name)
         else:
-            kind = OutcomeKind.FAILURE
-        plan.outcomes.append(Outcome(adapter.name, kind, elapsed, time.time(), error=exc.error_class,
-                                     retry_after_s=exc.retry_after))
-        status = exc.status if isinstance(exc, ProviderClientError) else (
-            504 if isinstance(exc, ProviderTimeout) else 502)
-        result.error = {"type": exc.error_class, "message": exc.provider_message or exc.message,
-                        "status": status, "provider": adapter.name}
-        if decision is not None and result.provider is None:
-            result.dwa_score, result.selection_reason = decision.score, decision.reason
+            if isinstance(exc, ProviderClientError):
+                kind = OutcomeKind.CLIENT_ERROR
+            elif isinstance(exc, ProviderRateLimited):
+                kind = OutcomeKind.RATE_LIMITED
+            else:
+                kind = OutcomeKind.FAILURE
+            plan.outcomes.append(Outcome(adapter.name, kind, elapsed, time.time(), error=exc.error_class,
+                                         retry_after_s=exc.retry_after))
+        if isinstance(exc, ProviderClientError):
+            status = exc.status or 400
+        else:
+            status = 504 if isinstance(exc, ProviderTimeout) else 502
+        message = exc.provider_message or exc.message
+        if deadline_cut:
+            message = f"the request's deadline passed before {adapter.name} answered"
+        result.error = {"type": error_class, "message": message, "status": status, "provider": adapter.name}
+        log.debug("%s failed after %.3fs: %s", adapter.name, elapsed, exc)
         self._log(plan, status="error", provider=adapter.name, model=adapter.spec.model,
-                  error_class=exc.error_class, error=(exc.message or "")[:500],
+                  error_class=error_class, error=(exc.message or "")[:500],
                   latency_ms=elapsed * 1000.0, final=False,
                   selection_reason=decision.reason if decision else None,
                   dwa_score=decision.score if decision else None)
-        return exc.retryable
 
     def _log(self, plan: _Plan, **fields: Any) -> None:
         """Queue one request-log row; the fields every row of this request shares are filled in."""
@@ -508,7 +559,6 @@ class Orchestrator:
         policy = plan.request.cache
         store_answer = (plan.cache_key is not None and not policy.no_store and not orchestration.cached
                         and orchestration.results and all(r.ok for r in orchestration.results))
-        commands: list[Any] = []
         if self.kv is not None:
             commands = [self.store.record_command(o) for o in plan.outcomes]
             if store_answer:
@@ -519,25 +569,47 @@ class Orchestrator:
             commands += [append_command(e) for e in plan.entries]
             try:
                 await self.kv.pipeline(commands, scripts=self.store.scripts)
-                orchestration.database_logged = True
             except KVError as exc:
-                log.warning("Redis unavailable for the record round trip: %s", exc)
+                self.redis_outage.failed(exc)
+            else:
+                self.redis_outage.recovered()
+                orchestration.database_logged = True
         else:
-            for outcome in plan.outcomes:
-                await self.store.record(outcome)
+            try:
+                for outcome in plan.outcomes:
+                    await self.store.record(outcome)
+            except Exception as exc:  # noqa: BLE001 - routing state is lost, the answer is not
+                self.postgres_outage.failed(exc)
         if not orchestration.database_logged:
             try:
                 await write_log(self.db, plan.entries)
-                orchestration.database_logged = True
             except Exception as exc:  # noqa: BLE001 - the answer still goes out; say it is not logged
+                self.postgres_outage.failed(exc)
                 log.error("request log lost for %s: %s", plan.request_id, type(exc).__name__)
+            else:
+                self.postgres_outage.recovered()
+                orchestration.database_logged = True
         orchestration.total_time = time.perf_counter() - plan.started
+
+
+async def _complete(adapter: Adapter, chat: ChatRequest, timeout: float) -> Completion:
+    return await adapter.complete(chat, timeout=timeout)
+
+
+async def _first_chunk(adapter: Adapter, chat: ChatRequest,
+                       timeout: float) -> tuple[AsyncIterator[Chunk], Chunk]:
+    """Open a stream and wait for its first chunk: until then a failure can fail over."""
+    stream = adapter.stream(chat, timeout=timeout)
+    try:
+        return stream, await stream.__anext__()
+    except StopAsyncIteration:
+        raise ProviderStreamCut("the stream ended before its first chunk", deployment=adapter.name) from None
 
 
 async def _replay(result: Result) -> AsyncIterator[Chunk]:
     """A cached answer as a stream: the text in one chunk, then the final chunk."""
-    if result.text:
-        yield Chunk(text=result.text)
+    if result.text or result.logprobs:
+        yield Chunk(text=result.text or "", logprobs=result.logprobs)
     yield Chunk(finish_reason=result.finish_reason or "stop", usage=result.usage or Usage(0, 0, 0),
                 model=result.model)
 
@@ -568,5 +640,5 @@ def build_orchestrator(settings: Settings, db: Database, kv: KV | None) -> Orche
         store = PostgresDWAStore(db, profiles)
     router = Router(store, strategy=settings.DWA_ROUTING_STRATEGY)
     return Orchestrator(registry=registry, router=router, store=store, kv=kv, db=db,
-                        cache_ttl=settings.CACHE_EXPIRE_SECONDS,
+                        cache_ttl=settings.CACHE_EXPIRE_SECONDS, cache_mode=settings.CACHE_MODE,
                         default_timeout=settings.REQUEST_TIMEOUT_SECONDS)

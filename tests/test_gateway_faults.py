@@ -1,0 +1,99 @@
+"""Faults a deployed gateway meets: clients that vanish, deadlines callers choose,
+Redis or Postgres failing under it. Each must be survived with nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from core import requestlog
+from core.settings import Settings
+from functions.gateway import build_app
+from tests.conftest import providers_file
+from tests.servers import serve
+
+
+async def _wait_for_row(kv: Any, request_id: str, deadline_s: float = 5.0) -> dict[str, Any] | None:
+    """The queued request-log record of `request_id`, once it is in the Redis stream."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        for _, fields in await kv.xrange(requestlog.STREAM):
+            entry = requestlog._decode(fields)
+            if entry is not None and entry.request_id == request_id:
+                return vars(entry)
+        await asyncio.sleep(0.02)
+    return None
+
+
+async def test_a_client_that_disconnects_mid_stream_still_gets_its_log_record(
+        gateway_settings: Settings, tmp_path: Path) -> None:
+    path = providers_file(tmp_path, [{"name": "slow", "kind": "simulated", "simulation": {
+        "latency_ms": 1, "ms_per_token": 20, "jitter": 0, "reply_tokens": 200, "seed": 1}}])
+    settings = gateway_settings.model_copy(update={"ORCHESITY_PROVIDERS_FILE": path})
+    with serve(build_app(settings=settings)) as url:
+        async with httpx.AsyncClient(base_url=url) as client:
+            async with client.stream("POST", "/v1/chat/completions", json={
+                    "model": "slow", "stream": True,
+                    "messages": [{"role": "user", "content": "a long story"}]}) as response:
+                request_id = response.headers["x-orchesity-request-id"]
+                async for _ in response.aiter_bytes():
+                    break  # the first chunk, then hang up
+        from core.kv import open_kv
+
+        kv = open_kv(settings)
+        try:
+            row = await _wait_for_row(kv, request_id)
+        finally:
+            await kv.close()
+    assert row is not None, "no request-log record for a stream the client abandoned"
+    assert row["status"] == "error" and row["error_class"] == "client_disconnected"
+
+
+def _sim(name: str, priority: int = 100, **simulation: Any) -> dict[str, Any]:
+    return {"name": name, "kind": "simulated", "priority": priority,
+            "simulation": {"latency_ms": 30, "ms_per_token": 0, "jitter": 0, "seed": 2, **simulation}}
+
+
+async def test_a_callers_short_deadline_does_not_open_a_healthy_providers_circuit(
+        open_gateway: Any, tmp_path: Path) -> None:
+    path = providers_file(tmp_path, [_sim("healthy", 1), _sim("other", 2)])
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=path, DWA_ROUTING_STRATEGY="priority") as gw:
+        hurried = [await gw.client.post("/api/llm/orchestrate", json={
+            "prompt": f"quick {i}", "providers": ["healthy"], "timeout": 0.001}) for i in range(10)]
+        orchestrator = gw.services.orchestrator
+        stats = await orchestrator.router.stats(orchestrator.registry.names, time.time())
+        after = [await gw.client.post("/api/llm/orchestrate", json={"prompt": f"calm {i}"}) for i in range(5)]
+    assert {r.status_code for r in hurried} == {504}
+    error = hurried[0].json()["error"]
+    assert error["code"] == "deadline_exceeded" and "deadline" in error["message"]
+    assert stats["healthy"]["circuit_state"] == "closed"
+    assert stats["healthy"]["consecutive_failures"] == 0 and stats["healthy"]["failures"] == 0
+    assert [r.json()["results"][0]["provider"] for r in after] == ["healthy"] * 5
+
+
+async def test_a_caller_cannot_ask_for_more_time_than_the_operator_allows(
+        open_gateway: Any, tmp_path: Path) -> None:
+    path = providers_file(tmp_path, [_sim("slow", latency_ms=1500)])
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=path, REQUEST_TIMEOUT_SECONDS=0.2) as gw:
+        started = time.perf_counter()
+        response = await gw.client.post("/api/llm/orchestrate", json={"prompt": "take your time",
+                                                                      "timeout": 600})
+        elapsed = time.perf_counter() - started
+    assert response.status_code == 504, response.text
+    assert elapsed < 1.0  # the operator's 0.2 s, not the caller's 600 s
+
+
+async def test_without_redis_a_postgres_outage_still_answers(open_gateway: Any) -> None:
+    from pydantic import SecretStr
+
+    dead = SecretStr("postgresql://nobody:pw@127.0.0.1:9/none")
+    async with open_gateway(REDIS_ENABLED=False, DATABASE_URL=dead) as gw:
+        responses = [await gw.client.post("/api/llm/orchestrate", json={"prompt": f"pg down {i}"})
+                     for i in range(3)]
+    assert [r.status_code for r in responses] == [200, 200, 200], responses[0].text
+    assert all(r.json()["results"][0]["response"] for r in responses)
+    assert {r.json()["metadata"]["database_logged"] for r in responses} == {False}
