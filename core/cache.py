@@ -5,6 +5,12 @@ every parameter that changes the answer (the seed's key ignored temperature) —
 namespace and the tenant, so two tenants never read each other's answers. Commands are
 exposed rather than run, so the orchestrator folds them into its two round trips.
 
+Which answers are kept follows CACHE_MODE. By default (`deterministic`) only requests
+whose answer is meant to repeat: temperature 0, or a `seed`. A sampled request
+(`temperature: 1.5`, or none given, which providers take as 1) asks for a fresh draw
+each time, and a cache would return the first draw forever. `all` caches every answer,
+`off` none.
+
 Hits and misses are counted by us in a hash (Redis INFO counts every GET of every
 client, not ours). Without Redis there is no response cache: a miss every time.
 """
@@ -18,13 +24,16 @@ from typing import Any
 
 from core import fastjson
 from core.kv import KEY_PREFIX, KV
+from core.settings import CacheMode
 
 ENTRY_PREFIX = f"{KEY_PREFIX}cache:entry:"
 STATS_KEY = f"{KEY_PREFIX}stats:cache"
 DEFAULT_NAMESPACE = "default"
 
-# Request fields that never change the answer and so stay out of the key.
-_NOT_IN_KEY = frozenset({"stream", "stream_options", "cache", "user", "metadata", "providers", "mode"})
+# Request fields that never change the answer and so stay out of the key. (Which
+# providers were asked and how, `targets` and `mode`, do: a race's one answer is not
+# the answers of `mode: all`.)
+_NOT_IN_KEY = frozenset({"stream", "stream_options", "cache", "user", "metadata"})
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,13 @@ class CachePolicy:
     namespace: str = DEFAULT_NAMESPACE
 
 
+def applies(mode: CacheMode, temperature: float | None, seed: int | None) -> bool:
+    """Whether a request with these sampling parameters is cached under `mode`."""
+    if mode is CacheMode.deterministic:
+        return temperature == 0 or seed is not None
+    return mode is CacheMode.all
+
+
 def cache_key(request: dict[str, Any], *, namespace: str = DEFAULT_NAMESPACE,
               tenant: str | None = None) -> str:
     """The cache key of a request given as a plain dict of its parameters.
@@ -45,8 +61,8 @@ def cache_key(request: dict[str, Any], *, namespace: str = DEFAULT_NAMESPACE,
     None values are dropped so that an explicit default and an omitted one agree.
     """
     canonical = {k: v for k, v in request.items() if v is not None and k not in _NOT_IN_KEY}
-    payload = json.dumps([tenant, canonical], sort_keys=True, separators=(",", ":"),
-                         ensure_ascii=False, default=str)
+    # ASCII escapes: a lone surrogate in a prompt ("\\ud800") is still a key, not an error.
+    payload = json.dumps([tenant, canonical], sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()
     return f"{ENTRY_PREFIX}{namespace}:{digest}"
 

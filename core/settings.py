@@ -26,6 +26,14 @@ class RoutingStrategy(str, Enum):
     adaptive = "adaptive"
 
 
+class CacheMode(str, Enum):
+    """Which answers the response cache keeps (see core/cache.py)."""
+
+    deterministic = "deterministic"  # temperature 0 or a seed: the same request, the same answer
+    all = "all"                      # every answer, sampled ones included
+    off = "off"
+
+
 class LogLevel(str, Enum):
     DEBUG = "DEBUG"
     INFO = "INFO"
@@ -66,6 +74,7 @@ class Settings(BaseSettings):
     REDIS_URL: SecretStr | None = None
     REDIS_DB: int = Field(default=0, ge=0, le=15)
     CACHE_EXPIRE_SECONDS: int = Field(default=3600, ge=1)
+    CACHE_MODE: CacheMode = CacheMode.deterministic
     REDIS_POOL_SIZE: int = Field(default=10, ge=1)
     REDIS_MAX_CONNECTIONS: int = Field(default=20, ge=1)
     REDIS_TIMEOUT_SECONDS: float = Field(default=2.0, gt=0)

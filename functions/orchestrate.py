@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from core import fastjson
 from core.cache import DEFAULT_NAMESPACE, CachePolicy
@@ -29,6 +29,12 @@ from functions.http import ApiError, JSONResponse, create_app, entry_points, err
 
 router = APIRouter(tags=["orchestrate"])
 
+# Strict numbers: `max_tokens: true` or `temperature: "0.5"` is a mistake to report,
+# not a value to coerce (an int is still a valid float).
+Int = Annotated[int, Field(strict=True)]
+Float = Annotated[float, Field(strict=True)]
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -39,9 +45,9 @@ class Message(BaseModel):
 class CacheOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    no_cache: bool = False
-    no_store: bool = False
-    ttl: int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
+    no_cache: StrictBool = False
+    no_store: StrictBool = False
+    ttl: Int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
     namespace: str = Field(default=DEFAULT_NAMESPACE, min_length=1, max_length=64,
                            pattern=r"^[A-Za-z0-9_.-]+$")
 
@@ -52,17 +58,17 @@ class CacheOptions(BaseModel):
 class _Sampling(BaseModel):
     """Parameters both APIs share."""
 
-    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: Int | None = Field(default=None, ge=1, le=1_000_000)
+    temperature: Float | None = Field(default=None, ge=0, le=2)
+    top_p: Float | None = Field(default=None, ge=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Int | None = None
     tools: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None
-    stream: bool = False
+    stream: StrictBool = False
     strategy: RoutingStrategy | None = None
     cache: CacheOptions | None = None
-    timeout: float | None = Field(default=None, gt=0, le=600)
+    timeout: Float | None = Field(default=None, gt=0, le=600)
 
 
 class OrchestrateBody(_Sampling):
@@ -100,8 +106,8 @@ class ChatCompletionBody(_Sampling):
 
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    n: int | None = Field(default=None, ge=1, le=1)
+    max_completion_tokens: Int | None = Field(default=None, ge=1, le=1_000_000)
+    n: Int | None = Field(default=None, ge=1, le=1)
     stream_options: dict[str, Any] | None = None
     user: str | None = None
 
@@ -133,12 +139,16 @@ def _headers(orchestration: Orchestration) -> dict[str, str]:
     return headers
 
 
+def _unknown(request: LLMRequest, exc: UnknownProvider) -> ApiError:
+    return ApiError(400, str(exc), param="providers" if request.endpoint == "orchestrate" else "model",
+                    code="unknown_provider")
+
+
 async def _run(svc: Services, request: LLMRequest) -> Orchestration:
     try:
         return await svc.orchestrator.complete(request)
     except UnknownProvider as exc:
-        raise ApiError(400, str(exc), param="providers" if request.endpoint == "orchestrate" else "model",
-                       code="unknown_provider") from None
+        raise _unknown(request, exc) from None
 
 
 # -- the seed API --------------------------------------------------------------------------------
@@ -158,6 +168,7 @@ def _result_json(result: Result) -> dict[str, Any]:
         "dwa_score": round(result.dwa_score, 4) if result.dwa_score is not None else None,
         "finish_reason": result.finish_reason,
         "cost": round(result.cost, 8),
+        "logprobs": result.logprobs,
         "error": result.error,
     }
 
@@ -236,13 +247,17 @@ def _completion_json(orchestration: Orchestration, result: Result, requested: st
         "created": int(time.time()),
         "model": result.model or requested,
         "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason or "stop",
-                     "logprobs": None}],
+                     "logprobs": _openai_logprobs(result.logprobs)}],
         "usage": _openai_usage(result),
         "orchesity": {"provider": result.provider, "cached": result.cached,
                       "dwa_score": result.dwa_score, "dwa_selection_reason": result.selection_reason,
                       "request_id": orchestration.request_id, "cost": result.cost,
                       "database_logged": orchestration.database_logged},
     }
+
+
+def _openai_logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    return {"content": content, "refusal": None} if content else None
 
 
 def _completion_id(orchestration: Orchestration) -> str:
@@ -301,7 +316,7 @@ async def _stream(svc: Services, request: LLMRequest, events: EventWriter) -> An
     try:
         orchestration, chunks = await svc.orchestrator.stream(request)
     except UnknownProvider as exc:
-        raise ApiError(400, str(exc), code="unknown_provider") from None
+        raise _unknown(request, exc) from None
     failure = _failure(orchestration.results)
     if failure is not None:  # failed before the first token: an ordinary error response
         status, error = failure
@@ -359,7 +374,7 @@ def _openai_events(requested: str) -> EventWriter:
         if chunk.tool_calls:
             delta["tool_calls"] = chunk.tool_calls
         return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": chunk.finish_reason,
-                                          "logprobs": None}]})
+                                          "logprobs": _openai_logprobs(chunk.logprobs)}]})
 
     return write
 

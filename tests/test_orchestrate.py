@@ -56,9 +56,11 @@ async def dwa_stats(gw: Any) -> dict[str, Any]:
 
 async def test_dwa_picks_logs_and_caches(open_gateway: Any) -> None:
     async with open_gateway() as gw:
-        first = await gw.client.post("/api/llm/orchestrate", json={"prompt": "Say hello", "temperature": 0.2})
-        again = await gw.client.post("/api/llm/orchestrate", json={"prompt": "Say hello", "temperature": 0.2})
-        warmer = await gw.client.post("/api/llm/orchestrate", json={"prompt": "Say hello", "temperature": 0.9})
+        first = await gw.client.post("/api/llm/orchestrate", json={"prompt": "Say hello", "temperature": 0})
+        again = await gw.client.post("/api/llm/orchestrate", json={"prompt": "Say hello", "temperature": 0})
+        seeded = await gw.client.post("/api/llm/orchestrate", json={"prompt": "Say hello", "seed": 4})
+        sampled = [await gw.client.post("/api/llm/orchestrate", json={"prompt": "Say hello", "temperature": 1.5})
+                   for _ in range(2)]
         stats = (await gw.client.get("/api/db/cache/stats")).json()
 
     assert first.status_code == 200, first.text
@@ -76,12 +78,14 @@ async def test_dwa_picks_logs_and_caches(open_gateway: Any) -> None:
     hit = again.json()
     assert hit["results"][0]["cached"] is True and hit["metadata"]["cached_response"] is True
     assert hit["results"][0]["response"] == result["response"]
-    assert warmer.json()["results"][0]["cached"] is False  # temperature is part of the key
+    assert seeded.json()["results"][0]["cached"] is False  # the seed is part of the key
+    # A sampled request asks for a fresh draw every time: never cached, never looked up.
+    assert [r.json()["results"][0]["cached"] for r in sampled] == [False, False]
     assert (stats["hits"], stats["misses"]) == (1, 2)
 
 
 async def test_cache_options_and_clear_leaves_other_keys(open_gateway: Any) -> None:
-    body = {"prompt": "Cache me", "cache": {"namespace": "docs"}}
+    body = {"prompt": "Cache me", "temperature": 0, "cache": {"namespace": "docs"}}
     async with open_gateway() as gw:
         kv = gw.services.kv
         await kv.set("orchesity:not-cache", "keep")
@@ -308,9 +312,9 @@ async def test_every_request_reaches_postgres_after_a_drain(open_gateway: Any) -
     async with open_gateway() as gw:
         ids = []
         for i in range(5):
-            response = await gw.client.post("/api/llm/orchestrate", json={"prompt": f"log me {i}"})
+            response = await gw.client.post("/api/llm/orchestrate", json={"prompt": f"log me {i}", "temperature": 0})
             ids.append(response.json()["request_id"])
-        ids.append((await gw.client.post("/api/llm/orchestrate", json={"prompt": "log me 0"})).json()["request_id"])
+        ids.append((await gw.client.post("/api/llm/orchestrate", json={"prompt": "log me 0", "temperature": 0})).json()["request_id"])
         assert await log_rows(gw.services.db, ids) == 0  # queued in Redis, not yet in Postgres
         moved = await requestlog.drain(gw.services.kv, gw.services.db)
         assert moved >= 6 and await log_rows(gw.services.db, ids) == 6
@@ -354,3 +358,81 @@ async def test_without_redis_requests_are_logged_straight_to_postgres(open_gatew
         assert await log_rows(gw.services.db, [response.json()["request_id"]]) == 1
         stats = await dwa_stats(gw)
     assert stats["simulated"]["samples"] == 2  # DWA state kept in Postgres
+
+
+# --- what a request names ---------------------------------------------------------------------
+
+
+async def test_a_model_name_reaches_the_deployments_serving_it(open_gateway: Any, tmp_path: Path) -> None:
+    path = providers_file(tmp_path, [{**sim("east"), "model": "shared-model"},
+                                     {**sim("west"), "model": "shared-model"}, sim("other")])
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=path) as gw:
+        served = [await gw.client.post("/v1/chat/completions", json={
+            "model": "shared-model", "messages": [{"role": "user", "content": f"hi {i}"}]}) for i in range(6)]
+    assert {r.status_code for r in served} == {200}
+    assert {r.json()["orchesity"]["provider"] for r in served} <= {"east", "west"}
+
+
+@pytest.mark.parametrize(("body", "setting"), [
+    ({"prompt": "hi", "providers": ["openai"]}, "OPENAI_API_KEY"),
+    ({"prompt": "hi", "providers": ["claude-3-5-haiku-latest"]}, "ANTHROPIC_API_KEY"),
+])
+async def test_an_unconfigured_provider_says_which_setting_enables_it(
+        open_gateway: Any, body: dict[str, Any], setting: str) -> None:
+    async with open_gateway() as gw:
+        response = await gw.client.post("/api/llm/orchestrate", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert setting in error["message"] and "ORCHESITY_PROVIDERS_FILE" in error["message"]
+    assert error["param"] == "providers" and error["code"] == "unknown_provider"
+
+
+async def test_a_race_answer_is_not_served_for_mode_all(open_gateway: Any, tmp_path: Path) -> None:
+    path = providers_file(tmp_path, [sim("fast", latency_ms=1), sim("slow", latency_ms=50)])
+    body = {"prompt": "same words", "providers": ["fast", "slow"], "temperature": 0}
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=path) as gw:
+        raced = await gw.client.post("/api/llm/orchestrate", json={**body, "mode": "race"})
+        everything = await gw.client.post("/api/llm/orchestrate", json={**body, "mode": "all"})
+        again = await gw.client.post("/api/llm/orchestrate", json={**body, "mode": "all"})
+    assert len(raced.json()["results"]) == 1
+    assert everything.json()["metadata"]["cached_response"] is False
+    assert [r["provider"] for r in everything.json()["results"]] == ["fast", "slow"]
+    assert again.json()["metadata"]["cached_response"] is True and len(again.json()["results"]) == 2
+
+
+@pytest.mark.parametrize(("mode", "cached"), [("all", True), ("off", False)])
+async def test_cache_mode_setting(open_gateway: Any, mode: str, cached: bool) -> None:
+    body = {"prompt": "sampled", "temperature": 1.5}
+    async with open_gateway(CACHE_MODE=mode) as gw:
+        await gw.client.post("/api/llm/orchestrate", json=body)
+        again = await gw.client.post("/api/llm/orchestrate", json=body)
+        zero = [await gw.client.post("/api/llm/orchestrate", json={"prompt": "z", "temperature": 0})
+                for _ in range(2)]
+    assert again.json()["metadata"]["cached_response"] is cached
+    assert zero[1].json()["metadata"]["cached_response"] is cached
+
+
+LOGPROBS = [{"token": "Hi", "logprob": -0.1, "bytes": [72, 105], "top_logprobs": []}]
+
+
+async def test_logprobs_come_back_plain_and_streamed(open_gateway: Any, tmp_path: Path, httpx_mock: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    reply = openai_reply("Hi")
+    reply["choices"][0]["logprobs"] = {"content": LOGPROBS, "refusal": None}
+    httpx_mock.add_response(url=OPENAI_URL, json=reply)
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+             "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None,
+                          "logprobs": {"content": LOGPROBS, "refusal": None}}]}
+    last = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+    events = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in (chunk, last)) + b"data: [DONE]\n\n"
+    httpx_mock.add_response(url=OPENAI_URL, content=events, headers={"content-type": "text/event-stream"})
+    request = {"model": "openai", "logprobs": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=openai_first(tmp_path)) as gw:
+        plain = await gw.client.post("/v1/chat/completions", json=request)
+        streamed = await gw.client.post("/v1/chat/completions", json={**request, "stream": True})
+    assert json.loads(httpx_mock.get_requests()[0].content)["logprobs"] is True
+    assert plain.json()["choices"][0]["logprobs"]["content"] == LOGPROBS
+    deltas = [e for e in await sse(streamed) if e != "[DONE]" and e["choices"]]
+    assert deltas[0]["choices"][0]["logprobs"]["content"] == LOGPROBS

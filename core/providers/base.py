@@ -76,19 +76,22 @@ class Completion:
     usage: Usage
     id: str | None = None
     tool_calls: list[dict[str, Any]] | None = None  # as the provider sent them (OpenAI shape)
+    logprobs: list[dict[str, Any]] | None = None  # the choice's logprobs.content, when asked for
 
 
 @dataclass(slots=True)
 class Chunk:
     """One piece of a streamed reply.
 
-    Content chunks carry `text` (and/or `tool_calls` deltas). The last chunk of every
+    Content chunks carry `text` (and/or `tool_calls` deltas, and `logprobs` when the
+    request asked for them). The last chunk of every
     successful stream carries `usage` (never None there), `finish_reason`, `model` and
     `id`, and no text.
     """
 
     text: str = ""
     tool_calls: list[dict[str, Any]] | None = None
+    logprobs: list[dict[str, Any]] | None = None  # this piece's logprobs.content entries
     finish_reason: str | None = None
     usage: Usage | None = None
     model: str | None = None

@@ -107,6 +107,22 @@ FAMILIES: dict[str, FamilyDefaults] = {
     "grok": FamilyDefaults(base_url="https://api.x.ai/v1", model="grok-3-mini", api_key_env="GROK_API_KEY"),
 }
 
+# Model name prefixes of each family, to tell a caller which key enables a model.
+_MODEL_PREFIXES = {"gpt-": "openai", "o1": "openai", "o3": "openai", "o4": "openai",
+                   "claude-": "anthropic", "gemini-": "gemini", "grok-": "grok"}
+
+
+def enable_hint(name: str) -> str | None:
+    """How to enable `name` when it is a family, or a model of one, that is not configured."""
+    family = name if name in FAMILIES else next(
+        (f for prefix, f in _MODEL_PREFIXES.items() if name.startswith(prefix)), None)
+    if family is None:
+        return None
+    what = family if family == name else f"{name} is a {family} model; {family}"
+    return (f"{what} is enabled by setting {FAMILIES[family].api_key_env}, or by a deployment "
+            f"with provider '{family}' in ORCHESITY_PROVIDERS_FILE")
+
+
 # USD per 1k tokens (input, output), list prices, for models whose entries give none.
 # A model not listed here costs 0 unless its deployment sets prices.
 KNOWN_PRICES: dict[str, tuple[float, float]] = {

@@ -315,14 +315,15 @@ class OpenAICompatAdapter:
                 delta = choice.get("delta") or {}
                 content = delta.get("content")
                 tool_calls = delta.get("tool_calls")
-                if content or tool_calls:
+                logprobs = _logprobs(choice)
+                if content or tool_calls or logprobs:
                     if content:
                         if not isinstance(content, str):
                             content = _text(content)
                         text_parts.append(content)
                     if tool_calls:
                         tool_parts.extend(_tool_call_text(tool_calls))
-                    yield Chunk(text=content or "", tool_calls=tool_calls or None)
+                    yield Chunk(text=content or "", tool_calls=tool_calls or None, logprobs=logprobs)
                 if choice.get("finish_reason"):
                     finish_reason = choice["finish_reason"]
         except ProviderError:
@@ -375,6 +376,7 @@ class OpenAICompatAdapter:
             usage=usage,
             id=data.get("id"),
             tool_calls=tool_calls,
+            logprobs=_logprobs(choice),
         )
 
     # --- errors ----------------------------------------------------------------------------
@@ -494,6 +496,13 @@ def _text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(part.get("text") or "" for part in content if isinstance(part, dict))
     return str(content)
+
+
+def _logprobs(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """A choice's `logprobs.content` (token, logprob, top_logprobs), when it has any."""
+    logprobs = choice.get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    return content if isinstance(content, list) and content else None
 
 
 def _tool_call_text(tool_calls: Any) -> list[str]:

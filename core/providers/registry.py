@@ -2,7 +2,7 @@
 
     registry = load_registry(settings)          # at start-up; raises on bad config
     adapter = registry["openai"]                # by deployment name
-    for adapter in registry.resolve("gemini"):  # by deployment name or provider family
+    for adapter in registry.resolve("gemini"):  # by deployment name, provider family or model
         ...
     await registry.aclose()                     # at shutdown
 
@@ -76,15 +76,18 @@ class ProviderRegistry:
         return list(self._by_name)
 
     def resolve(self, name: str) -> list[Adapter]:
-        """A deployment by name, else every deployment of that provider family.
+        """A deployment by name, else every deployment of that provider family, else
+        every deployment serving that model.
 
-        So a seed request's `providers: ["openai"]` and an OpenAI-style `model` that
-        names a deployment both work. Empty when nothing matches.
+        So a seed request's `providers: ["openai"]`, an OpenAI-style `model` that names
+        a deployment, and one that names a model (`gpt-4o-mini`, served by deployments
+        with other names) all work. Empty when nothing matches.
         """
         adapter = self._by_name.get(name)
         if adapter is not None:
             return [adapter]
-        return [adapter for adapter in self._by_name.values() if adapter.spec.provider == name]
+        family = [adapter for adapter in self._by_name.values() if adapter.spec.provider == name]
+        return family or [adapter for adapter in self._by_name.values() if adapter.spec.model == name]
 
     def describe(self) -> list[dict[str, Any]]:
         """Every deployment as shown to API callers, never a key."""
