@@ -7,8 +7,10 @@ Orchesity runs on an embedded PostgreSQL and Redis under `.orchesity/`.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
-from typing import Annotated, Any
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -28,12 +30,39 @@ app = typer.Typer(
 )
 
 
+T = TypeVar("T")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"orchesity: {message}", err=True)
+    return typer.Exit(code)
+
+
 def _settings() -> Settings:
     try:
         return load_settings()
     except SettingsError as exc:
-        typer.echo(f"orchesity: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(str(exc)) from None
+
+
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    """Run `work`; a database or Redis it cannot reach ends the command with one clear
+    line (naming the setting), not a traceback."""
+    from core.kv import KVUnavailable
+
+    try:
+        return asyncio.run(work)
+    except KVUnavailable as exc:
+        raise _fail(f"Redis is unavailable ({exc}); check UPSTASH_REDIS_REST_URL or REDIS_URL", 1) from None
+    except (OSError, ValueError) as exc:
+        raise _fail(str(exc), 1) from None
+    except Exception as exc:
+        from sqlalchemy.exc import InterfaceError, OperationalError
+
+        if not isinstance(exc, (OperationalError, InterfaceError)):
+            raise
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise _fail(f"cannot reach the database (DATABASE_URL): {reason}", 1) from None
 
 
 async def _migrate(settings: Settings, revision: str, down: bool) -> str | None:
@@ -55,7 +84,7 @@ def migrate(
 ) -> None:
     """Bring the database schema to REVISION (default: the latest)."""
     settings = _settings()
-    now = asyncio.run(_migrate(settings, revision, down))
+    now = _run(_migrate(settings, revision, down))
     typer.echo(f"database at revision {now or 'base'}")
 
 
@@ -73,13 +102,26 @@ def serve(
     """Serve every function (the gateway) with uvicorn; migrates the database first."""
     import uvicorn
 
+    from core.providers.config import load_deployments
+    from functions.serving import log_config
+
     settings = _settings()
+    try:  # a providers file it cannot use stops it here, naming the file, entry and field
+        load_deployments(settings)
+    except SettingsError as exc:
+        raise _fail(str(exc)) from None
     if migrate_first:
         # With no DATABASE_URL this starts the embedded Postgres; it keeps running
         # for the workers, which attach to it, and stops when the last one exits.
-        asyncio.run(_migrate(settings, "head", down=False))
+        _run(_migrate(settings, "head", down=False))
+    # uvicorn shuts down gracefully on SIGTERM (what Fly, systemd and Docker send), then
+    # re-raises it; with the default handler that ends the process before its exit
+    # hooks run. As an exit instead, they run: the embedded servers are let go of.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run("functions.gateway:app", host=host, port=port, workers=workers,
-                log_level=settings.LOG_LEVEL.value.lower(), access_log=access_log)
+                http="functions.serving:HeadDeadlineProtocol",
+                log_level=settings.LOG_LEVEL.value.lower(), access_log=access_log,
+                log_config=log_config(settings.LOG_LEVEL.value))
 
 
 async def _drain(settings: Settings, batch: int) -> tuple[int, int]:
@@ -100,7 +142,7 @@ async def _drain(settings: Settings, batch: int) -> tuple[int, int]:
 def drain(batch: Annotated[int, typer.Option(min=1, max=10_000, help="Records per insert.")] = 500) -> None:
     """Move the request log queued in Redis into Postgres (what the cron function does)."""
     settings = _settings()
-    moved, left = asyncio.run(_drain(settings, batch))
+    moved, left = _run(_drain(settings, batch))
     typer.echo(f"moved {moved} request-log records to Postgres; {left} still queued")
 
 

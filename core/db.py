@@ -9,7 +9,6 @@ URLs get NullPool and psycopg's `prepare_threshold=None`.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -21,10 +20,9 @@ from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.embedded import EmbeddedPostgres, start_postgres
-from core.settings import Settings
+from core.settings import Settings, database_scheme
 
 DRIVER = "postgresql+psycopg"
-ACCEPTED_SCHEMES = ("postgres", "postgresql", "postgresql+asyncpg", "postgresql+psycopg")
 POOLER_PORT = 6543  # Supabase's transaction pooler; the session pooler is on 5432
 
 # asyncpg spells the TLS option `ssl=`; libpq (psycopg) rejects that and wants `sslmode=`.
@@ -38,14 +36,11 @@ def normalise_url(url: str) -> str:
     postgresql+psycopg://. Errors name DATABASE_URL but never repeat the URL itself,
     which usually carries the password.
     """
-    scheme, sep, rest = url.strip().partition("://")
-    scheme = scheme.lower()
-    if not sep or scheme not in ACCEPTED_SCHEMES:
-        accepted = ", ".join(f"{s}://" for s in ACCEPTED_SCHEMES)
-        # Only echo the scheme when it looks like one: a malformed URL may put
-        # the password before the first "://".
-        got = f" (got {scheme}://)" if sep and re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme) else ""
-        raise ValueError(f"DATABASE_URL must start with one of {accepted}{got}")
+    try:
+        scheme = database_scheme(url)
+    except ValueError as exc:
+        raise ValueError(f"DATABASE_URL {exc}") from None
+    rest = url.strip().partition("://")[2]
     try:
         parsed = make_url(f"{DRIVER}://{rest}")
     except (ArgumentError, ValueError):  # ArgumentError's message repeats the URL

@@ -31,7 +31,7 @@ class Outage:
             self.down, self.since = True, time.monotonic()
             # The message only: a URL with a password never reaches it (KV and psycopg
             # errors name the failure, not the address).
-            self.logger.warning("%s unavailable (%s: %s); degrading until it is back",
+            self.logger.warning("%s is failing (%s: %s); degrading until it is back",
                                 self.what, type(exc).__name__, str(exc)[:200])
 
     def recovered(self) -> None:

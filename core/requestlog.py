@@ -1,14 +1,16 @@
 """The request log: every provider attempt and cache hit, queued in Redis, kept in Postgres.
 
 On the hot path a record is one XADD folded into the request's final Redis round trip;
-`drain` (the cron function, `orchesity drain`) moves the stream into the `request_log`
-table in batches. A batch is deleted from the stream only after Postgres committed it,
+`drain` moves the stream into the `request_log` table in batches: continuously in a
+long-running server (`drain_continuously`, started by the app's lifespan), and from the
+cron function or `orchesity drain` where nothing runs between requests (Lambda). A batch is deleted from the stream only after Postgres committed it,
 and rows are keyed by `log_id`, so a drain that dies half-way, or two drains at once,
 lose and duplicate nothing. Without Redis the record goes straight to Postgres.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +23,7 @@ from core import fastjson
 from core.db import Database
 from core.kv import KEY_PREFIX, KV
 from core.models import RequestLog
+from core.outage import Outage
 
 log = logging.getLogger("orchesity.requestlog")
 
@@ -109,6 +112,20 @@ async def drain(kv: KV, db: Database, *, batch: int = 500, max_batches: int | No
         moved += len(items)
         batches += 1
     return moved
+
+
+async def drain_continuously(kv: KV, db: Database, *, interval: float) -> None:
+    """Drain every `interval` seconds until cancelled; a failing Redis or Postgres is
+    logged once per outage and retried, and the records wait in the stream meanwhile."""
+    outage = Outage("The request-log drain", log)
+    while True:
+        try:
+            await drain(kv, db)
+        except Exception as exc:  # noqa: BLE001 - keep draining once the store is back
+            outage.failed(exc)
+        else:
+            outage.recovered()
+        await asyncio.sleep(interval)
 
 
 async def pending(kv: KV | None) -> int:

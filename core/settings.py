@@ -12,7 +12,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+import re
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +53,24 @@ class SettingsError(ValueError):
     """A setting has a value Orchesity cannot start with; the message names it."""
 
 
+DATABASE_SCHEMES = ("postgres", "postgresql", "postgresql+asyncpg", "postgresql+psycopg")
+
+
+def database_scheme(url: str) -> str:
+    """The scheme of a DATABASE_URL, lowercased; ValueError unless it is one we accept.
+
+    The error never repeats the URL: a malformed one may put the password before the
+    first "://", so even the scheme is echoed only when it looks like one.
+    """
+    scheme, sep, _ = url.strip().partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in DATABASE_SCHEMES:
+        accepted = ", ".join(f"{s}://" for s in DATABASE_SCHEMES)
+        got = f" (got {scheme}://)" if sep and re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme) else ""
+        raise ValueError(f"must start with one of {accepted}{got}")
+    return scheme
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env",
@@ -75,6 +95,7 @@ class Settings(BaseSettings):
     REDIS_DB: int = Field(default=0, ge=0, le=15)
     CACHE_EXPIRE_SECONDS: int = Field(default=3600, ge=1)
     CACHE_MODE: CacheMode = CacheMode.deterministic
+    LOG_DRAIN_INTERVAL_SECONDS: float = Field(default=1.0, ge=0, le=3600)
     REDIS_POOL_SIZE: int = Field(default=10, ge=1)
     REDIS_MAX_CONNECTIONS: int = Field(default=20, ge=1)
     REDIS_TIMEOUT_SECONDS: float = Field(default=2.0, gt=0)
@@ -103,11 +124,19 @@ class Settings(BaseSettings):
     # --- Application ------------------------------------------------------------------
     REQUEST_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0, le=3600)
     MAX_REQUEST_BYTES: int = Field(default=4 * 1024 * 1024, ge=1024)
+    RECEIVE_TIMEOUT_SECONDS: float = Field(default=15.0, gt=0, le=600)
     CORS_ALLOW_ORIGINS: str = "*"  # comma-separated origins; empty turns CORS off
     CRON_SECRET: SecretStr | None = None
     DEBUG: bool = False
     LOG_LEVEL: LogLevel = LogLevel.INFO
     SECRET_KEY: SecretStr | None = None
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _database_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None:
+            database_scheme(url.get_secret_value())
+        return url
 
     @model_validator(mode="after")
     def _upstash_pair(self) -> "Settings":
@@ -142,7 +171,7 @@ def _describe(error: dict[str, Any]) -> str:
     name = loc[0].upper() if loc else ""
     ctx = error.get("ctx") or {}
     if _is_secret(name):  # never echo a secret, even a malformed one
-        return f"{name}: {error.get('msg')}"
+        return f"{name}: {str(error.get('msg')).removeprefix('Value error, ')}"
     if error.get("type") == "enum" and "expected" in ctx:
         allowed = ctx["expected"].replace("'", "")
         return f"{name}={error.get('input')!r} is not allowed; use one of: {allowed}"

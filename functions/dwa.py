@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
+from core.providers.config import NAME_PATTERN
 from core.services import Services
 from functions.http import ApiError, create_app, entry_points, services
 
@@ -51,7 +52,7 @@ async def dwa_stats(svc: Services = Depends(services)) -> dict[str, Any]:
 
 
 @router.post("/api/llm/dwa/reset")
-async def dwa_reset(provider: str | None = Query(default=None, min_length=1, max_length=128),
+async def dwa_reset(provider: str | None = Query(default=None, pattern=NAME_PATTERN),
                     svc: Services = Depends(services)) -> dict[str, Any]:
     names = _names(svc, provider)
     await svc.orchestrator.router.reset(names)
@@ -68,4 +69,4 @@ async def best_provider(svc: Services = Depends(services)) -> dict[str, Any]:
             "dwa_selection_reason": decision.reason, "strategy": decision.strategy.value}
 
 
-__getattr__ = entry_points(lambda: create_app(router, title="Orchesity DWA"))
+__getattr__ = entry_points(lambda: create_app(router, title="Orchesity DWA", routes_llm=True))

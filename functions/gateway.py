@@ -13,7 +13,8 @@ ROUTERS = (health.router, orchestrate.router, dwa.router, db.router, cron.router
 
 
 def build_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
-    return create_app(*ROUTERS, title="Orchesity", settings=settings, services=services)
+    return create_app(*ROUTERS, title="Orchesity", settings=settings, services=services,
+                      routes_llm=True, drains_log=True)
 
 
 __getattr__ = entry_points(build_app)

@@ -1,13 +1,16 @@
 """What every function shares: the app factory, its services, and JSON error bodies.
 
 Errors always have OpenAI's shape, so a client of `/v1` and a client of `/api` read
-them the same way: `{"error": {"type", "message", "param", "code"}}`.
+them the same way: `{"error": {"type", "message", "param", "code"}}`. A dependency
+that is down is a 503 naming it (Redis, the database), never a bare 500; an unexpected
+error is a 500 that names only the exception's class, and the connection stays usable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,8 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import __version__, fastjson, heap
+from core.kv import KVUnavailable
 from core.services import Services
-from core.settings import Settings, load_settings
+from core.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("orchesity.http")
 
@@ -54,6 +58,11 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     problems = []
     for err in exc.errors():
+        if err.get("type") == "json_invalid":  # its loc is the byte offset, not a parameter
+            position = err.get("loc", ("body", "?"))[-1]
+            reason = (err.get("ctx") or {}).get("error", "invalid JSON")
+            problems.append({"param": None, "message": f"the body is not valid JSON: {reason} at byte {position}"})
+            continue
         loc = [str(part) for part in err.get("loc", ()) if part not in ("body", "query", "path")]
         problems.append({"param": ".".join(loc) or None, "message": err.get("msg", "invalid")})
     first = problems[0] if problems else {"param": None, "message": "invalid request"}
@@ -71,56 +80,113 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
                         headers=getattr(exc, "headers", None))
 
 
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-    # The message may hold anything (a URL with a password, a provider's reply): log
-    # it, return only its class.
-    log.exception("unhandled error")
-    return JSONResponse(error_body(f"internal error ({type(exc).__name__})", type="internal_error"),
-                        status_code=500)
+def _dependency_down(exc: BaseException) -> ApiError | None:
+    """The 503 for a dependency that failed under a request, or None if `exc` is not one."""
+    if isinstance(exc, KVUnavailable):
+        return ApiError(503, f"Redis is unavailable ({exc}); try again shortly", type="service_unavailable",
+                        code="redis_unavailable")
+    if isinstance(exc, SettingsError):  # e.g. a providers file a Lambda found broken on first use
+        return ApiError(503, str(exc), type="service_unavailable", code="configuration_error")
+    sa_exc = sys.modules.get("sqlalchemy.exc")  # loaded by whoever touched the database
+    if sa_exc is not None and isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        # psycopg's message names the host and port, never the password
+        reason = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0][:300]
+        return ApiError(503, f"the database is unavailable ({reason})", type="service_unavailable",
+                        code="database_unavailable")
+    return None
 
 
-class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413, before they are buffered."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                return await self._refuse(send)
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(send)
-
-    async def _refuse(self, send: Send) -> None:
-        response = JSONResponse(
-            error_body(f"request body is larger than {self.limit} bytes (MAX_REQUEST_BYTES)",
-                       type="invalid_request_error", code="request_too_large"),
-            status_code=413,
-        )
-        await response({"type": "http"}, _no_receive, send)
-
-
-class _TooLarge(Exception):
-    pass
+async def _send_error(send: Send, error: ApiError) -> None:
+    response = JSONResponse(error_body(error.message, type=error.type, param=error.param, code=error.code),
+                            status_code=error.status)
+    await response({"type": "http"}, _no_receive, send)
 
 
 async def _no_receive() -> Message:  # pragma: no cover - a JSONResponse never reads
     return {"type": "http.disconnect"}
+
+
+class Guard:
+    """The outermost layer of every function: what no request may get past.
+
+    - A body over `limit` bytes is refused with 413 before it is buffered, whether the
+      client declared its length or sent it chunked.
+    - A body that does not arrive within `receive_timeout` seconds is answered 408, so a
+      client sending half a request does not hold a connection (the head's own deadline
+      is the server's: functions/serving.py).
+    - An exception no handler took becomes a JSON 500 (a 503 for a dependency that is
+      down) and is logged; it is not re-raised, so the server keeps the keep-alive
+      connection instead of resetting it under a pooled client's next request.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, receive_timeout: float) -> None:
+        self.app, self.limit, self.receive_timeout = app, limit, receive_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = None
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit():
+                declared = int(value)
+        if declared is not None and declared > self.limit:
+            return await _send_error(send, self._too_large())
+        try:
+            body = await self._body(receive, declared)
+        except ApiError as error:
+            return await _send_error(send, error)
+        started = False
+
+        async def replay() -> Message:
+            nonlocal body
+            if body is not None:
+                message, body = {"type": "http.request", "body": body, "more_body": False}, None
+                return message
+            return await receive()  # after the body: only a disconnect can come
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, replay, watch)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if started:  # a streamed response broke half-way: nothing left to answer with
+                raise
+            error = _dependency_down(exc)
+            if error is None:
+                # The message may hold anything (a URL with a password, a provider's
+                # reply): log it, answer only its class.
+                log.exception("unhandled error")
+                error = ApiError(500, f"internal error ({type(exc).__name__})", type="internal_error")
+            await _send_error(send, error)
+
+    async def _body(self, receive: Receive, declared: int | None) -> bytes | None:
+        """The whole body, within the size and time limits (None: the client left)."""
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.receive_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.limit:
+                        raise self._too_large()
+                    parts.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(parts)
+        except TimeoutError:
+            got = f"{size} of {declared}" if declared is not None else f"{size}"
+            raise ApiError(408, f"the request body did not arrive within {self.receive_timeout:g}s "
+                                f"({got} bytes received)", code="request_timeout") from None
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"request body is larger than {self.limit} bytes (MAX_REQUEST_BYTES)",
+                        code="request_too_large")
 
 
 class ServiceHolder:
@@ -146,8 +212,14 @@ class ServiceHolder:
 
     async def close(self) -> None:
         if self._owned and self._services is not None:
+            embedded = self._services.db.embedded
             await self._services.close()
             self._services = None
+            if embedded is not None:
+                # This process is done with the embedded server: let go of it now, not
+                # at exit, which a uvicorn process stopped by SIGTERM never reaches (it
+                # re-raises the signal once shut down). The last one out stops it.
+                await asyncio.to_thread(embedded.stop)
 
 
 async def services(request: Request) -> Services:
@@ -156,26 +228,47 @@ async def services(request: Request) -> Services:
 
 
 def create_app(*routers: APIRouter, title: str, settings: Settings | None = None,
-               services: Services | None = None) -> FastAPI:
+               services: Services | None = None, routes_llm: bool = False,
+               drains_log: bool = False) -> FastAPI:
     """A FastAPI app serving `routers`, with Orchesity's errors, limits and CORS.
 
     `services` is for tests and the gateway, which open them once; otherwise they are
-    opened from `settings` (or the environment) on first use.
+    opened from `settings` (or the environment) on first use. Under a long-running
+    server (uvicorn runs the lifespan; Mangum does not) they are opened at start-up,
+    and so is the provider registry when `routes_llm`, so a configuration the app
+    cannot use stops it from starting; with `drains_log` the request log is moved from
+    Redis into Postgres in the background for as long as it runs.
     """
     settings = settings or (services.settings if services else load_settings())
+    # Orchesity's own loggers follow LOG_LEVEL wherever the app runs; their records reach
+    # the handlers of the host (uvicorn's, functions/serving.py; Lambda's root logger).
+    logging.getLogger("orchesity").setLevel(settings.LOG_LEVEL.value)
     holder = ServiceHolder(settings, services)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        await holder.close()
+        svc = await holder.get()
+        if routes_llm:
+            svc.orchestrator  # noqa: B018 - builds the registry: a broken providers file raises here
+        drainer = None
+        if drains_log and svc.kv is not None and settings.LOG_DRAIN_INTERVAL_SECONDS > 0:
+            from core.requestlog import drain_continuously
+
+            drainer = asyncio.create_task(
+                drain_continuously(svc.kv, svc.db, interval=settings.LOG_DRAIN_INTERVAL_SECONDS))
+        try:
+            yield
+        finally:
+            if drainer is not None:
+                drainer.cancel()
+                await asyncio.gather(drainer, return_exceptions=True)
+            await holder.close()
 
     app = FastAPI(title=title, version=__version__, lifespan=lifespan, default_response_class=JSONResponse)
     app.state.services = holder
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
     for router in routers:
         app.include_router(router)
     origins = [o.strip() for o in settings.CORS_ALLOW_ORIGINS.split(",") if o.strip()]
@@ -184,7 +277,7 @@ def create_app(*routers: APIRouter, title: str, settings: Settings | None = None
 
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-orchesity-overhead-ms"])
-    app.add_middleware(BodyLimit, limit=settings.MAX_REQUEST_BYTES)
+    app.add_middleware(Guard, limit=settings.MAX_REQUEST_BYTES, receive_timeout=settings.RECEIVE_TIMEOUT_SECONDS)
     return app
 
 

@@ -392,4 +392,5 @@ def _seed_events(orchestration: Orchestration, chunk: Chunk | None, error: Provi
     return _sse({"type": "delta", "request_id": orchestration.request_id, "delta": chunk.text})
 
 
-__getattr__ = entry_points(lambda: create_app(router, title="Orchesity orchestrate"))
+__getattr__ = entry_points(lambda: create_app(router, title="Orchesity orchestrate", routes_llm=True,
+                                              drains_log=True))

@@ -28,7 +28,7 @@ from core.dwa.strategies import STRATEGIES, Context
 from core.kv import KVUnavailable
 from core.settings import RoutingStrategy
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("orchesity.dwa")
 
 # The selection reasons a Decision can carry.
 REASONS = (

@@ -155,7 +155,7 @@ class SimulatedAdapter:
         """Reply words (each but the first with its leading space): same prompt, same words."""
         prompt = _last_user_text(request.messages)
         digest = hashlib.blake2b(
-            f"{self.simulation.seed}|{self.spec.name}|{prompt}".encode(), digest_size=8
+            f"{self.simulation.seed}|{self.spec.name}|{prompt}".encode(errors="surrogatepass"), digest_size=8
         ).digest()
         rng = random.Random(int.from_bytes(digest, "big"))
         keywords = [w.strip(".,!?;:\"'()[]").lower() for w in prompt.split()]
