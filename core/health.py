@@ -1,8 +1,11 @@
-"""Health of what one instance depends on: the database, the cache and the machine.
+"""Health of what one instance depends on: the database, the cache, the router and the machine.
 
 Each check reports `healthy`, `degraded` or `down` with its latency. The overall status
 is `unhealthy` when the database (required) is down, `degraded` when anything else is
 not healthy, else `healthy`. A check never raises: a failing dependency is a result.
+
+The router (`dwa`, the seed's field) counts the providers that can take a request now
+(closed circuit, not rate limited): all of them is healthy, some degraded, none down.
 """
 
 from __future__ import annotations
@@ -50,6 +53,25 @@ async def check_cache(services: Services) -> dict[str, Any]:
     return {"status": _status_for(latency), "backend": backend, "latency_ms": round(latency * 1000, 2)}
 
 
+async def check_dwa(services: Services) -> dict[str, Any]:
+    try:
+        orchestrator = services.orchestrator
+    except Exception as exc:  # noqa: BLE001 - a providers file it cannot use
+        return {"status": "down", "active_providers": 0, "error": str(exc)}
+    names = orchestrator.registry.names
+    try:
+        _, stats = await _timed(orchestrator.router.stats(names, time.time()))
+    except Exception as exc:  # noqa: BLE001 - state unreadable: requests route on priors
+        return {"status": "degraded", "active_providers": len(names), "providers": len(names),
+                "strategy": orchestrator.router.strategy.value,
+                "error": f"routing state unreadable ({type(exc).__name__}); routing on priors"}
+    active = sum(1 for row in stats.values()
+                 if row["circuit_state"] == "closed" and row["rate_limited_until"] is None)
+    status = "healthy" if active == len(names) else ("degraded" if active else "down")
+    return {"status": status, "active_providers": active, "providers": len(names),
+            "strategy": orchestrator.router.strategy.value}
+
+
 def check_system() -> dict[str, Any]:
     import psutil
 
@@ -71,8 +93,9 @@ def check_system() -> dict[str, Any]:
 
 
 async def check_all(services: Services) -> dict[str, Any]:
-    database, cache = await asyncio.gather(check_database(services), check_cache(services))
-    checks = {"database": database, "cache": cache, "system": check_system()}
+    database, cache, dwa = await asyncio.gather(check_database(services), check_cache(services),
+                                                check_dwa(services))
+    checks = {"database": database, "cache": cache, "dwa": dwa, "system": check_system()}
     if database["status"] == "down":
         overall = "unhealthy"
     elif all(c["status"] in ("healthy", "disabled") for c in checks.values()):

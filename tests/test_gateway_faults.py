@@ -97,3 +97,38 @@ async def test_without_redis_a_postgres_outage_still_answers(open_gateway: Any) 
     assert [r.status_code for r in responses] == [200, 200, 200], responses[0].text
     assert all(r.json()["results"][0]["response"] for r in responses)
     assert {r.json()["metadata"]["database_logged"] for r in responses} == {False}
+
+
+async def test_with_redis_down_every_route_answers_and_the_outage_is_logged_once(
+        open_gateway: Any, tmp_path: Path, caplog: Any) -> None:
+    import logging
+
+    from pydantic import SecretStr
+
+    from core.embedded import start_redis
+
+    own_redis = start_redis(tmp_path)  # not the session's server: this one gets killed
+    async with open_gateway(REDIS_URL=SecretStr(f"unix://{own_redis.socket_path}"), REDIS_DB=0) as gw:
+        client = gw.client
+        assert (await client.post("/api/llm/orchestrate", json={"prompt": "before"})).status_code == 200
+        own_redis.kill()
+        with caplog.at_level(logging.WARNING, logger="orchesity"):
+            served = [await client.post("/api/llm/orchestrate", json={"prompt": f"during {i}"}) for i in range(20)]
+        stats = await client.get("/api/db/stats")
+        tick = await client.post("/api/cron/tick")
+        health = await client.get("/api/health")
+        refused = {path: await client.request(method, path) for method, path in [
+            ("GET", "/api/db/cache/stats"), ("DELETE", "/api/db/cache/clear"), ("GET", "/api/llm/dwa/stats"),
+            ("GET", "/api/llm/dwa/best-provider"), ("POST", "/api/llm/dwa/reset"), ("POST", "/api/cron/drain-logs")]}
+    assert [r.status_code for r in served] == [200] * 20
+    assert all(r.json()["metadata"]["database_logged"] for r in served)  # straight to Postgres
+    outage_lines = [r for r in caplog.records if "Redis is failing" in r.getMessage()]
+    assert len(outage_lines) == 1, [r.getMessage() for r in caplog.records]
+    assert stats.status_code == 200 and stats.json()["total_requests"] >= 20
+    assert stats.json()["log_pending_in_redis"] is None and "Redis" in stats.json()["note"]
+    assert tick.status_code == 200 and "Redis" in tick.json()["drain"]["error"]
+    assert tick.json()["recompute"]["baselines_published"] is False
+    assert health.status_code == 200 and health.json()["services"]["dwa"]["status"] == "degraded"
+    for path, response in refused.items():
+        assert response.status_code == 503, (path, response.text)
+        assert response.json()["error"]["code"] == "redis_unavailable", path

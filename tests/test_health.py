@@ -38,6 +38,8 @@ async def test_healthy_on_real_postgres_and_redis(settings: Settings) -> None:
     assert database["status"] == "healthy" and database["latency_ms"] >= 0
     assert cache["status"] == "healthy" and cache["backend"] == "redis"
     assert 0 <= system["memory_percent"] <= 100 and system["process_rss_mb"] > 0
+    dwa = body["services"]["dwa"]  # the seed's field
+    assert dwa["status"] == "healthy" and dwa["active_providers"] == dwa["providers"] == 1
 
 
 async def test_redis_stopped_mid_test_reports_degraded_not_500(settings: Settings, tmp_path: Path) -> None:

@@ -141,11 +141,12 @@ async def recompute(db: Database, kv: KV | None, *, window_seconds: int = 3600,
         async with db.engine.begin() as conn:
             await conn.execute(statement)
     if kv is not None:
-        await _publish(kv, rows, window_seconds, namespace)
+        await publish(kv, rows, window_seconds, namespace)
     return rows
 
 
-async def _publish(kv: KV, rows: Sequence[dict[str, Any]], window_seconds: int, namespace: str) -> None:
+async def publish(kv: KV, rows: Sequence[dict[str, Any]], window_seconds: int, namespace: str = "") -> None:
+    """Replace the Redis baseline hash with the weights of `rows` (recompute's result)."""
     key = baseline_key(namespace)
     weights = [item for row in rows if row["weight"] is not None for item in (row["provider"], repr(row["weight"]))]
     commands: list[list[Any]] = [["DEL", key]]
