@@ -622,9 +622,12 @@ async def _empty() -> AsyncIterator[Chunk]:
 def build_orchestrator(settings: Settings, db: Database, kv: KV | None) -> Orchestrator:
     """The orchestrator this configuration describes: its providers, DWA store and router."""
     from core.dwa.profile import ProviderProfile
+    from core.providers import tokens
     from core.providers.registry import load_registry
 
     registry = load_registry(settings)
+    for model in {a.spec.model for a in registry}:  # in the background: never inside a request
+        tokens.preload(model)
     profiles = [
         ProviderProfile(a.name, a.spec.priority, a.spec.price_input_per_1k, a.spec.price_output_per_1k,
                         a.spec.max_concurrency)

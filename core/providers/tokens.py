@@ -2,10 +2,14 @@
 
 tiktoken, when installed, counts exactly for OpenAI models and closely enough for the
 others (their tokenizers differ; cost and DWA weights only need the right magnitude).
-Without it, or when its encoding files cannot be fetched (tiktoken downloads them on
-first use; offline machines cannot), the estimate is OpenAI's rule of thumb: about four
-characters per token. Call `preload()` at start-up so that download (blocking, once per
-process; a failure is not retried) does not happen inside a request.
+Without it, or until its encoding is loaded, or when the encoding file cannot be
+fetched, the estimate is OpenAI's rule of thumb: about four characters per token.
+
+tiktoken downloads an encoding on first use, blocking and with no timeout (offline, or
+behind a network that drops packets, that is forever). So an encoding is only ever
+loaded in a background thread, started by `preload()` at start-up or by the first
+count that wants it, and counts use the estimate until it is there. A failed load is
+not retried within the process.
 
 Message overhead follows OpenAI's published recipe: 3 tokens per message for the role
 and separators, 3 more to prime the reply.
@@ -14,8 +18,8 @@ and separators, 3 more to prime the reply.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Mapping
-from functools import lru_cache
 from typing import Any
 
 from core.providers.base import Usage, UsageSource
@@ -26,16 +30,30 @@ IMAGE_PART = 85  # a low-detail image; detail varies, and this is an estimate an
 CHARS_PER_TOKEN = 4
 
 
-@lru_cache(maxsize=8)
-def _encoding(name: str) -> Any | None:
+_loaded: dict[str, Any] = {}       # encoding name -> tiktoken Encoding, once loaded
+_loading: dict[str, threading.Thread] = {}
+_lock = threading.Lock()
+
+
+def _load(name: str) -> None:
     try:
         import tiktoken
-    except ImportError:
-        return None
-    try:
-        return tiktoken.get_encoding(name)
-    except Exception:  # the encoding file could not be downloaded or read
-        return None
+
+        _loaded[name] = tiktoken.get_encoding(name)
+    except Exception:  # noqa: BLE001 - not installed, or the file could not be fetched: estimate
+        pass
+
+
+def _encoding(name: str) -> Any | None:
+    """The encoding if it is loaded; otherwise None, and its load starts off the caller's thread."""
+    encoding = _loaded.get(name)
+    if encoding is None and name not in _loading:
+        with _lock:
+            if name not in _loading:
+                thread = _loading[name] = threading.Thread(target=_load, args=(name,), daemon=True,
+                                                           name=f"tiktoken-{name}")
+                thread.start()
+    return encoding
 
 
 def _encoding_name(model: str | None) -> str:
@@ -45,12 +63,14 @@ def _encoding_name(model: str | None) -> str:
     return "o200k_base"
 
 
-def preload(model: str | None = None) -> bool:
-    """Load the encoding now (start-up), not on the first reply without usage.
-
-    Returns whether tiktoken will be used.
-    """
-    return _encoding(_encoding_name(model)) is not None
+def preload(model: str | None = None, *, wait: float = 0.0) -> bool:
+    """Start loading the encoding `model` needs (at start-up, not on the first reply
+    without usage); wait up to `wait` seconds for it. Returns whether it is loaded."""
+    name = _encoding_name(model)
+    _encoding(name)
+    if wait > 0:
+        _loading[name].join(wait)
+    return name in _loaded
 
 
 def count_text(text: str, model: str | None = None) -> int:
@@ -59,7 +79,10 @@ def count_text(text: str, model: str | None = None) -> int:
 
 def count_messages(messages: Iterable[Mapping[str, Any]], model: str | None = None) -> int:
     """Prompt tokens of a chat request's messages."""
-    encoding = _encoding(_encoding_name(model))
+    return _count_messages(messages, _encoding(_encoding_name(model)))
+
+
+def _count_messages(messages: Iterable[Mapping[str, Any]], encoding: Any | None) -> int:
     total = REPLY_PRIMING
     for message in messages:
         total += PER_MESSAGE
@@ -82,11 +105,6 @@ def count_messages(messages: Iterable[Mapping[str, Any]], model: str | None = No
     return total
 
 
-def source() -> UsageSource:
-    """What `count_*` are using right now: tiktoken or the character estimate."""
-    return "tiktoken" if _encoding("o200k_base") is not None else "estimate"
-
-
 def counted_usage(
     messages: Iterable[Mapping[str, Any]],
     completion_text: str,
@@ -94,12 +112,13 @@ def counted_usage(
     *,
     tool_calls: Any = None,
 ) -> Usage:
-    """Usage for a reply that came without one."""
-    prompt = count_messages(messages, model)
-    completion = count_text(completion_text, model)
+    """Usage for a reply that came without one; `source` says how it was counted."""
+    encoding = _encoding(_encoding_name(model))
+    prompt = _count_messages(messages, encoding)
+    completion = _count(completion_text, encoding)
     if tool_calls:
-        completion += count_text(json.dumps(tool_calls, separators=(",", ":")), model)
-    return Usage(prompt, completion, prompt + completion, source())
+        completion += _count(json.dumps(tool_calls, separators=(",", ":")), encoding)
+    return Usage(prompt, completion, prompt + completion, "tiktoken" if encoding is not None else "estimate")
 
 
 def _count(text: str, encoding: Any | None) -> int:
