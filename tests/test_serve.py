@@ -137,3 +137,16 @@ def test_sigterm_stops_the_embedded_servers(tmp_path: Path) -> None:
         assert time.monotonic() < deadline, "the embedded PostgreSQL is still running"
         time.sleep(0.1)
     assert json.loads((data / "pg" / ".handle_pids.json").read_text()) == []
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("postgresql://user:hunter2@127.0.0.1:9/none", "cannot reach the database (DATABASE_URL)"),
+    ("mysql://user:hunter2@127.0.0.1:9/none", "DATABASE_URL: must start with one of"),
+])
+def test_migrate_with_a_database_it_cannot_use_says_why_in_one_line(tmp_path: Path, url: str,
+                                                                   expected: str) -> None:
+    result = subprocess.run([ORCHESITY, "migrate"], cwd=tmp_path, timeout=60, capture_output=True, text=True,
+                            env=_environment(DATABASE_URL=url, REDIS_ENABLED="false"))
+    assert result.returncode in (1, 2)
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
