@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import cache
 from core.cache import CachePolicy
@@ -45,6 +45,9 @@ from core.providers.registry import ProviderRegistry
 from core.requestlog import LogEntry, append_command
 from core.requestlog import write as write_log
 from core.settings import RoutingStrategy, Settings
+
+if TYPE_CHECKING:
+    import httpx2
 
 log = logging.getLogger("orchesity.orchestrator")
 
@@ -547,12 +550,17 @@ async def _empty() -> AsyncIterator[Chunk]:
     yield  # pragma: no cover - makes this an async generator
 
 
-def build_orchestrator(settings: Settings, db: Database, kv: KV | None) -> Orchestrator:
-    """The orchestrator this configuration describes: its providers, DWA store and router."""
+def build_orchestrator(settings: Settings, db: Database, kv: KV | None, *,
+                       provider_transport: httpx2.AsyncBaseTransport | None = None) -> Orchestrator:
+    """The orchestrator this configuration describes: its providers, DWA store and router.
+
+    `provider_transport`, when given, carries every provider call (tests: one that
+    pytest-httpx answers); by default each deployment builds its own.
+    """
     from core.dwa.profile import ProviderProfile
     from core.providers.registry import load_registry
 
-    registry = load_registry(settings)
+    registry = load_registry(settings, transport=provider_transport)
     profiles = [
         ProviderProfile(a.name, a.spec.priority, a.spec.price_input_per_1k, a.spec.price_output_per_1k,
                         a.spec.max_concurrency)
