@@ -1,8 +1,8 @@
 """The providers' HTTP/1.1 pool (core/providers/http_pool.py) over real sockets.
 
-Through httpx2's client, as the provider adapter uses it: TLS with certificate checks,
-keep-alive, every way a reply can be framed or cut, timeouts, the connection limit, and
-a cancelled caller. The servers are real: http.server over TLS, and small asyncio
+Through httpx2's client and directly, as the provider adapter uses it: TLS with
+certificate checks, keep-alive, every way a reply can be framed or cut, timeouts, the
+connection limit, and a cancelled caller. The servers are real: http.server over TLS, and small asyncio
 servers that script exactly what goes over the wire.
 """
 
@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pytest_httpx import HTTPXMock
 
 from core.providers.http_pool import ProviderTransport
 
@@ -318,3 +319,30 @@ async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent() -
         with pytest.raises(httpx2.LocalProtocolError, match="x-injected"):
             await http.post(url, json={}, headers={"x-injected": "a\r\nx-evil: 1"})
     assert seen.bodies == []
+
+
+# --- httpx2's public transport interface ----------------------------------------------------
+
+
+async def test_used_directly_it_answers_an_httpx2_request_with_a_streamed_reply() -> None:
+    # As the adapter's hot path calls it: no client, httpx2's Request and Response.
+    async with scripted(keep_alive) as (url, seen), ProviderTransport() as transport:
+        response = await transport.handle_async_request(httpx2.Request("POST", url, json={"n": 1}))
+        assert isinstance(response.stream, httpx2.AsyncByteStream)
+        assert response.status_code == 200 and await response.aread() == b'{"ok": true}'
+        await response.aclose()
+        with pytest.raises(httpx2.UnsupportedProtocol):
+            await transport.handle_async_request(httpx2.Request("GET", "ftp://127.0.0.1/"))
+    assert seen.bodies == [b'{"n":1}']
+
+
+async def test_pytest_httpx_answers_for_httpx2s_own_transport_not_this_one(httpx_mock: HTTPXMock) -> None:
+    # pytest-httpx patches AsyncHTTPTransport.handle_async_request: a transport built by
+    # subclassing that class (and swapping its private pool) would be answered by the
+    # mock, which has no response here, instead of reaching the server.
+    async with scripted(keep_alive) as (url, seen), client() as http:
+        response = await http.post(url, json={})
+    assert response.json() == {"ok": True}
+    assert seen.bodies == [b"{}"]
+    assert httpx_mock.get_requests() == []
+

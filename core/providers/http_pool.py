@@ -1,16 +1,18 @@
-"""The providers' HTTP/1.1 connection pool: asyncio sockets and httptools' C parser.
+"""The providers' HTTP/1.1 transport: asyncio sockets and httptools' C parser.
 
 Every provider call goes through httpx2 (the openai SDK's HTTP client). Under load,
-httpcore2's pool below it was the largest single cost of a gateway request (py-spy,
-bench/overhead): h11's pure-Python state machine, anyio locks, events and cancel scopes
-per request, and a `select()` on every idle connection it reused. This pool does the
-same job with one asyncio Protocol per connection and llhttp (through httptools, which
-uvicorn already uses for the server side) parsing the replies.
+httpcore2's pool below httpx2's default transport was the largest single cost of a
+gateway request (py-spy, bench/overhead): h11's pure-Python state machine, anyio locks,
+events and cancel scopes per request, and a `select()` on every idle connection it
+reused. This pool does the same job with one asyncio Protocol per connection and llhttp
+(through httptools, which uvicorn already uses for the server side) parsing the replies.
 
-`ProviderTransport` is httpx2's own `AsyncHTTPTransport` with this pool in place of
-httpcore2's, so everything above it is httpx2 unchanged: its client and models, its
-mapping of httpcore2's exceptions (which this pool raises) to httpx2's, and
-pytest-httpx, which intercepts `AsyncHTTPTransport.handle_async_request`.
+`ProviderTransport` implements httpx2's public transport interface,
+`AsyncBaseTransport.handle_async_request(httpx2.Request) -> httpx2.Response`, and raises
+httpx2's own exceptions (`ConnectTimeout`, `ReadTimeout`, `RemoteProtocolError`, ...), so
+httpx2's client, the openai SDK and the adapter's direct path use it as any transport. It
+is not httpx2's `AsyncHTTPTransport`, so pytest-httpx (which patches that class) does not
+answer for it: tests that mock provider HTTP hand the adapter httpx2's stock transport.
 
 What it does, as httpcore2 does for HTTP/1.1:
 - keep-alive, reusing the most recently used idle connection of the same origin, and
@@ -24,8 +26,8 @@ What it does, as httpcore2 does for HTTP/1.1:
 - a connection whose exchange was cancelled, cut or not read to the end is closed, never
   reused; a request is never retried (a POST may already have been acted on).
 
-Not supported: HTTP/2, proxies (httpx2 mounts its own transports for those from the
-environment, and they stay httpcore2's), Unix sockets and upgrades.
+Not supported: HTTP/2, proxies (the environment's are ignored: see the adapter), Unix
+sockets and upgrades.
 """
 
 from __future__ import annotations
@@ -33,10 +35,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator
-from types import TracebackType
-from typing import Any
 
-import httpcore2
 import httptools
 import httpx2
 
@@ -45,8 +44,8 @@ _HIGH_WATER = 256 * 1024  # buffered reply bytes at which reading pauses
 _BAD_HEADER_CHARS = (b"\r", b"\n", b"\0")
 
 
-def _bad_part(request: httpcore2.Request) -> str:
-    for name, value in request.headers:
+def _bad_part(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
         if any(c in name or c in value for c in _BAD_HEADER_CHARS):
             return f"header {name.decode('ascii', 'replace')!r}"
     return "the request line"
@@ -103,7 +102,7 @@ class _Exchange:
     async def wait(self, timeout: float | None, what: str) -> None:
         self.waiter = asyncio.get_running_loop().create_future()
         try:
-            await _wait(self.waiter, timeout, httpcore2.ReadTimeout, f"no {what}")
+            await _wait(self.waiter, timeout, httpx2.ReadTimeout, f"no {what}")
         finally:
             self.waiter = None
 
@@ -191,7 +190,7 @@ class _Connection(asyncio.Protocol):
         try:
             exchange.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            exchange.fail(httpcore2.RemoteProtocolError(f"malformed HTTP reply: {exc}"))
+            exchange.fail(httpx2.RemoteProtocolError(f"malformed HTTP reply: {exc}"))
             self.close()
             return
         if exchange.buffered > _HIGH_WATER and not self._paused_reading and self.transport is not None:
@@ -206,7 +205,7 @@ class _Connection(asyncio.Protocol):
         self._ended(exc)
         drain = self._drain
         if drain is not None and not drain.done():
-            drain.set_exception(httpcore2.WriteError("the connection closed while sending"))
+            drain.set_exception(httpx2.WriteError("the connection closed while sending"))
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -224,12 +223,12 @@ class _Connection(asyncio.Protocol):
             return
         if not exchange.headers_done:
             detail = f": {exc}" if exc else ""
-            exchange.fail(httpcore2.RemoteProtocolError(f"server disconnected without sending a response{detail}"))
+            exchange.fail(httpx2.RemoteProtocolError(f"server disconnected without sending a response{detail}"))
         elif not exchange.framed:  # a read-until-close body: the close is its end
             exchange.complete = True
             exchange._wake()
         else:
-            exchange.fail(httpcore2.RemoteProtocolError("server disconnected before the reply was complete"))
+            exchange.fail(httpx2.RemoteProtocolError("server disconnected before the reply was complete"))
 
     def consumed(self) -> None:
         """The consumer took the buffered bytes: resume reading if it was paused."""
@@ -244,12 +243,12 @@ class _Connection(asyncio.Protocol):
     async def send(self, data: bytes, timeout: float | None) -> None:
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
-            raise httpcore2.WriteError("the connection is closed")
+            raise httpx2.WriteError("the connection is closed")
         transport.write(data)
         if self._write_paused:
             self._drain = asyncio.get_running_loop().create_future()
             try:
-                await _wait(self._drain, timeout, httpcore2.WriteTimeout, "not sent")
+                await _wait(self._drain, timeout, httpx2.WriteTimeout, "not sent")
             finally:
                 self._drain = None
 
@@ -259,10 +258,10 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-class _ReplyBody:
-    """The reply's body as httpcore2 streams it: an async iterable with `aclose`."""
+class _ReplyBody(httpx2.AsyncByteStream):
+    """The reply's body as it arrives; read to the end, or closed, it frees the connection."""
 
-    def __init__(self, pool: ConnectionPool, connection: _Connection, exchange: _Exchange,
+    def __init__(self, pool: ProviderTransport, connection: _Connection, exchange: _Exchange,
                  read_timeout: float | None) -> None:
         self._pool = pool
         self._connection = connection
@@ -300,27 +299,22 @@ class _ReplyBody:
             self._pool._release(self._connection, self._exchange)
 
 
-class ConnectionPool:
-    """HTTP/1.1 connections by origin; duck-types httpcore2's AsyncConnectionPool."""
+class ProviderTransport(httpx2.AsyncBaseTransport):
+    """HTTP/1.1 connections by origin, behind httpx2's public transport interface."""
 
-    def __init__(self, *, ssl_context: ssl.SSLContext, max_connections: int | None = None,
-                 max_keepalive_connections: int | None = None, keepalive_expiry: float | None = 5.0) -> None:
+    def __init__(self, *, verify: ssl.SSLContext | str | bool = True, trust_env: bool = True,
+                 limits: httpx2.Limits | None = None) -> None:
+        limits = limits or httpx2.Limits(max_connections=256, max_keepalive_connections=64)
+        ssl_context = httpx2.create_ssl_context(verify=verify, trust_env=trust_env)
         ssl_context.set_alpn_protocols(["http/1.1"])  # as httpcore2 does for an HTTP/1.1-only pool
         self._ssl_context = ssl_context
-        self._in_use = asyncio.Semaphore(max_connections) if max_connections else None
-        self._max_idle = max_keepalive_connections
-        self._expiry = keepalive_expiry
+        self._in_use = asyncio.Semaphore(limits.max_connections) if limits.max_connections else None
+        self._max_idle = limits.max_keepalive_connections
+        self._expiry = limits.keepalive_expiry
         self._idle: dict[tuple[bytes, bytes, int], list[_Connection]] = {}
         self._idle_count = 0
         self._busy: set[_Connection] = set()
         self._closed = False
-
-    async def __aenter__(self) -> ConnectionPool:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None = None,
-                        exc_value: BaseException | None = None, traceback: TracebackType | None = None) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         self._closed = True
@@ -332,18 +326,20 @@ class ConnectionPool:
         for connection in list(self._busy):
             connection.close()
 
-    async def handle_async_request(self, request: httpcore2.Request) -> httpcore2.Response:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if self._closed:
-            raise RuntimeError("the connection pool is closed")
+            raise RuntimeError("the transport is closed")
         url = request.url
-        scheme = url.scheme
-        if scheme not in _DEFAULT_PORTS:
-            raise httpcore2.UnsupportedProtocol(f"unsupported URL scheme {scheme.decode('ascii', 'replace')!r}")
-        origin = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
+        scheme = url.raw_scheme
+        default_port = _DEFAULT_PORTS.get(scheme)
+        if default_port is None:
+            raise httpx2.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
+        origin = (scheme, url.raw_host, url.port or default_port)
         timeouts = request.extensions.get("timeout", {})
-        head = self._head(request)
+        headers = request.headers.raw
+        head = self._head(request.method.encode("ascii"), url.raw_path, headers)
         body = [part async for part in request.stream]  # type: ignore[union-attr]
-        if any(name.lower() == b"transfer-encoding" for name, _ in request.headers):
+        if any(name.lower() == b"transfer-encoding" for name, _ in headers):
             body = [b"%x\r\n%b\r\n" % (len(part), part) for part in body if part] + [b"0\r\n\r\n"]
 
         semaphore = self._in_use
@@ -354,14 +350,14 @@ class ConnectionPool:
                     async with asyncio.timeout(pool_timeout):
                         await semaphore.acquire()
                 except TimeoutError:
-                    raise httpcore2.PoolTimeout(f"no free connection within {pool_timeout:g}s") from None
+                    raise httpx2.PoolTimeout(f"no free connection within {pool_timeout:g}s") from None
             else:
                 await semaphore.acquire()
         connection: _Connection | None = None
         try:
             connection = self._take_idle(origin) or await self._connect(origin, timeouts.get("connect"))
             self._busy.add(connection)
-            exchange = connection.exchange = _Exchange(head_only=request.method == b"HEAD")
+            exchange = connection.exchange = _Exchange(head_only=request.method == "HEAD")
             await connection.send(b"".join([head, *body]), timeouts.get("write"))
             read_timeout = timeouts.get("read")
             while not exchange.headers_done:
@@ -375,24 +371,24 @@ class ConnectionPool:
             if semaphore is not None:
                 semaphore.release()
             raise
-        return httpcore2.Response(
+        return httpx2.Response(
             exchange.status,
             headers=exchange.headers,
-            content=_ReplyBody(self, connection, exchange, read_timeout),
+            stream=_ReplyBody(self, connection, exchange, read_timeout),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": exchange.reason},
         )
 
     @staticmethod
-    def _head(request: httpcore2.Request) -> bytes:
-        lines = [request.method, b" ", request.url.target, b" HTTP/1.1\r\n"]
-        for name, value in request.headers:
+    def _head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+        lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in headers:
             lines += (name, b": ", value, b"\r\n")
         lines.append(b"\r\n")
         head = b"".join(lines)
         # Only the line ends written above, or a header could smuggle in another header.
-        ends = len(request.headers) + 2
+        ends = len(headers) + 2
         if head.count(b"\n") != ends or head.count(b"\r") != ends or b"\0" in head:
-            raise httpcore2.LocalProtocolError(f"{_bad_part(request)} contains a line break or NUL")
+            raise httpx2.LocalProtocolError(f"{_bad_part(headers)} contains a line break or NUL")
         return head
 
     def _take_idle(self, origin: tuple[bytes, bytes, int]) -> _Connection | None:
@@ -419,9 +415,9 @@ class ConnectionPool:
                     lambda: _Connection(origin), hostname, port,
                     ssl=self._ssl_context if tls else None, server_hostname=hostname if tls else None)
         except TimeoutError:
-            raise httpcore2.ConnectTimeout(f"connecting to {hostname}:{port} took over {timeout:g}s") from None
+            raise httpx2.ConnectTimeout(f"connecting to {hostname}:{port} took over {timeout:g}s") from None
         except (OSError, ssl.SSLError) as exc:
-            raise httpcore2.ConnectError(f"cannot connect to {hostname}:{port}: {exc}") from None
+            raise httpx2.ConnectError(f"cannot connect to {hostname}:{port}: {exc}") from None
         return connection
 
     def _release(self, connection: _Connection, exchange: _Exchange) -> None:
@@ -440,17 +436,3 @@ class ConnectionPool:
         if self._in_use is not None:
             self._in_use.release()
 
-
-class ProviderTransport(httpx2.AsyncHTTPTransport):
-    """httpx2's AsyncHTTPTransport on `ConnectionPool` instead of httpcore2's pool."""
-
-    def __init__(self, *, verify: ssl.SSLContext | str | bool = True, trust_env: bool = True,
-                 limits: httpx2.Limits | None = None) -> None:
-        # Not super().__init__(): all it does is build httpcore2's pool, which this replaces.
-        limits = limits or httpx2.Limits(max_connections=256, max_keepalive_connections=64)
-        self._pool: Any = ConnectionPool(
-            ssl_context=httpx2.create_ssl_context(verify=verify, trust_env=trust_env),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-        )
