@@ -26,14 +26,17 @@ What it does, as httpcore2 does for HTTP/1.1:
 - a connection whose exchange was cancelled, cut or not read to the end is closed, never
   reused; a request is never retried (a POST may already have been acted on).
 
-Not supported: HTTP/2, proxies (the environment's are ignored: see the adapter), Unix
-sockets and upgrades.
+Proxies are not this pool's business: `transport_for` gives a provider URL that the
+environment proxies (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, less NO_PROXY) httpx2's own
+`AsyncHTTPTransport` through that proxy, and any other URL this pool. Not supported
+here: HTTP/2, Unix sockets and upgrades.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator
 
 import httptools
@@ -436,3 +439,17 @@ class ProviderTransport(httpx2.AsyncBaseTransport):
         if self._in_use is not None:
             self._in_use.release()
 
+
+def transport_for(url: httpx2.URL, *, limits: httpx2.Limits) -> httpx2.AsyncBaseTransport:
+    """The transport for calls to `url`: through the proxy the environment names for it,
+    on httpx2's own transport (which speaks to proxies), else on `ProviderTransport`.
+
+    The variables are read as the standard library, httpx2 and curl read them: the URL's
+    scheme's (HTTPS_PROXY, HTTP_PROXY), else ALL_PROXY, lowercase first; none for a host
+    that NO_PROXY names (itself and its subdomains), or for any host with NO_PROXY=*.
+    """
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(url.host):
+        return httpx2.AsyncHTTPTransport(proxy=proxy if "://" in proxy else f"http://{proxy}", limits=limits)
+    return ProviderTransport(limits=limits)

@@ -9,9 +9,11 @@ How it uses the SDK, and why:
   half a second here; a function that never calls a provider never pays it), with
   `max_retries=0`: failover between deployments is the orchestrator's job, and SDK
   retries would spend the request's deadline on one provider.
-- Each deployment has one httpx2 transport, which the adapter builds and holds: the
-  pool of `http_pool.py`. The SDK's httpx2 client sends through it (a client given a
-  transport reads no proxy from the environment, so none applies), and so does the
+- Each deployment has one httpx2 transport, which the adapter builds and holds: httpx2's
+  own `AsyncHTTPTransport` through a proxy when HTTPS_PROXY / HTTP_PROXY / ALL_PROXY name
+  one for the deployment's URL and NO_PROXY does not exempt its host, else the pool of
+  `http_pool.py`. The SDK's httpx2 client sends through it (a client given a transport
+  reads no proxy from the environment itself, hence the choice here), and so does the
   direct path below. A transport passed in (tests: httpx2's stock one, which
   pytest-httpx answers for) is used as it is, for every call, and not closed here.
 - Non-streamed calls, the hot path, are sent straight to that transport, with the URL
@@ -39,7 +41,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx2
 
@@ -111,11 +113,12 @@ class OpenAICompatAdapter:
     def _make_client(self) -> AsyncOpenAI:
         from openai import AsyncOpenAI, Omit
 
-        from core.providers.http_pool import ProviderTransport
+        from core.providers.http_pool import transport_for
 
         spec = self.spec
         key = spec.api_key.get_secret_value() if spec.api_key is not None else None
-        transport = self._given_transport or ProviderTransport(limits=httpx2.Limits(
+        base_url = cast(str, spec.base_url)  # set for every OpenAI-compatible spec (its validator)
+        transport = self._given_transport or transport_for(httpx2.URL(base_url), limits=httpx2.Limits(
             max_connections=spec.max_concurrency or 256, max_keepalive_connections=64))
         # One HTTP client per deployment, for the SDK (streams), on the direct path's transport.
         http = httpx2.AsyncClient(timeout=spec.timeout_seconds, transport=transport)
@@ -123,7 +126,7 @@ class OpenAICompatAdapter:
             # The SDK insists on some credential; a keyless server (Ollama, vLLM) gets a
             # placeholder that the per-call options below remove from the request.
             api_key=key or "no-key",
-            base_url=spec.base_url,
+            base_url=base_url,
             max_retries=0,
             timeout=spec.timeout_seconds,
             http_client=http,
