@@ -23,6 +23,8 @@ What it does, as httpcore2 does for HTTP/1.1:
 - TLS with the transport's verified context (and ALPN http/1.1);
 - Content-Length, chunked and read-until-close replies, streamed as they arrive, with
   reading paused while a consumer lags by more than `_HIGH_WATER` bytes;
+- a reply head (status line and headers) of at most 16 KiB, h11's default; request
+  header names must be RFC 9110 tokens, and no line break or NUL may hide in the head;
 - a connection whose exchange was cancelled, cut or not read to the end is closed, never
   reused; a request is never retried (a POST may already have been acted on).
 
@@ -35,6 +37,7 @@ here: HTTP/2, Unix sockets and upgrades.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import urllib.request
 from collections.abc import AsyncIterator
@@ -44,14 +47,33 @@ import httpx2
 
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _HIGH_WATER = 256 * 1024  # buffered reply bytes at which reading pauses
-_BAD_HEADER_CHARS = (b"\r", b"\n", b"\0")
+_MAX_HEAD = 16 * 1024  # a reply's status line and headers, in bytes: h11's default limit
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110 `token`: a method, a header name
+_TOKEN_RE = re.compile(_TOKEN)
+# The whole request head in one pass: line ends only as CRLF, no NUL, names are tokens
+# (and, counted apart, no more line ends than were written).
+_VALID_HEAD = re.compile(_TOKEN + rb" [^\r\n\0 ]+ HTTP/1\.1\r\n(?:" + _TOKEN + rb": [^\r\n\0]*\r\n)*\r\n")
+_BAD_VALUE_CHARS = (b"\r", b"\n", b"\0")
 
 
-def _bad_part(headers: list[tuple[bytes, bytes]]) -> str:
+def _refusal(headers: list[tuple[bytes, bytes]]) -> str:
+    """What makes a request head that failed `_VALID_HEAD` unsendable, naming the header."""
     for name, value in headers:
-        if any(c in name or c in value for c in _BAD_HEADER_CHARS):
-            return f"header {name.decode('ascii', 'replace')!r}"
-    return "the request line"
+        shown = name.decode("ascii", "replace")
+        if not _TOKEN_RE.fullmatch(name):
+            return f"header name {shown!r} is not an RFC 9110 token"
+        if any(c in value for c in _BAD_VALUE_CHARS):
+            return f"header {shown!r} contains a line break or NUL"
+    return "the request line has a method that is not a token, or a space, line break or NUL"
+
+
+def _head_size(reason: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """A reply head's size as sent: `HTTP/1.1 200 reason`, `name: value` each, line ends."""
+    return 15 + len(reason) + sum(len(name) + len(value) + 4 for name, value in headers) + 2
+
+
+def _head_too_large() -> httpx2.RemoteProtocolError:
+    return httpx2.RemoteProtocolError(f"the reply's status line and headers exceed {_MAX_HEAD} bytes")
 
 
 def _expire(waiter: asyncio.Future[None], error: Exception) -> None:
@@ -78,7 +100,7 @@ async def _wait(waiter: asyncio.Future[None], timeout: float | None, error: type
 class _Exchange:
     """One request's reply, filled by the parser's callbacks as bytes arrive."""
 
-    __slots__ = ("status", "reason", "headers", "chunks", "buffered", "headers_done", "complete",
+    __slots__ = ("status", "reason", "headers", "chunks", "buffered", "received", "headers_done", "complete",
                  "keep_alive", "error", "waiter", "framed", "head_only", "parser", "_informational")
 
     def __init__(self, head_only: bool) -> None:
@@ -87,6 +109,7 @@ class _Exchange:
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.buffered = 0
+        self.received = 0  # bytes received before the head was complete
         self.headers_done = False
         self.complete = False
         self.keep_alive = False
@@ -144,6 +167,11 @@ class _Exchange:
             self.reason = b""
             self.framed = False
             return
+        # Only a head that came in more bytes than the limit can exceed it: counted then.
+        if self.received > _MAX_HEAD and _head_size(self.reason, self.headers) > _MAX_HEAD:
+            error = _head_too_large()
+            self.fail(error)
+            raise error  # stops the parser; the connection is closed
         self.status = status
         self.headers_done = True
         if self.head_only:  # no body follows a HEAD reply, whatever its headers say
@@ -190,10 +218,17 @@ class _Connection(asyncio.Protocol):
             # Bytes nobody asked for: the connection's framing can't be trusted any more.
             self.close()
             return
+        if not exchange.headers_done:
+            exchange.received += len(data)
         try:
             exchange.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             exchange.fail(httpx2.RemoteProtocolError(f"malformed HTTP reply: {exc}"))
+            self.close()
+            return
+        if not exchange.headers_done and exchange.received > _MAX_HEAD:
+            # Stop before buffering more: httptools keeps a header whole until it ends.
+            exchange.fail(_head_too_large())
             self.close()
             return
         if exchange.buffered > _HIGH_WATER and not self._paused_reading and self.transport is not None:
@@ -388,10 +423,9 @@ class ProviderTransport(httpx2.AsyncBaseTransport):
             lines += (name, b": ", value, b"\r\n")
         lines.append(b"\r\n")
         head = b"".join(lines)
-        # Only the line ends written above, or a header could smuggle in another header.
-        ends = len(headers) + 2
-        if head.count(b"\n") != ends or head.count(b"\r") != ends or b"\0" in head:
-            raise httpx2.LocalProtocolError(f"{_bad_part(headers)} contains a line break or NUL")
+        # Anything else would let a header smuggle in another header, or another request.
+        if _VALID_HEAD.fullmatch(head) is None or head.count(b"\n") != len(headers) + 2:
+            raise httpx2.LocalProtocolError(f"refused to send: {_refusal(headers)}")
         return head
 
     def _take_idle(self, origin: tuple[bytes, bytes, int]) -> _Connection | None:
