@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import importlib.metadata
 import re
 import ssl
 import threading
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -410,3 +412,17 @@ async def test_a_header_name_that_is_not_a_token_is_refused_before_anything_is_s
             await http.post(url, json={}, headers={name: "1"})
     assert seen.bodies == []
 
+
+def test_httpx2_is_declared_and_pinned_to_the_release_line_installed() -> None:
+    # This transport reimplements httpx2's transport contract, so another httpx2 release
+    # is an upgrade someone makes on purpose, not one a resolver picks via the openai SDK.
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    pins = [found.groups() for dependency in pyproject["project"]["dependencies"]
+            if (found := re.fullmatch(r"httpx2\s*(==|~=)\s*(\d+)\.(\d+)\.(\d+)", dependency))]
+    assert len(pins) == 1, "pyproject.toml declares httpx2 as ==X.Y.Z or ~=X.Y.Z"
+    operator, *pinned = pins[0]
+    installed = tuple(int(part) for part in importlib.metadata.version("httpx2").split(".")[:3])
+    if operator == "==":
+        assert installed == tuple(map(int, pinned))
+    else:
+        assert installed[:2] == tuple(map(int, pinned[:2])) and installed >= tuple(map(int, pinned))

@@ -13,6 +13,10 @@ httpx2's own exceptions (`ConnectTimeout`, `ReadTimeout`, `RemoteProtocolError`,
 httpx2's client, the openai SDK and the adapter's direct path use it as any transport. It
 is not httpx2's `AsyncHTTPTransport`, so pytest-httpx (which patches that class) does not
 answer for it: tests that mock provider HTTP hand the adapter httpx2's stock transport.
+httpx2 is pinned in pyproject.toml because this module reimplements the contract that
+transport keeps (what a Request carries, the `timeout` extension, which exception means
+what, how a reply streams), which a new httpx2 release may change without breaking any
+caller of its client.
 
 What it does, as httpcore2 does for HTTP/1.1:
 - keep-alive, reusing the most recently used idle connection of the same origin, and
