@@ -482,9 +482,10 @@ def transport_for(url: httpx2.URL, *, limits: httpx2.Limits) -> httpx2.AsyncBase
     """The transport for calls to `url`: through the proxy the environment names for it,
     on httpx2's own transport (which speaks to proxies), else on `ProviderTransport`.
 
-    The variables are read as the standard library, httpx2 and curl read them: the URL's
-    scheme's (HTTPS_PROXY, HTTP_PROXY), else ALL_PROXY, lowercase first; none for a host
-    that NO_PROXY names (itself and its subdomains), or for any host with NO_PROXY=*.
+    The variables are read by the standard library (`urllib.request.getproxies` and
+    `proxy_bypass`), with httpx2's precedence: the URL's scheme's (HTTPS_PROXY or
+    HTTP_PROXY), else ALL_PROXY, lowercase first; none for a host that NO_PROXY names
+    (itself and its subdomains; no address ranges), nor for any with NO_PROXY=*.
     """
     proxies = urllib.request.getproxies()
     proxy = proxies.get(url.scheme) or proxies.get("all")
