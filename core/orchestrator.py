@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -50,6 +50,9 @@ from core.providers.registry import ProviderRegistry
 from core.requestlog import LogEntry, append_command
 from core.requestlog import write as write_log
 from core.settings import CacheMode, RoutingStrategy, Settings
+
+if TYPE_CHECKING:
+    import httpx2
 
 log = logging.getLogger("orchesity.orchestrator")
 
@@ -619,13 +622,18 @@ async def _empty() -> AsyncIterator[Chunk]:
     yield  # pragma: no cover - makes this an async generator
 
 
-def build_orchestrator(settings: Settings, db: Database, kv: KV | None) -> Orchestrator:
-    """The orchestrator this configuration describes: its providers, DWA store and router."""
+def build_orchestrator(settings: Settings, db: Database, kv: KV | None, *,
+                       provider_transport: httpx2.AsyncBaseTransport | None = None) -> Orchestrator:
+    """The orchestrator this configuration describes: its providers, DWA store and router.
+
+    `provider_transport`, when given, carries every provider call (tests: one that
+    pytest-httpx answers); by default each deployment builds its own.
+    """
     from core.dwa.profile import ProviderProfile
     from core.providers import tokens
     from core.providers.registry import load_registry
 
-    registry = load_registry(settings)
+    registry = load_registry(settings, transport=provider_transport)
     for model in {a.spec.model for a in registry}:  # in the background: never inside a request
         tokens.preload(model)
     profiles = [

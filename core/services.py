@@ -15,6 +15,8 @@ from core.kv import KV, open_kv
 from core.settings import Settings
 
 if TYPE_CHECKING:
+    import httpx2
+
     from core.orchestrator import Orchestrator
 
 
@@ -23,24 +25,29 @@ class Services:
     settings: Settings
     db: Database
     kv: KV | None  # None when Redis is turned off (REDIS_ENABLED=false)
+    # Carries every provider call when set (tests: httpx2's stock transport, which
+    # pytest-httpx answers); owned by whoever set it. None: each deployment builds its own.
+    provider_transport: "httpx2.AsyncBaseTransport | None" = None
     _orchestrator: "Orchestrator | None" = field(default=None, repr=False)
 
     @classmethod
-    async def open(cls, settings: Settings) -> "Services":
+    async def open(cls, settings: Settings, *,
+                   provider_transport: "httpx2.AsyncBaseTransport | None" = None) -> "Services":
         db = Database.from_settings(settings)
         try:
             kv = open_kv(settings)
         except BaseException:
             await db.close()
             raise
-        return cls(settings=settings, db=db, kv=kv)
+        return cls(settings=settings, db=db, kv=kv, provider_transport=provider_transport)
 
     @property
     def orchestrator(self) -> "Orchestrator":
         if self._orchestrator is None:
             from core.orchestrator import build_orchestrator
 
-            self._orchestrator = build_orchestrator(self.settings, self.db, self.kv)
+            self._orchestrator = build_orchestrator(self.settings, self.db, self.kv,
+                                                    provider_transport=self.provider_transport)
         return self._orchestrator
 
     async def close(self) -> None:

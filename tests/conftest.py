@@ -119,14 +119,20 @@ async def gateway_settings(settings: Settings, migrated: None) -> Settings:
 
 
 @pytest.fixture
-def open_gateway(gateway_settings: Settings) -> Callable[..., AbstractAsyncContextManager[Gateway]]:
+def open_gateway(gateway_settings: Settings,
+                 request: pytest.FixtureRequest) -> Callable[..., AbstractAsyncContextManager[Gateway]]:
     """`async with open_gateway(**setting_overrides) as gw:` the gateway app on real
-    Postgres and Redis, called in-process through its ASGI interface."""
+    Postgres and Redis, called in-process through its ASGI interface.
+
+    In a test that uses pytest-httpx, provider calls go through httpx2's stock transport,
+    the one pytest-httpx answers for; otherwise each deployment's own (real sockets).
+    """
     from functions.gateway import build_app
 
     @asynccontextmanager
     async def _open(**overrides: Any) -> AsyncIterator[Gateway]:
-        services = await Services.open(gateway_settings.model_copy(update=overrides))
+        mocked = httpx.AsyncHTTPTransport() if "httpx_mock" in request.fixturenames else None
+        services = await Services.open(gateway_settings.model_copy(update=overrides), provider_transport=mocked)
         try:
             app = build_app(services=services)
             transport = httpx.ASGITransport(app=app)
@@ -134,6 +140,8 @@ def open_gateway(gateway_settings: Settings) -> Callable[..., AbstractAsyncConte
                 yield Gateway(client, services)
         finally:
             await services.close()
+            if mocked is not None:
+                await mocked.aclose()
 
     return _open
 

@@ -1,8 +1,8 @@
 """The providers' HTTP/1.1 pool (core/providers/http_pool.py) over real sockets.
 
-Through httpx2's client, as the provider adapter uses it: TLS with certificate checks,
-keep-alive, every way a reply can be framed or cut, timeouts, the connection limit, and
-a cancelled caller. The servers are real: http.server over TLS, and small asyncio
+Through httpx2's client and directly, as the provider adapter uses it: TLS with
+certificate checks, keep-alive, every way a reply can be framed or cut, timeouts, the
+connection limit, a cancelled caller, and what the request and reply heads may hold. The servers are real: http.server over TLS, and small asyncio
 servers that script exactly what goes over the wire.
 """
 
@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import importlib.metadata
+import re
 import ssl
 import threading
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from pytest_httpx import HTTPXMock
 
 from core.providers.http_pool import ProviderTransport
 
@@ -318,3 +322,107 @@ async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent() -
         with pytest.raises(httpx2.LocalProtocolError, match="x-injected"):
             await http.post(url, json={}, headers={"x-injected": "a\r\nx-evil: 1"})
     assert seen.bodies == []
+
+
+# --- httpx2's public transport interface ----------------------------------------------------
+
+
+async def test_used_directly_it_answers_an_httpx2_request_with_a_streamed_reply() -> None:
+    # As the adapter's hot path calls it: no client, httpx2's Request and Response.
+    async with scripted(keep_alive) as (url, seen), ProviderTransport() as transport:
+        response = await transport.handle_async_request(httpx2.Request("POST", url, json={"n": 1}))
+        assert isinstance(response.stream, httpx2.AsyncByteStream)
+        assert response.status_code == 200 and await response.aread() == b'{"ok": true}'
+        await response.aclose()
+        with pytest.raises(httpx2.UnsupportedProtocol):
+            await transport.handle_async_request(httpx2.Request("GET", "ftp://127.0.0.1/"))
+    assert seen.bodies == [b'{"n":1}']
+
+
+async def test_pytest_httpx_answers_for_httpx2s_own_transport_not_this_one(httpx_mock: HTTPXMock) -> None:
+    # pytest-httpx patches AsyncHTTPTransport.handle_async_request: a transport built by
+    # subclassing that class (and swapping its private pool) would be answered by the
+    # mock, which has no response here, instead of reaching the server.
+    async with scripted(keep_alive) as (url, seen), client() as http:
+        response = await http.post(url, json={})
+    assert response.json() == {"ok": True}
+    assert seen.bodies == [b"{}"]
+    assert httpx_mock.get_requests() == []
+
+
+# --- the reply head's size, the request head's names ----------------------------------------
+
+LIMIT = 16 * 1024  # h11's default max_incomplete_event_size
+
+
+def reply_with_head_of(size: int, headers: int = 1) -> bytes:
+    """A 200 reply whose status line and headers take exactly `size` bytes, filled by
+    `headers` headers of (nearly) equal length, then a 2-byte body."""
+    start = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n"
+    fill = size - len(start) - 2  # the blank line ends the head
+    lines = []
+    for number in range(headers):
+        prefix = b"x-fill-%d: " % number
+        share = fill // headers + (1 if number < fill % headers else 0)
+        lines.append(prefix + b"a" * (share - len(prefix) - 2) + b"\r\n")
+    head = start + b"".join(lines) + b"\r\n"
+    assert len(head) == size
+    return head + b"{}"
+
+
+@pytest.mark.parametrize("wire", [
+    # Never ends: refused once 16 KiB have come, not buffered on until the read timeout.
+    pytest.param(b"HTTP/1.1 200 OK\r\nx-endless: " + b"a" * (2 * 1024 * 1024), id="endless-2-MiB-header"),
+    pytest.param(reply_with_head_of(LIMIT + 1024, headers=64), id="many-headers"),
+    pytest.param(reply_with_head_of(LIMIT + 1), id="one-byte-over"),
+])
+async def test_a_reply_head_over_16_kib_is_a_protocol_error_and_its_connection_is_closed(wire: bytes) -> None:
+    async def big_head_then_fine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Seen) -> None:
+        if seen.connections == 1:
+            await read_request(reader, seen)
+            writer.write(wire)
+            await writer.drain()
+            await reader.read()  # until the client hangs up
+            return
+        await keep_alive(reader, writer, seen)
+
+    async with scripted(big_head_then_fine) as (url, seen), client(max_connections=1) as http:
+        with pytest.raises(httpx2.RemoteProtocolError, match="status line and headers exceed 16384 bytes"):
+            await http.post(url, json={}, timeout=2)
+        after = await http.post(url, json={}, timeout=2)
+    assert after.json() == {"ok": True}
+    assert seen.connections == 2
+
+
+async def test_a_reply_head_of_exactly_16_kib_is_read() -> None:
+    async def exact(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, seen: Seen) -> None:
+        while await read_request(reader, seen):
+            writer.write(reply_with_head_of(LIMIT, headers=8))
+
+    async with scripted(exact) as (url, seen), client() as http:
+        replies = [await http.post(url, json={}) for _ in range(2)]
+    assert [r.json() for r in replies] == [{}, {}]
+    assert seen.connections == 1
+
+
+@pytest.mark.parametrize("name", ["x bad", "x-a:b", "x\tname", "x(y)", "x\x7f", ""])
+async def test_a_header_name_that_is_not_a_token_is_refused_before_anything_is_sent(name: str) -> None:
+    async with scripted(keep_alive) as (url, seen), client() as http:
+        with pytest.raises(httpx2.LocalProtocolError, match=re.escape(f"header name {name!r} is not")):
+            await http.post(url, json={}, headers={name: "1"})
+    assert seen.bodies == []
+
+
+def test_httpx2_is_declared_and_pinned_to_the_release_line_installed() -> None:
+    # This transport reimplements httpx2's transport contract, so another httpx2 release
+    # is an upgrade someone makes on purpose, not one a resolver picks via the openai SDK.
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    pins = [found.groups() for dependency in pyproject["project"]["dependencies"]
+            if (found := re.fullmatch(r"httpx2\s*(==|~=)\s*(\d+)\.(\d+)\.(\d+)", dependency))]
+    assert len(pins) == 1, "pyproject.toml declares httpx2 as ==X.Y.Z or ~=X.Y.Z"
+    operator, *pinned = pins[0]
+    installed = tuple(int(part) for part in importlib.metadata.version("httpx2").split(".")[:3])
+    if operator == "==":
+        assert installed == tuple(map(int, pinned))
+    else:
+        assert installed[:2] == tuple(map(int, pinned[:2])) and installed >= tuple(map(int, pinned))

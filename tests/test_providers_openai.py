@@ -1,7 +1,10 @@
 """The OpenAI-compatible adapter against provider HTTP, through the real openai SDK.
 
 pytest-httpx answers at the transport (tests/httpx2_alias.py makes it catch httpx2, which
-openai 3.x sends through), so everything above it is the SDK's real code path.
+openai 3.x sends through), so everything above it is the SDK's real code path. It answers
+for httpx2's stock `AsyncHTTPTransport`, which each adapter here is given in place of the
+providers' own pool (that one is tested over real sockets: test_http_pool.py,
+test_providers_fake_server.py).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ async def make() -> AsyncIterator[Make]:
         spec = DeploymentSpec(provider=provider, **fields)
         if key is not None:
             spec = spec.model_copy(update={"api_key": SecretStr(key)})
-        adapter = OpenAICompatAdapter(spec)
+        adapter = OpenAICompatAdapter(spec, transport=httpx.AsyncHTTPTransport())
         made.append(adapter)
         return adapter
 

@@ -1,16 +1,22 @@
-"""The providers' HTTP/1.1 connection pool: asyncio sockets and httptools' C parser.
+"""The providers' HTTP/1.1 transport: asyncio sockets and httptools' C parser.
 
 Every provider call goes through httpx2 (the openai SDK's HTTP client). Under load,
-httpcore2's pool below it was the largest single cost of a gateway request (py-spy,
-bench/overhead): h11's pure-Python state machine, anyio locks, events and cancel scopes
-per request, and a `select()` on every idle connection it reused. This pool does the
-same job with one asyncio Protocol per connection and llhttp (through httptools, which
-uvicorn already uses for the server side) parsing the replies.
+httpcore2's pool below httpx2's default transport was the largest single cost of a
+gateway request (py-spy, bench/overhead): h11's pure-Python state machine, anyio locks,
+events and cancel scopes per request, and a `select()` on every idle connection it
+reused. This pool does the same job with one asyncio Protocol per connection and llhttp
+(through httptools, which uvicorn already uses for the server side) parsing the replies.
 
-`ProviderTransport` is httpx2's own `AsyncHTTPTransport` with this pool in place of
-httpcore2's, so everything above it is httpx2 unchanged: its client and models, its
-mapping of httpcore2's exceptions (which this pool raises) to httpx2's, and
-pytest-httpx, which intercepts `AsyncHTTPTransport.handle_async_request`.
+`ProviderTransport` implements httpx2's public transport interface,
+`AsyncBaseTransport.handle_async_request(httpx2.Request) -> httpx2.Response`, and raises
+httpx2's own exceptions (`ConnectTimeout`, `ReadTimeout`, `RemoteProtocolError`, ...), so
+httpx2's client, the openai SDK and the adapter's direct path use it as any transport. It
+is not httpx2's `AsyncHTTPTransport`, so pytest-httpx (which patches that class) does not
+answer for it: tests that mock provider HTTP hand the adapter httpx2's stock transport.
+httpx2 is pinned in pyproject.toml because this module reimplements the contract that
+transport keeps (what a Request carries, the `timeout` extension, which exception means
+what, how a reply streams), which a new httpx2 release may change without breaking any
+caller of its client.
 
 What it does, as httpcore2 does for HTTP/1.1:
 - keep-alive, reusing the most recently used idle connection of the same origin, and
@@ -21,35 +27,57 @@ What it does, as httpcore2 does for HTTP/1.1:
 - TLS with the transport's verified context (and ALPN http/1.1);
 - Content-Length, chunked and read-until-close replies, streamed as they arrive, with
   reading paused while a consumer lags by more than `_HIGH_WATER` bytes;
+- a reply head (status line and headers) of at most 16 KiB, h11's default; request
+  header names must be RFC 9110 tokens, and no line break or NUL may hide in the head;
 - a connection whose exchange was cancelled, cut or not read to the end is closed, never
   reused; a request is never retried (a POST may already have been acted on).
 
-Not supported: HTTP/2, proxies (httpx2 mounts its own transports for those from the
-environment, and they stay httpcore2's), Unix sockets and upgrades.
+Proxies are not this pool's business: `transport_for` gives a provider URL that the
+environment proxies (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, less NO_PROXY) httpx2's own
+`AsyncHTTPTransport` through that proxy, and any other URL this pool. Not supported
+here: HTTP/2, Unix sockets and upgrades.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator
-from types import TracebackType
-from typing import Any
 
-import httpcore2
 import httptools
 import httpx2
 
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 _HIGH_WATER = 256 * 1024  # buffered reply bytes at which reading pauses
-_BAD_HEADER_CHARS = (b"\r", b"\n", b"\0")
+_MAX_HEAD = 16 * 1024  # a reply's status line and headers, in bytes: h11's default limit
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"  # RFC 9110 `token`: a method, a header name
+_TOKEN_RE = re.compile(_TOKEN)
+# The whole request head in one pass: line ends only as CRLF, no NUL, names are tokens
+# (and, counted apart, no more line ends than were written).
+_VALID_HEAD = re.compile(_TOKEN + rb" [^\r\n\0 ]+ HTTP/1\.1\r\n(?:" + _TOKEN + rb": [^\r\n\0]*\r\n)*\r\n")
+_BAD_VALUE_CHARS = (b"\r", b"\n", b"\0")
 
 
-def _bad_part(request: httpcore2.Request) -> str:
-    for name, value in request.headers:
-        if any(c in name or c in value for c in _BAD_HEADER_CHARS):
-            return f"header {name.decode('ascii', 'replace')!r}"
-    return "the request line"
+def _refusal(headers: list[tuple[bytes, bytes]]) -> str:
+    """What makes a request head that failed `_VALID_HEAD` unsendable, naming the header."""
+    for name, value in headers:
+        shown = name.decode("ascii", "replace")
+        if not _TOKEN_RE.fullmatch(name):
+            return f"header name {shown!r} is not an RFC 9110 token"
+        if any(c in value for c in _BAD_VALUE_CHARS):
+            return f"header {shown!r} contains a line break or NUL"
+    return "the request line has a method that is not a token, or a space, line break or NUL"
+
+
+def _head_size(reason: bytes, headers: list[tuple[bytes, bytes]]) -> int:
+    """A reply head's size as sent: `HTTP/1.1 200 reason`, `name: value` each, line ends."""
+    return 15 + len(reason) + sum(len(name) + len(value) + 4 for name, value in headers) + 2
+
+
+def _head_too_large() -> httpx2.RemoteProtocolError:
+    return httpx2.RemoteProtocolError(f"the reply's status line and headers exceed {_MAX_HEAD} bytes")
 
 
 def _expire(waiter: asyncio.Future[None], error: Exception) -> None:
@@ -76,7 +104,7 @@ async def _wait(waiter: asyncio.Future[None], timeout: float | None, error: type
 class _Exchange:
     """One request's reply, filled by the parser's callbacks as bytes arrive."""
 
-    __slots__ = ("status", "reason", "headers", "chunks", "buffered", "headers_done", "complete",
+    __slots__ = ("status", "reason", "headers", "chunks", "buffered", "received", "headers_done", "complete",
                  "keep_alive", "error", "waiter", "framed", "head_only", "parser", "_informational")
 
     def __init__(self, head_only: bool) -> None:
@@ -85,6 +113,7 @@ class _Exchange:
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.buffered = 0
+        self.received = 0  # bytes received before the head was complete
         self.headers_done = False
         self.complete = False
         self.keep_alive = False
@@ -103,7 +132,7 @@ class _Exchange:
     async def wait(self, timeout: float | None, what: str) -> None:
         self.waiter = asyncio.get_running_loop().create_future()
         try:
-            await _wait(self.waiter, timeout, httpcore2.ReadTimeout, f"no {what}")
+            await _wait(self.waiter, timeout, httpx2.ReadTimeout, f"no {what}")
         finally:
             self.waiter = None
 
@@ -142,6 +171,11 @@ class _Exchange:
             self.reason = b""
             self.framed = False
             return
+        # Only a head that came in more bytes than the limit can exceed it: counted then.
+        if self.received > _MAX_HEAD and _head_size(self.reason, self.headers) > _MAX_HEAD:
+            error = _head_too_large()
+            self.fail(error)
+            raise error  # stops the parser; the connection is closed
         self.status = status
         self.headers_done = True
         if self.head_only:  # no body follows a HEAD reply, whatever its headers say
@@ -188,10 +222,17 @@ class _Connection(asyncio.Protocol):
             # Bytes nobody asked for: the connection's framing can't be trusted any more.
             self.close()
             return
+        if not exchange.headers_done:
+            exchange.received += len(data)
         try:
             exchange.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            exchange.fail(httpcore2.RemoteProtocolError(f"malformed HTTP reply: {exc}"))
+            exchange.fail(httpx2.RemoteProtocolError(f"malformed HTTP reply: {exc}"))
+            self.close()
+            return
+        if not exchange.headers_done and exchange.received > _MAX_HEAD:
+            # Stop before buffering more: httptools keeps a header whole until it ends.
+            exchange.fail(_head_too_large())
             self.close()
             return
         if exchange.buffered > _HIGH_WATER and not self._paused_reading and self.transport is not None:
@@ -206,7 +247,7 @@ class _Connection(asyncio.Protocol):
         self._ended(exc)
         drain = self._drain
         if drain is not None and not drain.done():
-            drain.set_exception(httpcore2.WriteError("the connection closed while sending"))
+            drain.set_exception(httpx2.WriteError("the connection closed while sending"))
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -224,12 +265,12 @@ class _Connection(asyncio.Protocol):
             return
         if not exchange.headers_done:
             detail = f": {exc}" if exc else ""
-            exchange.fail(httpcore2.RemoteProtocolError(f"server disconnected without sending a response{detail}"))
+            exchange.fail(httpx2.RemoteProtocolError(f"server disconnected without sending a response{detail}"))
         elif not exchange.framed:  # a read-until-close body: the close is its end
             exchange.complete = True
             exchange._wake()
         else:
-            exchange.fail(httpcore2.RemoteProtocolError("server disconnected before the reply was complete"))
+            exchange.fail(httpx2.RemoteProtocolError("server disconnected before the reply was complete"))
 
     def consumed(self) -> None:
         """The consumer took the buffered bytes: resume reading if it was paused."""
@@ -244,12 +285,12 @@ class _Connection(asyncio.Protocol):
     async def send(self, data: bytes, timeout: float | None) -> None:
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
-            raise httpcore2.WriteError("the connection is closed")
+            raise httpx2.WriteError("the connection is closed")
         transport.write(data)
         if self._write_paused:
             self._drain = asyncio.get_running_loop().create_future()
             try:
-                await _wait(self._drain, timeout, httpcore2.WriteTimeout, "not sent")
+                await _wait(self._drain, timeout, httpx2.WriteTimeout, "not sent")
             finally:
                 self._drain = None
 
@@ -259,10 +300,10 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-class _ReplyBody:
-    """The reply's body as httpcore2 streams it: an async iterable with `aclose`."""
+class _ReplyBody(httpx2.AsyncByteStream):
+    """The reply's body as it arrives; read to the end, or closed, it frees the connection."""
 
-    def __init__(self, pool: ConnectionPool, connection: _Connection, exchange: _Exchange,
+    def __init__(self, pool: ProviderTransport, connection: _Connection, exchange: _Exchange,
                  read_timeout: float | None) -> None:
         self._pool = pool
         self._connection = connection
@@ -300,27 +341,22 @@ class _ReplyBody:
             self._pool._release(self._connection, self._exchange)
 
 
-class ConnectionPool:
-    """HTTP/1.1 connections by origin; duck-types httpcore2's AsyncConnectionPool."""
+class ProviderTransport(httpx2.AsyncBaseTransport):
+    """HTTP/1.1 connections by origin, behind httpx2's public transport interface."""
 
-    def __init__(self, *, ssl_context: ssl.SSLContext, max_connections: int | None = None,
-                 max_keepalive_connections: int | None = None, keepalive_expiry: float | None = 5.0) -> None:
+    def __init__(self, *, verify: ssl.SSLContext | str | bool = True, trust_env: bool = True,
+                 limits: httpx2.Limits | None = None) -> None:
+        limits = limits or httpx2.Limits(max_connections=256, max_keepalive_connections=64)
+        ssl_context = httpx2.create_ssl_context(verify=verify, trust_env=trust_env)
         ssl_context.set_alpn_protocols(["http/1.1"])  # as httpcore2 does for an HTTP/1.1-only pool
         self._ssl_context = ssl_context
-        self._in_use = asyncio.Semaphore(max_connections) if max_connections else None
-        self._max_idle = max_keepalive_connections
-        self._expiry = keepalive_expiry
+        self._in_use = asyncio.Semaphore(limits.max_connections) if limits.max_connections else None
+        self._max_idle = limits.max_keepalive_connections
+        self._expiry = limits.keepalive_expiry
         self._idle: dict[tuple[bytes, bytes, int], list[_Connection]] = {}
         self._idle_count = 0
         self._busy: set[_Connection] = set()
         self._closed = False
-
-    async def __aenter__(self) -> ConnectionPool:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None = None,
-                        exc_value: BaseException | None = None, traceback: TracebackType | None = None) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         self._closed = True
@@ -332,18 +368,20 @@ class ConnectionPool:
         for connection in list(self._busy):
             connection.close()
 
-    async def handle_async_request(self, request: httpcore2.Request) -> httpcore2.Response:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if self._closed:
-            raise RuntimeError("the connection pool is closed")
+            raise RuntimeError("the transport is closed")
         url = request.url
-        scheme = url.scheme
-        if scheme not in _DEFAULT_PORTS:
-            raise httpcore2.UnsupportedProtocol(f"unsupported URL scheme {scheme.decode('ascii', 'replace')!r}")
-        origin = (scheme, url.host, url.port or _DEFAULT_PORTS[scheme])
+        scheme = url.raw_scheme
+        default_port = _DEFAULT_PORTS.get(scheme)
+        if default_port is None:
+            raise httpx2.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
+        origin = (scheme, url.raw_host, url.port or default_port)
         timeouts = request.extensions.get("timeout", {})
-        head = self._head(request)
+        headers = request.headers.raw
+        head = self._head(request.method.encode("ascii"), url.raw_path, headers)
         body = [part async for part in request.stream]  # type: ignore[union-attr]
-        if any(name.lower() == b"transfer-encoding" for name, _ in request.headers):
+        if any(name.lower() == b"transfer-encoding" for name, _ in headers):
             body = [b"%x\r\n%b\r\n" % (len(part), part) for part in body if part] + [b"0\r\n\r\n"]
 
         semaphore = self._in_use
@@ -354,14 +392,14 @@ class ConnectionPool:
                     async with asyncio.timeout(pool_timeout):
                         await semaphore.acquire()
                 except TimeoutError:
-                    raise httpcore2.PoolTimeout(f"no free connection within {pool_timeout:g}s") from None
+                    raise httpx2.PoolTimeout(f"no free connection within {pool_timeout:g}s") from None
             else:
                 await semaphore.acquire()
         connection: _Connection | None = None
         try:
             connection = self._take_idle(origin) or await self._connect(origin, timeouts.get("connect"))
             self._busy.add(connection)
-            exchange = connection.exchange = _Exchange(head_only=request.method == b"HEAD")
+            exchange = connection.exchange = _Exchange(head_only=request.method == "HEAD")
             await connection.send(b"".join([head, *body]), timeouts.get("write"))
             read_timeout = timeouts.get("read")
             while not exchange.headers_done:
@@ -375,24 +413,23 @@ class ConnectionPool:
             if semaphore is not None:
                 semaphore.release()
             raise
-        return httpcore2.Response(
+        return httpx2.Response(
             exchange.status,
             headers=exchange.headers,
-            content=_ReplyBody(self, connection, exchange, read_timeout),
+            stream=_ReplyBody(self, connection, exchange, read_timeout),
             extensions={"http_version": b"HTTP/1.1", "reason_phrase": exchange.reason},
         )
 
     @staticmethod
-    def _head(request: httpcore2.Request) -> bytes:
-        lines = [request.method, b" ", request.url.target, b" HTTP/1.1\r\n"]
-        for name, value in request.headers:
+    def _head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+        lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in headers:
             lines += (name, b": ", value, b"\r\n")
         lines.append(b"\r\n")
         head = b"".join(lines)
-        # Only the line ends written above, or a header could smuggle in another header.
-        ends = len(request.headers) + 2
-        if head.count(b"\n") != ends or head.count(b"\r") != ends or b"\0" in head:
-            raise httpcore2.LocalProtocolError(f"{_bad_part(request)} contains a line break or NUL")
+        # Anything else would let a header smuggle in another header, or another request.
+        if _VALID_HEAD.fullmatch(head) is None or head.count(b"\n") != len(headers) + 2:
+            raise httpx2.LocalProtocolError(f"refused to send: {_refusal(headers)}")
         return head
 
     def _take_idle(self, origin: tuple[bytes, bytes, int]) -> _Connection | None:
@@ -419,9 +456,9 @@ class ConnectionPool:
                     lambda: _Connection(origin), hostname, port,
                     ssl=self._ssl_context if tls else None, server_hostname=hostname if tls else None)
         except TimeoutError:
-            raise httpcore2.ConnectTimeout(f"connecting to {hostname}:{port} took over {timeout:g}s") from None
+            raise httpx2.ConnectTimeout(f"connecting to {hostname}:{port} took over {timeout:g}s") from None
         except (OSError, ssl.SSLError) as exc:
-            raise httpcore2.ConnectError(f"cannot connect to {hostname}:{port}: {exc}") from None
+            raise httpx2.ConnectError(f"cannot connect to {hostname}:{port}: {exc}") from None
         return connection
 
     def _release(self, connection: _Connection, exchange: _Exchange) -> None:
@@ -441,16 +478,17 @@ class ConnectionPool:
             self._in_use.release()
 
 
-class ProviderTransport(httpx2.AsyncHTTPTransport):
-    """httpx2's AsyncHTTPTransport on `ConnectionPool` instead of httpcore2's pool."""
+def transport_for(url: httpx2.URL, *, limits: httpx2.Limits) -> httpx2.AsyncBaseTransport:
+    """The transport for calls to `url`: through the proxy the environment names for it,
+    on httpx2's own transport (which speaks to proxies), else on `ProviderTransport`.
 
-    def __init__(self, *, verify: ssl.SSLContext | str | bool = True, trust_env: bool = True,
-                 limits: httpx2.Limits | None = None) -> None:
-        # Not super().__init__(): all it does is build httpcore2's pool, which this replaces.
-        limits = limits or httpx2.Limits(max_connections=256, max_keepalive_connections=64)
-        self._pool: Any = ConnectionPool(
-            ssl_context=httpx2.create_ssl_context(verify=verify, trust_env=trust_env),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-        )
+    The variables are read by the standard library (`urllib.request.getproxies` and
+    `proxy_bypass`), with httpx2's precedence: the URL's scheme's (HTTPS_PROXY or
+    HTTP_PROXY), else ALL_PROXY, lowercase first; none for a host that NO_PROXY names
+    (itself and its subdomains; no address ranges), nor for any with NO_PROXY=*.
+    """
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not urllib.request.proxy_bypass(url.host):
+        return httpx2.AsyncHTTPTransport(proxy=proxy if "://" in proxy else f"http://{proxy}", limits=limits)
+    return ProviderTransport(limits=limits)

@@ -9,14 +9,20 @@ How it uses the SDK, and why:
   half a second here; a function that never calls a provider never pays it), with
   `max_retries=0`: failover between deployments is the orchestrator's job, and SDK
   retries would spend the request's deadline on one provider.
-- Non-streamed calls, the hot path, are sent straight to the transport of the httpx2
-  client the SDK itself uses (the one that client picks for the URL, so a proxy from the
-  environment still applies), with the URL and headers the SDK would send built once
-  per deployment. Under load the SDK's per-call request building (options, URL and
-  header merging, its retry and auth wrappers) was about half of the gateway's CPU per
-  request, and httpx2's client layer (URL merging, auth and redirect wrappers, cookies)
-  a fifth of what was left (py-spy, bench/overhead). Neither does anything a provider
-  call needs; the status-to-error mapping below is ours either way.
+- Each deployment has one httpx2 transport, which the adapter builds and holds: httpx2's
+  own `AsyncHTTPTransport` through a proxy when HTTPS_PROXY / HTTP_PROXY / ALL_PROXY name
+  one for the deployment's URL and NO_PROXY does not exempt its host, else the pool of
+  `http_pool.py`. The SDK's httpx2 client sends through it (a client given a transport
+  reads no proxy from the environment itself, hence the choice here), and so does the
+  direct path below. A transport passed in (tests: httpx2's stock one, which
+  pytest-httpx answers for) is used as it is, for every call, and not closed here.
+- Non-streamed calls, the hot path, are sent straight to that transport, with the URL
+  and headers the SDK would send built once per deployment. Under load the SDK's
+  per-call request building (options, URL and header merging, its retry and auth
+  wrappers) was about half of the gateway's CPU per request, and httpx2's client layer
+  (URL merging, auth and redirect wrappers, cookies) a fifth of what was left (py-spy,
+  bench/overhead). Neither does anything a provider call needs; the status-to-error
+  mapping below is ours either way.
 - Streams go through the SDK's generic `client.post(..., stream=True)` (its documented
   way to call any endpoint) rather than `chat.completions.create`, which would also
   transform the params and build pydantic models for every chunk.
@@ -35,7 +41,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx2
 
@@ -73,13 +79,13 @@ _MAX_MESSAGE = 1000  # characters of a provider's error message kept in our erro
 class OpenAICompatAdapter:
     """Calls one OpenAI-compatible deployment. Safe to share across tasks."""
 
-    def __init__(self, spec: DeploymentSpec, *, http_client: httpx2.AsyncClient | None = None) -> None:
+    def __init__(self, spec: DeploymentSpec, *, transport: httpx2.AsyncBaseTransport | None = None) -> None:
         self.spec = spec
-        self._http_client = http_client  # injected: owned by the caller, not closed here
+        self._given_transport = transport  # owned by the caller, not closed here
         self._client: AsyncOpenAI | None = None
         self._slots = Slots(spec.max_concurrency)
         self._options: dict[str, Any] | None = None  # per-call request options, minus timeout
-        # Set with the SDK client, on first use: the direct path's transport, URL, headers.
+        # Set with the SDK client, on first use: every call's transport; the direct path's URL, headers.
         self._transport: httpx2.AsyncBaseTransport
         self._url: httpx2.URL
         self._headers = httpx2.Headers()
@@ -107,27 +113,26 @@ class OpenAICompatAdapter:
     def _make_client(self) -> AsyncOpenAI:
         from openai import AsyncOpenAI, Omit
 
-        from core.providers.http_pool import ProviderTransport
+        from core.providers.http_pool import transport_for
 
         spec = self.spec
         key = spec.api_key.get_secret_value() if spec.api_key is not None else None
-        # One HTTP client per deployment, shared by the SDK (streams) and the direct path.
-        http = self._http_client or httpx2.AsyncClient(
-            timeout=spec.timeout_seconds,
-            transport=ProviderTransport(limits=httpx2.Limits(
-                max_connections=spec.max_concurrency or 256, max_keepalive_connections=64)),
-        )
+        base_url = cast(str, spec.base_url)  # set for every OpenAI-compatible spec (its validator)
+        transport = self._given_transport or transport_for(httpx2.URL(base_url), limits=httpx2.Limits(
+            max_connections=spec.max_concurrency or 256, max_keepalive_connections=64))
+        # One HTTP client per deployment, for the SDK (streams), on the direct path's transport.
+        http = httpx2.AsyncClient(timeout=spec.timeout_seconds, transport=transport)
         client = AsyncOpenAI(
             # The SDK insists on some credential; a keyless server (Ollama, vLLM) gets a
             # placeholder that the per-call options below remove from the request.
             api_key=key or "no-key",
-            base_url=spec.base_url,
+            base_url=base_url,
             max_retries=0,
             timeout=spec.timeout_seconds,
             http_client=http,
         )
         self._url = httpx2.URL(str(client.base_url).rstrip("/") + CHAT_PATH)
-        self._transport = http._transport_for_url(self._url)  # private, but what send() would use
+        self._transport = transport
         if spec.provider != "openai":
             # The SDK reads OPENAI_ORG_ID / OPENAI_PROJECT_ID / OPENAI_ADMIN_KEY from the
             # environment; they are OpenAI's business only.
@@ -153,8 +158,8 @@ class OpenAICompatAdapter:
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
-        if client is not None and self._http_client is None:
-            await client.close()
+        if client is not None and self._given_transport is None:
+            await client.close()  # and with it the transport
 
     # --- requests ------------------------------------------------------------------------
 

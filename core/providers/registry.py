@@ -30,16 +30,17 @@ def build_adapter(
     *,
     sleep: Sleep | None = None,
     clock: Clock | None = None,
-    http_client: httpx2.AsyncClient | None = None,
+    transport: httpx2.AsyncBaseTransport | None = None,
 ) -> Adapter:
-    """The adapter for one deployment. `sleep`/`clock` reach simulated ones only."""
+    """The adapter for one deployment. `sleep`/`clock` reach simulated ones only;
+    `transport` (the caller's, not closed here) carries OpenAI-compatible ones' HTTP."""
     if spec.kind == "simulated":
         from core.providers.simulated import SimulatedAdapter
 
         return SimulatedAdapter(spec, sleep=sleep, clock=clock)
     from core.providers.openai_compat import OpenAICompatAdapter
 
-    return OpenAICompatAdapter(spec, http_client=http_client)
+    return OpenAICompatAdapter(spec, transport=transport)
 
 
 class ProviderRegistry:
@@ -103,9 +104,9 @@ def build_registry(
     *,
     sleep: Sleep | None = None,
     clock: Clock | None = None,
-    http_client: httpx2.AsyncClient | None = None,
+    transport: httpx2.AsyncBaseTransport | None = None,
 ) -> ProviderRegistry:
-    return ProviderRegistry(build_adapter(s, sleep=sleep, clock=clock, http_client=http_client) for s in specs)
+    return ProviderRegistry(build_adapter(s, sleep=sleep, clock=clock, transport=transport) for s in specs)
 
 
 def load_registry(
@@ -114,11 +115,11 @@ def load_registry(
     environ: Mapping[str, str] | None = None,
     sleep: Sleep | None = None,
     clock: Clock | None = None,
-    http_client: httpx2.AsyncClient | None = None,
+    transport: httpx2.AsyncBaseTransport | None = None,
 ) -> ProviderRegistry:
     """Deployments from the settings (and providers file), ready to call.
 
     Raises `DeploymentConfigError` (a SettingsError) when the configuration is unusable.
     """
     specs = load_deployments(settings, environ=environ)
-    return build_registry(specs, sleep=sleep, clock=clock, http_client=http_client)
+    return build_registry(specs, sleep=sleep, clock=clock, transport=transport)
