@@ -147,10 +147,15 @@ class RespClient:
         if self._db:
             setup.append(["SELECT", self._db])
         if setup:
-            for reply in await protocol.send(pack(setup), len(setup)):
-                if isinstance(reply, ReplyError):
-                    protocol.close()
-                    raise ConnectionLost(f"Redis refused the connection setup: {str(reply).split(' ')[0]}")
+            try:
+                for reply in await protocol.send(pack(setup), len(setup)):
+                    if isinstance(reply, ReplyError):
+                        raise ConnectionLost(f"Redis refused the connection setup: {str(reply).split(' ')[0]}")
+            except BaseException:
+                # A refusal, or the caller's timeout while AUTH/SELECT is unanswered: no
+                # slot holds this connection yet, so close it here or nobody will.
+                protocol.close()
+                raise
         return protocol
 
     async def _connection(self) -> _Protocol:

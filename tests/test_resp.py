@@ -1,7 +1,8 @@
-"""core.resp on its own: timeouts on a shared connection.
+"""core.resp on its own: timeouts on a shared connection, and connection setup.
 
 Against real Redis: the session's server, or a redis-server process of the test's own
-that it can freeze (SIGSTOP).
+that it can freeze (SIGSTOP). The one fake is a TCP server that accepts and never
+answers, standing in for a Redis that hangs during AUTH.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.resp import RespClient
+from core.resp import ConnectionLost, RespClient
 from tests.servers import RedisProcess
 
 # Busy-waits inside Redis for ARGV[1] microseconds: a slow command that blocks the server.
@@ -78,3 +79,35 @@ async def test_a_stuck_connection_is_closed_and_the_next_call_reconnects(
         assert client._slots[0] is not connection
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("url, reply", [
+    ("redis://:secret@127.0.0.1:{port}", None),  # AUTH never answered
+    ("redis://127.0.0.1:{port}/3", None),  # SELECT never answered
+    ("redis://:secret@127.0.0.1:{port}", b"-WRONGPASS invalid username-password pair\r\n"),
+])
+async def test_a_connection_whose_setup_fails_is_closed(url: str, reply: bytes | None) -> None:
+    received = bytearray()
+    closed = asyncio.Event()
+
+    async def silent_redis(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(4096):  # until the client closes its socket
+            received.extend(data)
+            if reply is not None:
+                writer.write(reply)
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(silent_redis, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = RespClient(url.format(port=port), timeout=0.3)
+    try:
+        with pytest.raises(TimeoutError if reply is None else ConnectionLost):
+            await client.execute([["PING"]])
+        await asyncio.wait_for(closed.wait(), timeout=2.0)  # the server saw EOF
+        assert received.startswith(b"*2\r\n$4\r\nAUTH\r\n" if "secret" in url else b"*2\r\n$6\r\nSELECT\r\n")
+        assert b"PING" not in received
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
