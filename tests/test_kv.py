@@ -13,12 +13,14 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx  # httpx2, through the tests.httpx2_alias plugin
 import pytest
 
 from core.kv import KV, KVError, KVUnavailable, RedisKV, Script, UpstashKV, open_kv
 from core.settings import Settings, load_settings
+from tests.servers import RedisProcess
 from tests.upstash_rest import serve_upstash
 
 TOKEN = "test-upstash-token-7f3a"
@@ -303,6 +305,48 @@ async def test_unreachable_redis_is_unavailable_quickly(url: str) -> None:
         await kv.pipeline([["GET", "orchesity:test:x"]])
     assert time.monotonic() - started < 1.0
     await kv.close()
+
+
+async def test_a_redis_that_comes_back_is_used_again_by_the_same_kv() -> None:
+    server = RedisProcess()
+    server.start()
+    kv = RedisKV.from_url(server.url, timeout=1.0)
+    try:
+        assert await kv.execute("SET", "orchesity:test:back", "1") == "OK"
+        server.kill()
+        for _ in range(20):  # refused at once, every time: no waiting on a dead server
+            with pytest.raises(KVUnavailable, match="unreachable"):
+                await kv.execute("GET", "orchesity:test:back")
+        server.start()  # same port, empty: it keeps nothing
+        assert await kv.execute("GET", "orchesity:test:back") is None
+        assert await kv.execute("SET", "orchesity:test:back", "2") == "OK"
+    finally:
+        await kv.close()
+        server.kill()
+
+
+async def test_a_redis_still_loading_its_data_is_unavailable(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path)
+    server.start("--rdbcompression", "no")
+    kv = RedisKV.from_url(server.url, timeout=5.0)
+    try:
+        await kv.execute("DEBUG", "POPULATE", 100, "big", 100_000)  # a 10 MB dump.rdb
+        await kv.execute("SAVE")
+        server.kill()
+        server.start("--key-load-delay", "5000")  # 5 ms a key: half a second of LOADING
+        loading = 0
+        while True:
+            try:
+                await kv.execute("GET", "big:1")
+                break
+            except KVUnavailable as exc:  # not a KVError: nothing wrong with the command
+                assert str(exc).startswith("LOADING")
+                loading += 1
+                await asyncio.sleep(0.02)
+        assert loading > 0
+    finally:
+        await kv.close()
+        server.kill()
 
 
 async def test_real_upstash_endpoint_rejects_a_wrong_token(upstash_url: str) -> None:
