@@ -10,11 +10,17 @@ Failures come in two kinds, because callers treat them differently:
 - `KVUnavailable`: the store cannot be reached (connection refused, timeout, bad
   token, still loading its data). Callers fall back to Postgres or report `degraded`.
 - `KVError`: the store answered with an error (wrong type, script error).
+
+A KV logs when its store becomes unreachable and when it answers again, never once per
+failed call, so an outage is two lines however many requests it fails; `KV.available`
+holds the current state.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +28,8 @@ if TYPE_CHECKING:
     from core.embedded import EmbeddedRedis
     from core.resp import RespClient
     from core.settings import Settings
+
+log = logging.getLogger("orchesity.kv")
 
 KEY_PREFIX = "orchesity:"
 
@@ -63,6 +71,21 @@ class KV:
     """Backend-independent commands. Subclasses implement `_send` and `_send_many`."""
 
     backend = "abstract"
+    available = True  # False from a KVUnavailable until the store answers again
+    _down_since = 0.0
+
+    def _went_down(self, error: KVUnavailable) -> KVUnavailable:
+        """Note `error` (and return it); logged only if the store was reachable till now."""
+        if self.available:
+            self.available = False
+            self._down_since = time.monotonic()
+            log.warning("%s unavailable: %s", self.backend, error)
+        return error
+
+    def _reachable(self) -> None:
+        """The store answered after being unavailable (callers check `available`)."""
+        self.available = True
+        log.warning("%s reachable again after %.1f s", self.backend, time.monotonic() - self._down_since)
 
     # -- what a backend provides ---------------------------------------------------
     async def _send(self, command: Command) -> Any:
@@ -238,13 +261,17 @@ class RedisKV(KV):
 
     async def _round_trip(self, commands: Sequence[Command]) -> list[Any]:
         try:
-            return await self._client.execute(commands)
+            replies = await self._client.execute(commands)
         except TimeoutError as exc:  # a slow or frozen server is not a dead one: no restart
-            raise KVUnavailable(f"{self.backend} Redis did not answer in time") from exc
+            raise self._went_down(KVUnavailable(f"{self.backend} Redis did not answer in time")) from exc
         except OSError as exc:  # core.resp's ConnectionLost is a ConnectionError
             if self._embedded is not None:
                 self._embedded.revive_soon()
-            raise KVUnavailable(f"{self.backend} Redis unreachable: {type(exc).__name__}") from exc
+            error = KVUnavailable(f"{self.backend} Redis unreachable: {type(exc).__name__}")
+            raise self._went_down(error) from exc
+        if not self.available:
+            self._reachable()
+        return replies
 
     async def _send(self, command: Command) -> Any:
         (reply,) = await self._round_trip([command])
@@ -307,6 +334,16 @@ class UpstashKV(KV):
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout))
 
     async def _post(self, path: str, body: Any) -> Any:
+        try:
+            reply = await self._request(path, body)
+        except KVUnavailable as exc:
+            self._went_down(exc)
+            raise
+        if not self.available:
+            self._reachable()
+        return reply
+
+    async def _request(self, path: str, body: Any) -> Any:
         import asyncio
 
         import httpx

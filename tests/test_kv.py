@@ -307,7 +307,12 @@ async def test_unreachable_redis_is_unavailable_quickly(url: str) -> None:
     await kv.close()
 
 
-async def test_a_redis_that_comes_back_is_used_again_by_the_same_kv() -> None:
+def kv_log(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "orchesity.kv"]
+
+
+async def test_a_redis_that_comes_back_is_used_again_by_the_same_kv(
+        caplog: pytest.LogCaptureFixture) -> None:
     server = RedisProcess()
     server.start()
     kv = RedisKV.from_url(server.url, timeout=1.0)
@@ -317,12 +322,19 @@ async def test_a_redis_that_comes_back_is_used_again_by_the_same_kv() -> None:
         for _ in range(20):  # refused at once, every time: no waiting on a dead server
             with pytest.raises(KVUnavailable, match="unreachable"):
                 await kv.execute("GET", "orchesity:test:back")
+        assert kv.available is False
         server.start()  # same port, empty: it keeps nothing
         assert await kv.execute("GET", "orchesity:test:back") is None
         assert await kv.execute("SET", "orchesity:test:back", "2") == "OK"
+        assert kv.available is True
     finally:
         await kv.close()
         server.kill()
+    # Twenty failed calls, one outage: logged when it began and when it ended, once each.
+    logged = kv_log(caplog)
+    assert len(logged) == 2
+    assert logged[0].startswith("redis unavailable: redis Redis unreachable")
+    assert logged[1].startswith("redis reachable again after")
 
 
 async def test_a_redis_still_loading_its_data_is_unavailable(tmp_path: Path) -> None:
@@ -400,6 +412,23 @@ async def test_upstash_connect_error_is_retried_then_unavailable(upstash: Upstas
     with pytest.raises(KVUnavailable):
         await upstash.get("k")
     assert len(httpx_mock.get_requests()) == 1 + 3  # UPSTASH_RETRIES=3
+
+
+async def test_an_upstash_outage_is_logged_once_each_way(
+        upstash: UpstashKV, httpx_mock, caplog: pytest.LogCaptureFixture) -> None:
+    for _ in range(3 * 4):  # three calls of 1 + UPSTASH_RETRIES=3 attempts
+        httpx_mock.add_exception(httpx.ConnectError("connection refused"))
+    httpx_mock.add_response(json={"result": "dmFsdWU="})  # base64 "value"
+    for _ in range(3):
+        with pytest.raises(KVUnavailable):
+            await upstash.execute("GET", "k")
+    assert upstash.available is False
+    assert await upstash.execute("GET", "k") == "value"
+    assert upstash.available is True
+    logged = kv_log(caplog)
+    assert len(logged) == 2
+    assert logged[0].startswith("upstash unavailable: Upstash REST unreachable: ConnectError")
+    assert logged[1].startswith("upstash reachable again after")
 
 
 async def test_upstash_503_is_retried(upstash: UpstashKV, httpx_mock) -> None:
