@@ -54,9 +54,6 @@ class Script:
     def command(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
         return ["EVALSHA", self.sha, len(keys), *keys, *args]
 
-    def full_command(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
-        return ["EVAL", self.source, len(keys), *keys, *args]
-
 
 def _is_noscript(reply: Any) -> bool:
     return isinstance(reply, KVError) and str(reply).startswith("NOSCRIPT")
@@ -135,80 +132,15 @@ class KV:
                 raise reply
         return replies
 
-    async def run_script(self, script: Script, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
-        try:
-            return await self._send(script.command(keys, args))
-        except KVUnavailable:
-            raise
-        except KVError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-            return await self._send(script.full_command(keys, args))
-
-    # -- strings and counters ------------------------------------------------------
+    # -- the typed helpers core/ and functions/ use ----------------------------------
     async def ping(self) -> bool:
         return await self._send(["PING"]) == "PONG"
-
-    async def get(self, key: str) -> str | None:
-        return await self._send(["GET", key])
-
-    async def mget(self, keys: Sequence[str]) -> list[str | None]:
-        return await self._send(["MGET", *keys]) if keys else []
-
-    async def set(
-        self, key: str, value: Any, *, ex: int | None = None, px: int | None = None, nx: bool = False
-    ) -> bool:
-        command: list[Any] = ["SET", key, value]
-        if ex is not None:
-            command += ["EX", int(ex)]
-        if px is not None:
-            command += ["PX", int(px)]
-        if nx:
-            command.append("NX")
-        return await self._send(command) == "OK"
 
     async def delete(self, *keys: str) -> int:
         return await self._send(["DEL", *keys]) if keys else 0
 
-    async def exists(self, *keys: str) -> int:
-        return await self._send(["EXISTS", *keys])
-
-    async def incr(self, key: str, amount: int = 1) -> int:
-        return await self._send(["INCRBY", key, amount])
-
-    async def expire(self, key: str, seconds: int) -> bool:
-        return await self._send(["EXPIRE", key, int(seconds)]) == 1
-
-    async def ttl(self, key: str) -> int:
-        return await self._send(["TTL", key])
-
-    # -- hashes ----------------------------------------------------------------------
-    async def hset(self, key: str, mapping: Mapping[str, Any]) -> int:
-        flat = [item for pair in mapping.items() for item in pair]
-        return await self._send(["HSET", key, *flat])
-
-    async def hget(self, key: str, field: str) -> str | None:
-        return await self._send(["HGET", key, field])
-
     async def hgetall(self, key: str) -> dict[str, str]:
         return _pairs_to_dict(await self._send(["HGETALL", key]))
-
-    async def hincrby(self, key: str, field: str, amount: int = 1) -> int:
-        return await self._send(["HINCRBY", key, field, amount])
-
-    async def hdel(self, key: str, *fields: str) -> int:
-        return await self._send(["HDEL", key, *fields])
-
-    # -- streams ---------------------------------------------------------------------
-    async def xadd(
-        self, stream: str, fields: Mapping[str, Any], *, maxlen: int | None = None, id: str = "*"
-    ) -> str:
-        command: list[Any] = ["XADD", stream]
-        if maxlen is not None:
-            command += ["MAXLEN", "~", int(maxlen)]
-        command.append(id)
-        command += [item for pair in fields.items() for item in pair]
-        return await self._send(command)
 
     async def xrange(
         self, stream: str, start: str = "-", end: str = "+", count: int | None = None
