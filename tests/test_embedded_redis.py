@@ -139,3 +139,12 @@ def test_a_server_that_lost_its_socket_file_is_not_started_twice(tmp_path: Path)
         assert redis_servers_on(embedded.redis_dir) == [embedded.server.pid]
     finally:
         embedded.kill()
+
+
+async def test_closing_a_kv_whose_embedded_server_died_is_quiet(tmp_path: Path) -> None:
+    kv = open_kv(load_settings(_env_file=None, ORCHESITY_DATA_DIR=tmp_path))
+    assert isinstance(kv, RedisKV) and kv._embedded is not None
+    os.kill(kv._embedded.server.pid, signal.SIGKILL)
+    wait_until_down(kv._embedded)
+    await kv.close()  # no restart was asked for, and nothing is left to shut down
+    assert redis_servers_on(kv._embedded.redis_dir) == []
