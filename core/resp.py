@@ -6,9 +6,10 @@ Why not redis-py's asyncio client: on the gateway's hot path its pipeline machin
 fifth of the gateway's CPU per request). URL parsing is still redis-py's.
 
 One connection carries many requests at once: commands are written as they come and
-replies, which Redis sends in order, are matched to waiters in FIFO order. A timeout or
-a lost connection closes it (a late reply would otherwise be matched to the wrong
-waiter); the next call opens a new one.
+replies, which Redis sends in order, are matched to waiters in FIFO order. A caller that
+times out or is cancelled keeps its place in that order and its reply is dropped when it
+arrives, so the others on the connection are not disturbed; only a connection that looks
+stuck (see `RespClient.execute`) or is lost gets closed, and the next call opens a new one.
 """
 
 from __future__ import annotations
@@ -53,8 +54,10 @@ def pack(commands: Sequence[Sequence[Any]]) -> bytes:
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self._reader = hiredis.Reader(encoding="utf-8", errors="replace", notEnoughData=False)
-        self._waiters: collections.deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = collections.deque()
+        # (future, replies expected, replies so far, loop time the commands were sent)
+        self._waiters: collections.deque[tuple[asyncio.Future[list[Any]], int, list[Any], float]] = collections.deque()
         self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -75,7 +78,7 @@ class _Protocol(asyncio.Protocol):
             if not waiters:  # a reply nobody asked for: the stream is out of step
                 self._fail(ConnectionLost("unexpected reply from Redis"))
                 return
-            future, count, replies = waiters[0]
+            future, count, replies, _ = waiters[0]
             replies.append(ReplyError(str(reply)) if isinstance(reply, hiredis.ReplyError) else reply)
             if len(replies) == count:
                 waiters.popleft()
@@ -88,20 +91,25 @@ class _Protocol(asyncio.Protocol):
     def _fail(self, error: Exception) -> None:
         self.closed = True
         while self._waiters:
-            future, _, _ = self._waiters.popleft()
+            future = self._waiters.popleft()[0]
             if not future.done():
                 future.set_exception(error)
         if self._transport is not None:
             self._transport.close()
 
     def send(self, payload: bytes, count: int) -> asyncio.Future[list[Any]]:
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        future: asyncio.Future[list[Any]] = loop.create_future()
         if self.closed or self._transport is None:
             future.set_exception(ConnectionLost("connection to Redis is closed"))
             return future
-        self._waiters.append((future, count, []))
+        self._waiters.append((future, count, [], loop.time()))
         self._transport.write(payload)
         return future
+
+    def oldest_owed(self) -> float:
+        """Seconds the oldest reply still owed on this connection has been outstanding."""
+        return self._loop.time() - self._waiters[0][3] if self._waiters else 0.0
 
     def close(self) -> None:
         self._fail(ConnectionLost("connection closed by the client"))
@@ -122,6 +130,7 @@ class RespClient:
         self._password = options.get("password")
         self._db = int(options.get("db", db) or db)
         self._timeout = timeout
+        self._stuck_after = 2 * timeout
         self._slots: list[_Protocol | None] = [None] * max(1, connections)
         self._next = 0
         self._opening: list[asyncio.Lock] = [asyncio.Lock() for _ in self._slots]
@@ -138,10 +147,15 @@ class RespClient:
         if self._db:
             setup.append(["SELECT", self._db])
         if setup:
-            for reply in await protocol.send(pack(setup), len(setup)):
-                if isinstance(reply, ReplyError):
-                    protocol.close()
-                    raise ConnectionLost(f"Redis refused the connection setup: {str(reply).split(' ')[0]}")
+            try:
+                for reply in await protocol.send(pack(setup), len(setup)):
+                    if isinstance(reply, ReplyError):
+                        raise ConnectionLost(f"Redis refused the connection setup: {str(reply).split(' ')[0]}")
+            except BaseException:
+                # A refusal, or the caller's timeout while AUTH/SELECT is unanswered: no
+                # slot holds this connection yet, so close it here or nobody will.
+                protocol.close()
+                raise
         return protocol
 
     async def _connection(self) -> _Protocol:
@@ -158,7 +172,7 @@ class RespClient:
         """Send `commands` in one write and return their replies (ReplyError for errors).
 
         Raises ConnectionLost or OSError when Redis cannot be reached, TimeoutError when
-        it does not answer in time.
+        it does not answer in time (the commands may still run).
         """
         protocol: _Protocol | None = None
         try:
@@ -166,10 +180,15 @@ class RespClient:
                 protocol = await self._connection()
                 return await protocol.send(pack(commands), len(commands))
         except TimeoutError:
-            # Replies are still owed on this connection: a later one would be matched
-            # to the wrong caller, so it goes. (A cancelled caller is different: its
-            # reply arrives and is dropped, and the connection stays in step.)
-            if protocol is not None:
+            # This caller leaves like a cancelled one: its place in the FIFO stays and its
+            # reply is dropped when it comes, so the others on the connection keep their
+            # own deadlines. The connection goes only when it looks stuck: its oldest owed
+            # reply is outstanding for more than twice the timeout. Redis answers in order,
+            # so that reply holds up every one behind it; the second timeout's worth of
+            # slack lets one slow command (a long script, a huge reply) finish without
+            # failing the callers queued behind it that still have time, while a dead link
+            # (half-open TCP, a frozen server) is dropped by the first timeout after that.
+            if protocol is not None and protocol.oldest_owed() > self._stuck_after:
                 protocol.close()
             raise
 

@@ -152,7 +152,7 @@ async def test_redis_and_postgres_agree_on_the_same_outcomes(kv: KV, db: Databas
     await pair.check(retry + 600)
 
     # baselines: the Redis hash and the provider_weights table say the same
-    await kv.hset(baseline_key(pair.ns), {a: "0.75"})
+    await kv.execute("HSET", baseline_key(pair.ns), a, "0.75")
     await _weight_row(db, a, datetime.now(UTC), 0.75)
     stats = await pair.check(retry + 601)
     assert stats[a]["baseline_weight"] == 0.75 and stats[b]["baseline_weight"] is None

@@ -89,7 +89,7 @@ async def test_recompute_is_idempotent_orders_providers_and_feeds_the_router(db:
     stored = await kv.hgetall(baseline_key(ns))
     assert {name: float(value) for name, value in stored.items() if name in ours} == \
         {name: w for name, w in weights.items() if w is not None}
-    assert await kv.ttl(baseline_key(ns)) > 3600
+    assert await kv.execute("TTL", baseline_key(ns)) > 3600
     names = sorted(ours)
     profiles = [ProviderProfile(name) for name in names]
     for store in (RedisDWAStore(kv, profiles, namespace=ns), PostgresDWAStore(db, profiles)):
@@ -101,7 +101,7 @@ async def test_recompute_is_idempotent_orders_providers_and_feeds_the_router(db:
 
 async def test_a_window_without_traffic_clears_the_redis_baselines(db: Database, kv: KV) -> None:
     ns = f"rc-{uuid.uuid4().hex[:8]}"
-    await kv.hset(baseline_key(ns), {"gone": "0.9"})
+    await kv.execute("HSET", baseline_key(ns), "gone", "0.9")
     quiet = datetime(2031, 6, 1, tzinfo=UTC)  # nothing logged in the hour before
     assert await recompute(db, kv, now=quiet, namespace=ns) == []
     assert await kv.hgetall(baseline_key(ns)) == {}

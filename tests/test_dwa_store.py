@@ -72,7 +72,7 @@ async def test_one_read_is_one_round_trip_with_everything_folded_in(kv: KV, ns: 
     store = make_store(kv, ns)
     commands = store.read_commands(["a", "b"], round_robin=True)
     assert len(commands) == 2 * 2 + 3  # per provider HMGET + HGETALL, baselines, INCR + EXPIRE
-    await kv.hset(baseline_key(ns), {"a": "0.25"})
+    await kv.execute("HSET", baseline_key(ns), "a", "0.25")
     snap = store.parse(["a", "b"], await kv.pipeline(commands), T0, round_robin=True)
     assert snap.states["a"].baseline == 0.25 and snap.states["b"].baseline is None
     assert snap.rr_counter == 1
@@ -196,7 +196,7 @@ async def test_the_script_is_resent_after_a_script_flush(kv: KV, ns: str) -> Non
     await record(store, "a", OK, T0)
     await kv.execute("SCRIPT", "FLUSH")
     assert await store.claim_probe("a", T0)  # closed: nothing to claim, allowed
-    assert await kv.hget(state_key("a", ns), "ok") == "1"
+    assert await kv.execute("HGET", state_key("a", ns), "ok") == "1"
 
 
 async def test_the_python_update_matches_the_lua_field_for_field(kv: KV, ns: str) -> None:
@@ -222,6 +222,6 @@ async def test_the_python_update_matches_the_lua_field_for_field(kv: KV, ns: str
         python = apply_outcome(python, outcome, store.profile("a").cost(outcome.input_tokens,
                                                                         outcome.output_tokens), config)
         if rng.random() < 0.05 and await store.claim_probe("a", now):  # a probe claim now and then
-            python = dict(python, pu=(await kv.hget(state_key("a", ns), "pu")) or "0")
+            python = dict(python, pu=(await kv.execute("HGET", state_key("a", ns), "pu")) or "0")
         assert await kv.hgetall(state_key("a", ns)) == python
     assert python["ho"] in ("0", "1") and int(python["n"]) == 300

@@ -13,12 +13,14 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx  # httpx2, through the tests.httpx2_alias plugin
 import pytest
 
 from core.kv import KV, KVError, KVUnavailable, RedisKV, Script, UpstashKV, open_kv
 from core.settings import Settings, load_settings
+from tests.servers import RedisProcess
 from tests.upstash_rest import serve_upstash
 
 TOKEN = "test-upstash-token-7f3a"
@@ -92,79 +94,67 @@ async def test_backend_matches_the_configuration(kv: KV, request: pytest.Fixture
 # -- the contract ----------------------------------------------------------------------
 
 
-async def test_get_set_with_options(kv: KV, key: str) -> None:
-    assert await kv.get(key + "missing") is None
-    assert await kv.set(key + "a", "1") is True
-    assert await kv.get(key + "a") == "1"
-    assert await kv.ttl(key + "a") == -1
+async def test_strings_and_their_options(kv: KV, key: str) -> None:
+    # Raw replies, the same from every backend: "OK", None for nil, ints as ints.
+    assert await kv.execute("GET", key + "missing") is None
+    assert await kv.execute("SET", key + "a", "1") == "OK"
+    assert await kv.execute("GET", key + "a") == "1"
+    assert await kv.execute("TTL", key + "a") == -1
 
-    assert await kv.set(key + "a", "2", nx=True) is False
-    assert await kv.get(key + "a") == "1"
-    assert await kv.set(key + "b", 7, nx=True, ex=30) is True
-    assert await kv.get(key + "b") == "7"
-    assert 0 < await kv.ttl(key + "b") <= 30
+    assert await kv.execute("SET", key + "a", "2", "NX") is None
+    assert await kv.execute("GET", key + "a") == "1"
+    assert await kv.execute("SET", key + "b", 7, "NX", "EX", 30) == "OK"
+    assert await kv.execute("GET", key + "b") == "7"
+    assert 0 < await kv.execute("TTL", key + "b") <= 30
 
-    assert await kv.set(key + "c", "x", px=1500) is True
-    assert 0 < await kv.ttl(key + "c") <= 2
-    assert await kv.execute("PTTL", key + "c") <= 1500
+    assert await kv.execute("SET", key + "c", "x", "PX", 1500) == "OK"
+    assert 0 < await kv.execute("PTTL", key + "c") <= 1500
+    assert await kv.execute("EXPIRE", key + "missing", 10) == 0
+    assert await kv.execute("TTL", key + "missing") == -2
 
 
 async def test_mget_delete_exists_incr(kv: KV, key: str) -> None:
-    await kv.set(key + "a", "1")
-    await kv.set(key + "b", "2")
-    assert await kv.mget([key + "a", key + "missing", key + "b"]) == ["1", None, "2"]
-    assert await kv.mget([]) == []
+    await kv.pipeline([["SET", key + "a", "1"], ["SET", key + "b", "2"]])
+    assert await kv.execute("MGET", key + "a", key + "missing", key + "b") == ["1", None, "2"]
 
-    assert await kv.exists(key + "a", key + "b", key + "missing") == 2
+    assert await kv.execute("EXISTS", key + "a", key + "b", key + "missing") == 2
     assert await kv.delete(key + "a", key + "missing") == 1
-    assert await kv.exists(key + "a") == 0
+    assert await kv.execute("EXISTS", key + "a") == 0
     assert await kv.delete() == 0
 
-    assert await kv.incr(key + "n") == 1
-    assert await kv.incr(key + "n", 41) == 42
-    assert await kv.incr(key + "n", -2) == 40
-    assert await kv.get(key + "n") == "40"
-
-
-async def test_expire_and_ttl(kv: KV, key: str) -> None:
-    assert await kv.ttl(key + "missing") == -2
-    assert await kv.expire(key + "missing", 10) is False
-    await kv.set(key + "a", "1")
-    assert await kv.expire(key + "a", 100) is True
-    assert 90 < await kv.ttl(key + "a") <= 100
+    assert await kv.execute("INCR", key + "n") == 1
+    assert await kv.execute("INCRBY", key + "n", 41) == 42
+    assert await kv.execute("INCRBY", key + "n", -2) == 40
+    assert await kv.execute("GET", key + "n") == "40"
 
 
 async def test_hashes(kv: KV, key: str) -> None:
     h = key + "h"
     assert await kv.hgetall(h) == {}
-    assert await kv.hset(h, {"a": "1", "b": 2, "ü": UNICODE}) == 3
-    assert await kv.hset(h, {"a": "one"}) == 0
-    assert await kv.hget(h, "a") == "one"
-    assert await kv.hget(h, "missing") is None
-    assert await kv.hincrby(h, "b", 5) == 7
-    assert await kv.hincrby(h, "new") == 1
-    assert await kv.hgetall(h) == {"a": "one", "b": "7", "ü": UNICODE, "new": "1"}
-    assert await kv.hdel(h, "a", "missing") == 1
-    assert await kv.hgetall(h) == {"b": "7", "ü": UNICODE, "new": "1"}
+    assert await kv.execute("HSET", h, "a", "1", "b", 2, "ü", UNICODE) == 3
+    assert await kv.execute("HSET", h, "a", "one") == 0
+    assert await kv.execute("HGET", h, "a") == "one"
+    assert await kv.execute("HGET", h, "missing") is None
+    assert await kv.execute("HINCRBY", h, "b", 5) == 7
+    assert await kv.hgetall(h) == {"a": "one", "b": "7", "ü": UNICODE}
+    assert await kv.execute("HDEL", h, "a", "missing") == 1
+    assert await kv.hgetall(h) == {"b": "7", "ü": UNICODE}
 
 
-async def test_run_script_uses_evalsha_and_falls_back_after_script_flush(kv: KV, key: str) -> None:
+async def test_scripts_go_by_sha_and_are_sent_in_full_when_missing(kv: KV, key: str) -> None:
     script = fresh_script(key, "return {redis.call('INCRBY', KEYS[1], ARGV[1]), ARGV[2]}")
+    scripts = {script.sha: script}
     assert await kv.execute("SCRIPT", "EXISTS", script.sha) == [0]
     # First call: EVALSHA gets NOSCRIPT, the full source goes out and is cached.
-    assert await kv.run_script(script, [key + "n"], [2, UNICODE]) == [2, UNICODE]
+    assert await kv.pipeline([script.command([key + "n"], [2, UNICODE])], scripts=scripts) == [[2, UNICODE]]
     assert await kv.execute("SCRIPT", "EXISTS", script.sha) == [1]
-    assert await kv.run_script(script, [key + "n"], [3, "x"]) == [5, "x"]  # EVALSHA
-
-    assert await kv.execute("SCRIPT", "FLUSH") == "OK"
-    assert await kv.execute("SCRIPT", "EXISTS", script.sha) == [0]
-    assert await kv.run_script(script, [key + "n"], [1, "y"]) == [6, "y"]
-    assert await kv.execute("SCRIPT", "EXISTS", script.sha) == [1]
+    assert await kv.pipeline([script.command([key + "n"], [3, "x"])], scripts=scripts) == [[5, "x"]]
 
 
 async def test_script_errors_are_kv_errors(kv: KV, key: str) -> None:
+    script = fresh_script(key, "return redis.call('GET')")
     with pytest.raises(KVError) as caught:
-        await kv.run_script(fresh_script(key, "return redis.call('GET')"))
+        await kv.pipeline([script.command([], [])], scripts={script.sha: script})
     assert not isinstance(caught.value, KVUnavailable)
     assert str(caught.value).startswith("ERR ")
 
@@ -183,12 +173,12 @@ async def test_pipeline_keeps_order(kv: KV, key: str) -> None:
 
 
 async def test_pipeline_raises_the_error_of_a_failed_slot(kv: KV, key: str) -> None:
-    await kv.set(key + "s", "text")
+    await kv.execute("SET", key + "s", "text")
     with pytest.raises(KVError) as caught:
         await kv.pipeline([["INCR", key + "n"], ["HGET", key + "s", "f"], ["INCR", key + "n"]])
     assert not isinstance(caught.value, KVUnavailable)
     assert str(caught.value).startswith("WRONGTYPE")
-    assert await kv.get(key + "n") == "2"  # not a transaction: the other slots ran
+    assert await kv.execute("GET", key + "n") == "2"  # not a transaction: the other slots ran
 
 
 async def test_pipeline_transaction(kv: KV, key: str) -> None:
@@ -199,7 +189,7 @@ async def test_pipeline_transaction(kv: KV, key: str) -> None:
     # A command refused when queued aborts the whole transaction.
     with pytest.raises(KVError):
         await kv.pipeline([["SET", key + "t", "1"], ["GET"]], transaction=True)
-    assert await kv.exists(key + "t") == 0
+    assert await kv.execute("EXISTS", key + "t") == 0
 
 
 @pytest.mark.parametrize("transaction", [False, True])
@@ -212,14 +202,14 @@ async def test_pipeline_resends_flushed_scripts(kv: KV, key: str, transaction: b
     await kv.execute("SCRIPT", "FLUSH")
     replies = await kv.pipeline(commands, transaction=transaction, scripts={script.sha: script})
     assert replies == [5, None]  # the GET ran before the script's second round trip
-    assert await kv.get(key + "n") == "5"
+    assert await kv.execute("GET", key + "n") == "5"
     assert await kv.pipeline(commands, scripts={script.sha: script}) == [10, "10"]  # EVALSHA
 
 
 async def test_streams(kv: KV, key: str) -> None:
     stream = key + "events"
-    first = await kv.xadd(stream, {"type": "start", "text": UNICODE})
-    second = await kv.xadd(stream, {"type": "step", "n": 1})
+    first = await kv.execute("XADD", stream, "*", "type", "start", "text", UNICODE)
+    second = await kv.execute("XADD", stream, "*", "type", "step", "n", 1)
     assert await kv.xlen(stream) == 2
     assert await kv.xrange(stream) == [
         (first, {"type": "start", "text": UNICODE}),
@@ -232,7 +222,7 @@ async def test_streams(kv: KV, key: str) -> None:
     assert [entry_id for entry_id, _ in await kv.xrange(stream)] == [second]
     assert await kv.xrange(key + "missing") == []
 
-    explicit = await kv.xadd(key + "ids", {"a": "b"}, id="5-1")
+    explicit = await kv.execute("XADD", key + "ids", "5-1", "a", "b")
     assert explicit == "5-1"
 
 
@@ -240,7 +230,7 @@ async def test_xadd_maxlen_trims(kv: KV, key: str) -> None:
     stream = key + "capped"
     # MAXLEN ~ trims whole stream nodes (100 entries each), so fill more than two first.
     await kv.pipeline([["XADD", stream, "*", "i", i] for i in range(250)])
-    await kv.xadd(stream, {"i": "last"}, maxlen=10)
+    await kv.execute("XADD", stream, "MAXLEN", "~", 10, "*", "i", "last")
     length = await kv.xlen(stream)
     assert 10 <= length < 251
     newest = await kv.execute("XREVRANGE", stream, "+", "-", "COUNT", 1)
@@ -266,22 +256,22 @@ async def test_scan_iter_pages_through_matches(kv: KV, key: str,
 
 
 async def test_unicode_values_and_the_ok_string(kv: KV, key: str) -> None:
-    await kv.set(key + "ü", UNICODE)
-    await kv.set(key + "ok", "OK")  # base64 leaves exactly "OK" alone
-    await kv.set(key + "b64", "T0s=")  # and a value that looks like base64 is not decoded twice
-    assert await kv.get(key + "ü") == UNICODE
-    assert await kv.mget([key + "ok", key + "b64"]) == ["OK", "T0s="]
+    await kv.execute("SET", key + "ü", UNICODE)
+    await kv.execute("SET", key + "ok", "OK")  # base64 leaves exactly "OK" alone
+    await kv.execute("SET", key + "b64", "T0s=")  # and a value that looks like base64 is not decoded twice
+    assert await kv.execute("GET", key + "ü") == UNICODE
+    assert await kv.execute("MGET", key + "ok", key + "b64") == ["OK", "T0s="]
     assert [k async for k in kv.scan_iter(key + "ü")] == [key + "ü"]
 
 
 async def test_wrong_type_and_bad_values_are_kv_errors(kv: KV, key: str) -> None:
-    await kv.hset(key + "h", {"f": "v"})
-    await kv.set(key + "s", "text")
+    await kv.execute("HSET", key + "h", "f", "v")
+    await kv.execute("SET", key + "s", "text")
     for call, prefix in [
-        (kv.get(key + "h"), "WRONGTYPE"),
-        (kv.hget(key + "s", "f"), "WRONGTYPE"),
-        (kv.xadd(key + "s", {"a": "b"}), "WRONGTYPE"),
-        (kv.incr(key + "s"), "ERR value is not an integer"),
+        (kv.execute("GET", key + "h"), "WRONGTYPE"),
+        (kv.execute("HGET", key + "s", "f"), "WRONGTYPE"),
+        (kv.execute("XADD", key + "s", "*", "a", "b"), "WRONGTYPE"),
+        (kv.execute("INCR", key + "s"), "ERR value is not an integer"),
         (kv.execute("GET"), "ERR wrong number of arguments"),
     ]:
         with pytest.raises(KVError) as caught:
@@ -298,11 +288,65 @@ async def test_unreachable_redis_is_unavailable_quickly(url: str) -> None:
     kv = RedisKV.from_url(url, timeout=1.0)
     started = time.monotonic()
     with pytest.raises(KVUnavailable):
-        await kv.get("orchesity:test:x")
+        await kv.execute("GET", "orchesity:test:x")
     with pytest.raises(KVUnavailable):
         await kv.pipeline([["GET", "orchesity:test:x"]])
     assert time.monotonic() - started < 1.0
     await kv.close()
+
+
+def kv_log(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "orchesity.kv"]
+
+
+async def test_a_redis_that_comes_back_is_used_again_by_the_same_kv(
+        caplog: pytest.LogCaptureFixture) -> None:
+    server = RedisProcess()
+    server.start()
+    kv = RedisKV.from_url(server.url, timeout=1.0)
+    try:
+        assert await kv.execute("SET", "orchesity:test:back", "1") == "OK"
+        server.kill()
+        for _ in range(20):  # refused at once, every time: no waiting on a dead server
+            with pytest.raises(KVUnavailable, match="unreachable"):
+                await kv.execute("GET", "orchesity:test:back")
+        assert kv.available is False
+        server.start()  # same port, empty: it keeps nothing
+        assert await kv.execute("GET", "orchesity:test:back") is None
+        assert await kv.execute("SET", "orchesity:test:back", "2") == "OK"
+        assert kv.available is True
+    finally:
+        await kv.close()
+        server.kill()
+    # Twenty failed calls, one outage: logged when it began and when it ended, once each.
+    logged = kv_log(caplog)
+    assert len(logged) == 2
+    assert logged[0].startswith("redis unavailable: redis Redis unreachable")
+    assert logged[1].startswith("redis reachable again after")
+
+
+async def test_a_redis_still_loading_its_data_is_unavailable(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path)
+    server.start("--rdbcompression", "no")
+    kv = RedisKV.from_url(server.url, timeout=5.0)
+    try:
+        await kv.execute("DEBUG", "POPULATE", 100, "big", 100_000)  # a 10 MB dump.rdb
+        await kv.execute("SAVE")
+        server.kill()
+        server.start("--key-load-delay", "5000")  # 5 ms a key: half a second of LOADING
+        loading = 0
+        while True:
+            try:
+                await kv.execute("GET", "big:1")
+                break
+            except KVUnavailable as exc:  # not a KVError: nothing wrong with the command
+                assert str(exc).startswith("LOADING")
+                loading += 1
+                await asyncio.sleep(0.02)
+        assert loading > 0
+    finally:
+        await kv.close()
+        server.kill()
 
 
 async def test_real_upstash_endpoint_rejects_a_wrong_token(upstash_url: str) -> None:
@@ -329,7 +373,7 @@ async def upstash() -> AsyncIterator[UpstashKV]:
 async def test_upstash_401_is_unavailable_and_hides_the_token(upstash: UpstashKV, httpx_mock) -> None:
     httpx_mock.add_response(status_code=401, json={"error": "Unauthorized"})
     with pytest.raises(KVUnavailable) as caught:
-        await upstash.get("k")
+        await upstash.execute("GET", "k")
     assert TOKEN not in str(caught.value) and TOKEN not in repr(caught.value)
     request = httpx_mock.get_request()
     assert request.headers["authorization"] == f"Bearer {TOKEN}"
@@ -347,21 +391,38 @@ async def test_upstash_error_reply_is_a_kv_error(upstash: UpstashKV, httpx_mock)
 async def test_upstash_read_timeout_is_unavailable_and_not_retried(upstash: UpstashKV, httpx_mock) -> None:
     httpx_mock.add_exception(httpx.ReadTimeout("timed out"))
     with pytest.raises(KVUnavailable):
-        await upstash.incr("k")  # the INCR may have run: never sent twice
+        await upstash.execute("INCR", "k")  # the INCR may have run: never sent twice
     assert len(httpx_mock.get_requests()) == 1
 
 
 async def test_upstash_connect_error_is_retried_then_unavailable(upstash: UpstashKV, httpx_mock) -> None:
     httpx_mock.add_exception(httpx.ConnectError("connection refused"), is_reusable=True)
     with pytest.raises(KVUnavailable):
-        await upstash.get("k")
+        await upstash.execute("GET", "k")
     assert len(httpx_mock.get_requests()) == 1 + 3  # UPSTASH_RETRIES=3
+
+
+async def test_an_upstash_outage_is_logged_once_each_way(
+        upstash: UpstashKV, httpx_mock, caplog: pytest.LogCaptureFixture) -> None:
+    for _ in range(3 * 4):  # three calls of 1 + UPSTASH_RETRIES=3 attempts
+        httpx_mock.add_exception(httpx.ConnectError("connection refused"))
+    httpx_mock.add_response(json={"result": "dmFsdWU="})  # base64 "value"
+    for _ in range(3):
+        with pytest.raises(KVUnavailable):
+            await upstash.execute("GET", "k")
+    assert upstash.available is False
+    assert await upstash.execute("GET", "k") == "value"
+    assert upstash.available is True
+    logged = kv_log(caplog)
+    assert len(logged) == 2
+    assert logged[0].startswith("upstash unavailable: Upstash REST unreachable: ConnectError")
+    assert logged[1].startswith("upstash reachable again after")
 
 
 async def test_upstash_503_is_retried(upstash: UpstashKV, httpx_mock) -> None:
     httpx_mock.add_response(status_code=503, text="unavailable")
     httpx_mock.add_response(json={"result": "dmFsdWU="})  # base64 "value"
-    assert await upstash.get("k") == "value"
+    assert await upstash.execute("GET", "k") == "value"
     assert len(httpx_mock.get_requests()) == 2
 
 
@@ -383,16 +444,15 @@ async def test_a_cancelled_caller_leaves_the_shared_connection_in_step(redis_url
     # disconnect) must not shift the replies the others receive.
     kv = RedisKV.from_url(redis_url, connections=1)
     try:
-        await kv.set("orchesity:test:cancel:a", "A")
-        await kv.set("orchesity:test:cancel:b", "B")
+        await kv.pipeline([["SET", "orchesity:test:cancel:a", "A"], ["SET", "orchesity:test:cancel:b", "B"]])
         slow = asyncio.ensure_future(kv.execute("EVAL", "local t = redis.call('TIME') "
                                                 "while redis.call('TIME')[2] - t[2] < 20000 and "
                                                 "redis.call('TIME')[1] == t[1] do end return 'slow'", 0))
-        first = asyncio.ensure_future(kv.get("orchesity:test:cancel:a"))
-        second = asyncio.ensure_future(kv.get("orchesity:test:cancel:b"))
+        first = asyncio.ensure_future(kv.execute("GET", "orchesity:test:cancel:a"))
+        second = asyncio.ensure_future(kv.execute("GET", "orchesity:test:cancel:b"))
         await asyncio.sleep(0)
         first.cancel()
         assert await second == "B" and await slow == "slow"
-        assert await kv.get("orchesity:test:cancel:a") == "A"
+        assert await kv.execute("GET", "orchesity:test:cancel:a") == "A"
     finally:
         await kv.close()

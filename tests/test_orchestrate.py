@@ -88,8 +88,7 @@ async def test_cache_options_and_clear_leaves_other_keys(open_gateway: Any) -> N
     body = {"prompt": "Cache me", "temperature": 0, "cache": {"namespace": "docs"}}
     async with open_gateway() as gw:
         kv = gw.services.kv
-        await kv.set("orchesity:not-cache", "keep")
-        await kv.set("someone-else:key", "keep")
+        await kv.pipeline([["SET", "orchesity:not-cache", "keep"], ["SET", "someone-else:key", "keep"]])
         await gw.client.post("/api/llm/orchestrate", json=body)
         assert (await gw.client.post("/api/llm/orchestrate", json=body)).json()["results"][0]["cached"]
         no_cache = await gw.client.post("/api/llm/orchestrate", json={**body, "cache": {"namespace": "docs",
@@ -102,8 +101,8 @@ async def test_cache_options_and_clear_leaves_other_keys(open_gateway: Any) -> N
 
         assert cleared.status_code == 200 and cleared.json()["cleared"] >= 1
         assert after.json()["results"][0]["cached"] is False
-        assert await kv.get("orchesity:not-cache") == "keep" and await kv.get("someone-else:key") == "keep"
-        assert dwa_keys_before and all([await kv.exists(k) for k in dwa_keys_before])
+        assert await kv.execute("MGET", "orchesity:not-cache", "someone-else:key") == ["keep", "keep"]
+        assert dwa_keys_before and await kv.execute("EXISTS", *dwa_keys_before) == len(dwa_keys_before)
 
 
 async def test_failover_to_the_next_provider_is_recorded(open_gateway: Any, tmp_path: Path) -> None:
