@@ -31,7 +31,7 @@ from core.db import Database
 from core.dwa.router import Decision, Router
 from core.dwa.state import Outcome, OutcomeKind, ProviderState, Snapshot
 from core.dwa.store import DWAStore
-from core.kv import KV, KVError
+from core.kv import KV, KVError, KVUnavailable
 from core.outage import Outage
 from core.providers.base import (
     Adapter,
@@ -189,7 +189,9 @@ class Orchestrator:
         self.cache_ttl = cache_ttl
         self.cache_mode = CacheMode(cache_mode)
         self.default_timeout = default_timeout
-        self.redis_outage = Outage("Redis", log)
+        # Redis being unreachable is logged by the KV itself, once per outage; this one is
+        # for Redis answering commands with errors (out of memory, a script refused).
+        self.redis_errors = Outage("Redis, answering with errors,", log)
         self.postgres_outage = Outage("Postgres", log)
 
     # -- the request flow -------------------------------------------------------------
@@ -329,9 +331,9 @@ class Orchestrator:
             try:
                 replies = await self.kv.pipeline(commands)
             except KVError as exc:  # Redis down: route on priors, no cache, log to Postgres
-                self.redis_outage.failed(exc)
+                self._redis_failed(exc)
             else:
-                self.redis_outage.recovered()
+                self.redis_errors.recovered()
                 if read_cache:
                     hit = cache.parse_entry(replies[0])
                     replies = replies[1:]
@@ -546,6 +548,10 @@ class Orchestrator:
             selection_reason=result.selection_reason, dwa_score=result.dwa_score,
         )
 
+    def _redis_failed(self, exc: KVError) -> None:
+        if not isinstance(exc, KVUnavailable):
+            self.redis_errors.failed(exc)
+
     # -- step 3: one record round trip ---------------------------------------------------------
     async def _finish(self, plan: _Plan, orchestration: Orchestration) -> None:
         if orchestration.cached:
@@ -573,9 +579,9 @@ class Orchestrator:
             try:
                 await self.kv.pipeline(commands, scripts=self.store.scripts)
             except KVError as exc:
-                self.redis_outage.failed(exc)
+                self._redis_failed(exc)
             else:
-                self.redis_outage.recovered()
+                self.redis_errors.recovered()
                 orchestration.database_logged = True
         else:
             try:
