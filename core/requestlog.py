@@ -6,18 +6,26 @@ long-running server (`drain_continuously`, started by the app's lifespan), and f
 cron function or `orchesity drain` where nothing runs between requests (Lambda). A batch is deleted from the stream only after Postgres committed it,
 and rows are keyed by `log_id`, so a drain that dies half-way, or two drains at once,
 lose and duplicate nothing. Without Redis the record goes straight to Postgres.
+
+Rows are inserted as the JSON they were queued as: one statement expands the batch with
+`jsonb_to_recordset`, so nothing is decoded into objects or compiled per row. (Building
+a 1,000-row INSERT through SQLAlchemy's compiler cost 0.4 ms of CPU a row, on the
+serving process's event loop; this costs a few microseconds a row there.) A batch that
+Postgres refuses for its data is retried row by row, so one bad record cannot hold back
+the stream: it is dropped, with a warning, and the rest go in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+import re
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import func, select, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DataError, IntegrityError
 
 from core import fastjson
 from core.db import Database
@@ -59,35 +67,64 @@ class LogEntry:
     dwa_score: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def row(self) -> dict[str, Any]:
-        values = asdict(self)
-        values.pop("extra")
-        values["created_at"] = datetime.fromtimestamp(self.created_at, UTC)
-        return values
+    def json(self) -> str:
+        # vars(), not asdict(): asdict deep-copies every field, on every request
+        return fastjson.dumps(vars(self)).decode()
 
 
 def append_command(entry: LogEntry) -> list[Any]:
-    # vars(), not asdict(): asdict deep-copies every field, on every request
-    payload = fastjson.dumps(vars(entry)).decode()
-    return ["XADD", STREAM, "MAXLEN", "~", STREAM_MAXLEN, "*", "e", payload]
+    return ["XADD", STREAM, "MAXLEN", "~", STREAM_MAXLEN, "*", "e", entry.json()]
+
+
+def _insert_statement() -> Any:
+    """INSERT … SELECT FROM jsonb_to_recordset(:rows): a JSON array of LogEntry objects."""
+    table = RequestLog.__table__
+    dialect = postgresql.dialect()
+    names = [f.name for f in fields(LogEntry) if f.name != "extra"]
+    # created_at is queued as epoch seconds (a float), stored as a timestamp
+    types = {name: "double precision" if name == "created_at" else table.c[name].type.compile(dialect)
+             for name in names}
+    selected = ["to_timestamp(created_at)" if name == "created_at" else name for name in names]
+    return text(
+        f"INSERT INTO request_log ({', '.join(names)}) SELECT {', '.join(selected)} "
+        f"FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r({', '.join(f'{n} {types[n]}' for n in names)}) "
+        "ON CONFLICT (log_id) DO NOTHING")
+
+
+_INSERT = _insert_statement()
+# \u0000 escapes, but not an escaped backslash followed by "u0000"
+_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 async def write(db: Database, entries: list[LogEntry]) -> int:
     """Insert entries into `request_log`, skipping any already there; returns rows added."""
-    if not entries:
+    return await _insert(db, [entry.json() for entry in entries])
+
+
+async def _insert(db: Database, payloads: list[str]) -> int:
+    """Insert queued records (each a LogEntry's JSON); a record Postgres refuses for its
+    data (or one that is not ours) is dropped with a warning. Raises when Postgres is down."""
+    if not payloads:
         return 0
-    statement = insert(RequestLog.__table__).values([e.row() for e in entries])
-    statement = statement.on_conflict_do_nothing(index_elements=["log_id"])
-    async with db.engine.begin() as conn:
-        result = await conn.execute(statement)
-    return result.rowcount or 0
-
-
-def _decode(fields: dict[str, str]) -> LogEntry | None:
     try:
-        return LogEntry(**fastjson.loads(fields["e"]))
-    except (KeyError, TypeError, ValueError):
-        return None
+        return await _insert_batch(db, payloads)
+    except (DataError, IntegrityError):
+        if len(payloads) == 1:
+            log.warning("dropping a request-log record Postgres refuses: %.200s", payloads[0])
+            return 0
+    added = 0
+    for payload in payloads:  # find the bad one; the others go in
+        added += await _insert(db, [payload])
+    return added
+
+
+async def _insert_batch(db: Database, payloads: list[str]) -> int:
+    rows = "[" + ",".join(payloads) + "]"
+    if "\\u0000" in rows:  # text in Postgres cannot hold NUL, which JSON may (a provider's message)
+        rows = _NUL.sub(r"\1", rows)
+    async with db.engine.begin() as conn:
+        result = await conn.execute(_INSERT, {"rows": rows})
+    return result.rowcount or 0
 
 
 async def drain(kv: KV, db: Database, *, batch: int = 500, max_batches: int | None = None) -> int:
@@ -100,14 +137,14 @@ async def drain(kv: KV, db: Database, *, batch: int = 500, max_batches: int | No
         items = await kv.xrange(STREAM, count=batch)
         if not items:
             break
-        entries = []
-        for entry_id, fields in items:
-            entry = _decode(fields)
-            if entry is None:  # not ours or corrupt: drop it, or it blocks every drain
+        payloads = []
+        for entry_id, queued in items:
+            payload = queued.get("e")
+            if payload is None or not payload.startswith("{"):  # not ours: drop it, or it blocks every drain
                 log.warning("dropping undecodable request-log entry %s", entry_id)
             else:
-                entries.append(entry)
-        await write(db, entries)
+                payloads.append(payload)
+        await _insert(db, payloads)
         await kv.xdel(STREAM, *[entry_id for entry_id, _ in items])
         moved += len(items)
         batches += 1

@@ -4,6 +4,7 @@ Redis or Postgres failing under it. Each must be survived with nothing lost."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,9 @@ async def _wait_for_row(kv: Any, request_id: str, deadline_s: float = 5.0) -> di
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         for _, fields in await kv.xrange(requestlog.STREAM):
-            entry = requestlog._decode(fields)
-            if entry is not None and entry.request_id == request_id:
-                return vars(entry)
+            entry = json.loads(fields["e"])
+            if entry["request_id"] == request_id:
+                return entry
         await asyncio.sleep(0.02)
     return None
 
@@ -185,3 +186,26 @@ async def test_redis_killed_under_load_loses_no_logged_request_and_comes_back(
     assert found == len(logged)  # every request that said database_logged has its row
     assert again.json()["metadata"]["cached_response"] is True  # the cache works again
     assert after.json()["metadata"]["database_logged"] is True
+
+
+async def test_a_record_postgres_refuses_does_not_hold_back_the_log(kv: Any, db: Any) -> None:
+    from sqlalchemy import select
+
+    from core.models import RequestLog
+    from core.requestlog import LogEntry, append_command
+
+    good = LogEntry(log_id="nul-1:0", request_id="nul-1", endpoint="test", status="error",
+                    created_at=time.time(), error="the provider said \x00 here")
+    also = LogEntry(log_id="nul-2:0", request_id="nul-2", endpoint="test", status="ok", created_at=time.time())
+    bad = append_command(also)
+    bad[-1] = bad[-1].replace('"prompt_tokens":0', '"prompt_tokens":"many"')  # a type Postgres refuses
+    bad[-1] = bad[-1].replace("nul-2", "nul-3")
+    await kv.pipeline([append_command(good), bad, ["XADD", requestlog.STREAM, "*", "x", "not ours"],
+                       append_command(also)])
+    await requestlog.drain(kv, db)
+    async with db.engine.connect() as conn:
+        rows = {r.log_id: r for r in (await conn.execute(select(RequestLog).where(
+            RequestLog.request_id.in_(["nul-1", "nul-2", "nul-3"])))).all()}
+    assert set(rows) == {"nul-1:0", "nul-2:0"}  # the refused one dropped, the others in
+    assert rows["nul-1:0"].error == "the provider said  here"
+    assert await requestlog.pending(kv) == 0

@@ -98,8 +98,10 @@ class Run:
         self.ttft: dict[str, Any] = {}
         self.redis: dict[str, Any] = {}
         self.nonce = uuid.uuid4().hex[:8]
+        # temperature 0: a request whose answer is meant to repeat, which is what
+        # Orchesity caches by default (CACHE_MODE=deterministic); every target gets it.
         self.base_body: dict[str, Any] = {"model": "mock", "messages": [
-            {"role": "user", "content": f"{PROMPT} (run {self.nonce})"}], "max_tokens": 16}
+            {"role": "user", "content": f"{PROMPT} (run {self.nonce})"}], "max_tokens": 16, "temperature": 0}
         self.tool = "wrk"
         self.mock: Service | None = None
 
