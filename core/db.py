@@ -5,28 +5,41 @@ embedded PostgreSQL when none is set. Supabase's transaction pooler (port 6543,
 PgBouncer in transaction mode) hands each transaction a different server connection,
 so pooling on our side and server-side prepared statements both break there: such
 URLs get NullPool and psycopg's `prepare_threshold=None`.
+
+SQLAlchemy and the driver (about 0.2 s to import) are loaded when the engine is first
+used, not when this module is: the gateway's hot path needs only Redis, and a function
+whose requests never reach Postgres should not pay for it in its cold start.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
-
-from sqlalchemy import text
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import NullPool
-from sqlmodel.ext.asyncio.session import AsyncSession
+from typing import TYPE_CHECKING, Any
 
 from core.embedded import EmbeddedPostgres, start_postgres
 from core.settings import Settings, database_scheme
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+    from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+    from sqlmodel.ext.asyncio.session import AsyncSession
 
 DRIVER = "postgresql+psycopg"
 POOLER_PORT = 6543  # Supabase's transaction pooler; the session pooler is on 5432
 
 # asyncpg spells the TLS option `ssl=`; libpq (psycopg) rejects that and wants `sslmode=`.
 _ASYNCPG_SSL = {"true": "require", "false": "disable"}
+
+
+def load_driver() -> None:
+    """Load SQLAlchemy's asyncio engine and psycopg now.
+
+    For a function whose every request reaches Postgres (health, the request log, keys,
+    cron), at import: a new container's init phase, rather than inside its first request.
+    """
+    import psycopg  # noqa: F401
+    import sqlalchemy.ext.asyncio  # noqa: F401
+    import sqlmodel.ext.asyncio.session  # noqa: F401
 
 
 def normalise_url(url: str) -> str:
@@ -40,6 +53,9 @@ def normalise_url(url: str) -> str:
         scheme = database_scheme(url)
     except ValueError as exc:
         raise ValueError(f"DATABASE_URL {exc}") from None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     rest = url.strip().partition("://")[2]
     try:
         parsed = make_url(f"{DRIVER}://{rest}")
@@ -55,6 +71,8 @@ def normalise_url(url: str) -> str:
 
 def is_transaction_pooler(url: str | URL) -> bool:
     """True for a PgBouncer-style transaction pooler: port 6543 or `pgbouncer=true`."""
+    from sqlalchemy.engine import make_url
+
     parsed = make_url(url)
     flag = parsed.query.get("pgbouncer")
     return parsed.port == POOLER_PORT or (isinstance(flag, str) and flag.lower() == "true")
@@ -66,6 +84,10 @@ def make_engine(url: str, settings: Settings | None = None) -> AsyncEngine:
     Pooling follows the DB_POOL_* settings; with no settings (one-shot use such as a
     migration) or behind a transaction pooler there is no pool of our own.
     """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
     parsed = make_url(normalise_url(url))
     pooler = is_transaction_pooler(parsed)
     # psycopg passes unknown query parameters to libpq, which rejects `pgbouncer`.
@@ -87,14 +109,31 @@ def make_engine(url: str, settings: Settings | None = None) -> AsyncEngine:
 
 
 class Database:
-    """An engine, its session factory and, when embedded, the server it started."""
+    """A database URL and, built on first use, its engine and session factory; when
+    embedded, the server it started."""
 
-    def __init__(self, engine: AsyncEngine, embedded: EmbeddedPostgres | None = None) -> None:
-        self.engine = engine
+    def __init__(self, url: str, settings: Settings | None = None,
+                 embedded: EmbeddedPostgres | None = None) -> None:
+        self._url = url
+        self._settings = settings
         self.embedded = embedded
-        self.sessionmaker = async_sessionmaker(
-            engine, class_=AsyncSession, expire_on_commit=False
-        )
+        self._engine: AsyncEngine | None = None
+        self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            self._engine = make_engine(self._url, self._settings)
+        return self._engine
+
+    @property
+    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        if self._sessionmaker is None:
+            from sqlalchemy.ext.asyncio import async_sessionmaker
+            from sqlmodel.ext.asyncio.session import AsyncSession
+
+            self._sessionmaker = async_sessionmaker(self.engine, class_=AsyncSession, expire_on_commit=False)
+        return self._sessionmaker
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -104,9 +143,9 @@ class Database:
         call this from a thread if an event loop must stay responsive meanwhile.
         """
         if settings.DATABASE_URL is not None:
-            return cls(make_engine(settings.DATABASE_URL.get_secret_value(), settings))
+            return cls(settings.DATABASE_URL.get_secret_value(), settings)
         embedded = start_postgres(settings.ORCHESITY_DATA_DIR)
-        return cls(make_engine(embedded.url, settings), embedded)
+        return cls(embedded.url, settings, embedded)
 
     @property
     def url(self) -> str:
@@ -123,6 +162,8 @@ class Database:
 
     async def ping(self) -> float:
         """Seconds to get a connection and run SELECT 1; raises if the database is down."""
+        from sqlalchemy import text
+
         started = time.perf_counter()
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
@@ -135,4 +176,5 @@ class Database:
         when the last process attached to it exits, so `orchesity serve`'s migration
         step and the app that follows share one running server instead of restarting it.
         """
-        await self.engine.dispose()
+        if self._engine is not None:
+            await self._engine.dispose()

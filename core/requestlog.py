@@ -21,17 +21,15 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any
-
-from sqlalchemy import func, select, text
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import DataError, IntegrityError
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 from core import fastjson
-from core.db import Database
 from core.kv import KEY_PREFIX, KV
-from core.models import RequestLog
 from core.outage import Outage
+
+if TYPE_CHECKING:
+    from core.db import Database
 
 log = logging.getLogger("orchesity.requestlog")
 
@@ -76,8 +74,16 @@ def append_command(entry: LogEntry) -> list[Any]:
     return ["XADD", STREAM, "MAXLEN", "~", STREAM_MAXLEN, "*", "e", entry.json()]
 
 
+@cache
 def _insert_statement() -> Any:
-    """INSERT … SELECT FROM jsonb_to_recordset(:rows): a JSON array of LogEntry objects."""
+    """INSERT … SELECT FROM jsonb_to_recordset(:rows): a JSON array of LogEntry objects.
+
+    Built on first use: SQLAlchemy is not loaded until something reaches Postgres."""
+    from sqlalchemy import text
+    from sqlalchemy.dialects import postgresql
+
+    from core.models import RequestLog
+
     table = RequestLog.__table__
     dialect = postgresql.dialect()
     names = [f.name for f in fields(LogEntry) if f.name != "extra"]
@@ -91,7 +97,6 @@ def _insert_statement() -> Any:
         "ON CONFLICT (log_id) DO NOTHING")
 
 
-_INSERT = _insert_statement()
 # \u0000 escapes, but not an escaped backslash followed by "u0000"
 _NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
@@ -104,6 +109,8 @@ async def write(db: Database, entries: list[LogEntry]) -> int:
 async def _insert(db: Database, payloads: list[str]) -> int:
     """Insert queued records (each a LogEntry's JSON); a record Postgres refuses for its
     data (or one that is not ours) is dropped with a warning. Raises when Postgres is down."""
+    from sqlalchemy.exc import DataError, IntegrityError
+
     if not payloads:
         return 0
     try:
@@ -123,7 +130,7 @@ async def _insert_batch(db: Database, payloads: list[str]) -> int:
     if "\\u0000" in rows:  # text in Postgres cannot hold NUL, which JSON may (a provider's message)
         rows = _NUL.sub(r"\1", rows)
     async with db.engine.begin() as conn:
-        result = await conn.execute(_INSERT, {"rows": rows})
+        result = await conn.execute(_insert_statement(), {"rows": rows})
     return result.rowcount or 0
 
 
@@ -171,6 +178,10 @@ async def pending(kv: KV | None) -> int:
 
 
 async def recent(db: Database, *, limit: int, provider: str | None = None) -> list[dict[str, Any]]:
+    from sqlalchemy import select
+
+    from core.models import RequestLog
+
     table = RequestLog.__table__
     query = select(table).order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit)
     if provider is not None:
@@ -185,6 +196,10 @@ async def recent(db: Database, *, limit: int, provider: str | None = None) -> li
 
 async def summary(db: Database) -> dict[str, Any]:
     """Totals over every final row, and per provider over every attempt."""
+    from sqlalchemy import func, select
+
+    from core.models import RequestLog
+
     t = RequestLog.__table__
     final = t.c.final.is_(True)
     totals = select(

@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from core.db import Database
 from core.kv import KV, open_kv
 from core.settings import Settings
 
 if TYPE_CHECKING:
     import httpx2
 
+    from core.db import Database
+
+    from core.auth import Authenticator
     from core.orchestrator import Orchestrator
 
 
@@ -29,10 +31,13 @@ class Services:
     # pytest-httpx answers); owned by whoever set it. None: each deployment builds its own.
     provider_transport: "httpx2.AsyncBaseTransport | None" = None
     _orchestrator: "Orchestrator | None" = field(default=None, repr=False)
+    _authenticator: "Authenticator | None" = field(default=None, repr=False)
 
     @classmethod
     async def open(cls, settings: Settings, *,
                    provider_transport: "httpx2.AsyncBaseTransport | None" = None) -> "Services":
+        from core.db import Database
+
         db = Database.from_settings(settings)
         try:
             kv = open_kv(settings)
@@ -49,6 +54,14 @@ class Services:
             self._orchestrator = build_orchestrator(self.settings, self.db, self.kv,
                                                     provider_transport=self.provider_transport)
         return self._orchestrator
+
+    @property
+    def authenticator(self) -> "Authenticator":
+        if self._authenticator is None:
+            from core.auth import Authenticator
+
+            self._authenticator = Authenticator(self.settings, self.db, self.kv)
+        return self._authenticator
 
     async def close(self) -> None:
         if self._orchestrator is not None:

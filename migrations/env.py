@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
 import core.models  # noqa: F401  (registers the tables on SQLModel.metadata)
-from core.db import Database, make_engine
+from core.db import Database
 from core.migrate import lock_migrations
 from core.settings import load_settings
 
@@ -34,7 +34,7 @@ def run_migrations(connection: Connection) -> None:
 
 async def run_standalone() -> None:
     url = config.attributes.get("url")
-    db = Database(make_engine(url)) if url else Database.from_settings(load_settings())
+    db = Database(url) if url else Database.from_settings(load_settings())
     try:
         async with db.engine.connect() as connection:
             await connection.run_sync(run_migrations)

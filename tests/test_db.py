@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import AsyncAdaptedQueuePool, NullPool
 from sqlmodel import select
 
-from core.db import Database, is_transaction_pooler, make_engine, normalise_url
+from core.db import Database, is_transaction_pooler, normalise_url
 from core.embedded import EmbeddedPostgres
 from core.settings import Settings, load_settings
 
@@ -122,7 +122,7 @@ async def test_ping_and_session(settings: Settings) -> None:
 
 
 async def test_ping_raises_when_the_server_is_unreachable() -> None:
-    db = Database(make_engine("postgresql://postgres@/postgres?host=/nonexistent-orchesity"))
+    db = Database("postgresql://postgres@/postgres?host=/nonexistent-orchesity")
     try:
         with pytest.raises(OperationalError):
             await db.ping()
@@ -131,7 +131,7 @@ async def test_ping_raises_when_the_server_is_unreachable() -> None:
 
 
 def test_repr_masks_the_password() -> None:
-    db = Database(make_engine("postgres://app:s3cret-pw@db.example.com:5432/app"))
+    db = Database("postgres://app:s3cret-pw@db.example.com:5432/app")
     assert "s3cret-pw" not in repr(db)
     assert "s3cret-pw" in db.url  # the property is for connecting, not for logs
 
