@@ -7,6 +7,8 @@ Orchesity runs on an embedded PostgreSQL and Redis under `.orchesity/`.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
 import signal
 import sys
 from collections.abc import Coroutine
@@ -57,11 +59,13 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
     except (OSError, ValueError) as exc:
         raise _fail(str(exc), 1) from None
     except Exception as exc:
-        from sqlalchemy.exc import InterfaceError, OperationalError
+        from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        if isinstance(exc, ProgrammingError) and "does not exist" in reason:
+            raise _fail(f"the database schema is behind ({reason}): run `orchesity migrate`", 1) from None
         if not isinstance(exc, (OperationalError, InterfaceError)):
             raise
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
         raise _fail(f"cannot reach the database (DATABASE_URL): {reason}", 1) from None
 
 
@@ -114,6 +118,7 @@ def serve(
         # With no DATABASE_URL this starts the embedded Postgres; it keeps running
         # for the workers, which attach to it, and stops when the last one exits.
         _run(_migrate(settings, "head", down=False))
+    _decide_access(settings, host, port)
     # uvicorn shuts down gracefully on SIGTERM (what Fly, systemd and Docker send), then
     # re-raises it; with the default handler that ends the process before its exit
     # hooks run. As an exit instead, they run: the embedded servers are let go of.
@@ -122,6 +127,48 @@ def serve(
                 http="functions.serving:HeadDeadlineProtocol",
                 log_level=settings.LOG_LEVEL.value.lower(), access_log=access_log,
                 log_config=log_config(settings.LOG_LEVEL.value))
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _decide_access(settings: Settings, host: str, port: int) -> None:
+    """Open on loopback while no key exists (the two-command quick start), keys otherwise.
+
+    The choice reaches the workers through the environment (OPEN_ACCESS).
+    """
+    from core.auth import any_active_key
+
+    keys_exist = _run(_with_database(settings, any_active_key))
+    how = "create one with `orchesity keys create NAME --scopes admin` (it prints the key)"
+    if settings.OPEN_ACCESS or (not keys_exist and not settings.SUPABASE_URL):
+        if not _loopback(host):
+            reason = "OPEN_ACCESS=true" if settings.OPEN_ACCESS else "no API key exists"
+            raise _fail(f"{reason}, so anyone who can reach --host {host} could spend the provider keys: "
+                        f"{how}, or serve on 127.0.0.1")
+        os.environ["OPEN_ACCESS"] = "true"
+        typer.echo(f"orchesity: OPEN ACCESS on http://{host}:{port}: no key is needed (local use only); "
+                   f"to require keys, {how}", err=True)
+        return
+    if settings.CRON_SECRET is None and settings.QSTASH_CURRENT_SIGNING_KEY is None:
+        raise _fail("keys are enforced, so the scheduler needs a credential of its own: set CRON_SECRET "
+                    "(a long random value, e.g. `openssl rand -hex 32`) or QSTASH_CURRENT_SIGNING_KEY")
+
+
+async def _with_database(settings: Settings, work: Any) -> Any:
+    from core.db import Database
+
+    db = Database.from_settings(settings)
+    try:
+        return await work(db)
+    finally:
+        await db.close()
 
 
 async def _drain(settings: Settings, batch: int) -> tuple[int, int]:
@@ -223,6 +270,103 @@ def dwa_recompute(
 
     for row in asyncio.run(_with_services(_settings(), work)):
         typer.echo(", ".join(f"{k}={_figure(v)}" for k, v in row.items()))
+
+
+cron_app = typer.Typer(help="What a scheduler runs (the cron function's work, from a shell).", no_args_is_help=True)
+app.add_typer(cron_app, name="cron")
+
+
+@cron_app.command("tick")
+def cron_tick(
+    window: Annotated[int, typer.Option(min=60, help="Weights' aggregation window in seconds.")] = 3600,
+    every: Annotated[float | None, typer.Option(min=1, help="Tick again every this many seconds, "
+                                                            "until stopped (a scheduler process).")] = None,
+) -> None:
+    """Drain the request log, recompute routing weights, reconcile budgets: one JSON line a tick."""
+    import json
+
+    from core import cron
+
+    async def loop(services: Any) -> None:
+        while True:
+            typer.echo(json.dumps(await cron.tick(services, window), default=str))
+            if every is None:
+                return
+            await asyncio.sleep(every)
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stopped scheduler exits cleanly
+    _run(_with_services(_settings(), loop))
+
+
+keys = typer.Typer(help="API keys: create (the key is shown once), list, revoke.", no_args_is_help=True)
+app.add_typer(keys, name="keys")
+
+
+@keys.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="What the key is for (shown in lists and logs).")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated: llm, runs, tools, admin.")],
+    expires_in_days: Annotated[float | None, typer.Option(min=0.001, help="Expire after this many days.")] = None,
+    shared_cache: Annotated[bool, typer.Option(help="Share cached answers with other shared keys.")] = False,
+    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(min=1, help="LLM tokens per minute.")] = None,
+    budget_day: Annotated[float | None, typer.Option(min=0.0001, help="USD per UTC day.")] = None,
+    budget_month: Annotated[float | None, typer.Option(min=0.0001, help="USD per UTC month.")] = None,
+) -> None:
+    """Issue a key. Its details first; the key itself alone on the last line (shown once)."""
+    import getpass
+    import socket
+    from datetime import UTC, datetime, timedelta
+
+    from core.auth import create_key, parse_scopes
+    from core.limits import Limits
+
+    try:
+        chosen = parse_scopes(scopes)
+    except ValueError as exc:
+        raise _fail(f"--scopes: {exc}") from None
+    expires = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
+
+    async def work(db: Any) -> tuple[str, dict[str, Any]]:
+        return await create_key(db, name=name, scopes=chosen, created_by=f"cli:{getpass.getuser()}@{socket.gethostname()}",
+                                expires_at=expires, shared_cache=shared_cache,
+                                limits=Limits(rpm, tpm, budget_day, budget_month))
+
+    key, row = _run(_with_database(_settings(), work))
+    typer.echo(f"created key {row['prefix']} ({row['id']}) named {name!r}, scopes {', '.join(row['scopes'])}"
+               + (f", expires {row['expires_at']}" if row["expires_at"] else ""))
+    typer.echo("the key is shown this once; keep it now:")
+    typer.echo(key)
+
+
+@keys.command("list")
+def keys_list(include_revoked: Annotated[bool, typer.Option("--all", help="Revoked keys too.")] = False) -> None:
+    """The keys (never a key itself)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from core.auth import list_keys
+
+    rows = _run(_with_database(_settings(), lambda db: list_keys(db, include_revoked=include_revoked)))
+    table = Table(title="API keys")
+    for column in ("prefix", "name", "scopes", "created", "expires", "revoked", "limits"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["prefix"], row["name"], ",".join(row["scopes"]), row["created_at"] or "-",
+                      row["expires_at"] or "-", row["revoked_at"] or "-",
+                      ", ".join(f"{k}={v}" for k, v in row["limits"].items()) or "-")
+    Console().print(table)
+
+
+@keys.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or prefix.")]) -> None:
+    """Revoke a key: refused everywhere within AUTH_CACHE_SECONDS."""
+    from core.auth import revoke_key
+
+    row = _run(_with_services(_settings(), lambda svc: revoke_key(svc.db, svc.kv, key)))
+    if row is None:
+        raise _fail(f"no key has the id or prefix {key!r}", 1)
+    typer.echo(f"revoked key {row['prefix']} ({row['name']})")
 
 
 def main() -> None:  # pragma: no cover - the console script

@@ -1,4 +1,5 @@
-"""The Postgres tables: runs, steps and events (seed `004_…`), the request log and DWA state.
+"""The Postgres tables: runs, steps and events (seed `004_…`), the request log, DWA state
+and API keys.
 
 Every change here needs a migration in `migrations/versions/`; the test suite checks
 that these models and the migrated schema agree.
@@ -12,7 +13,7 @@ from typing import Any
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import BigInteger, Column, DateTime, Index, UniqueConstraint, func
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TEXT
 from sqlmodel import Field, SQLModel
 
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 and friends
@@ -94,7 +95,8 @@ class RequestLog(SQLModel, table=True):
     """
 
     __tablename__ = "request_log"
-    __table_args__ = (Index("ix_request_log_provider_created_at", "provider", "created_at"),)
+    __table_args__ = (Index("ix_request_log_provider_created_at", "provider", "created_at"),
+                      Index("ix_request_log_caller_key_id_created_at", "caller_key_id", "created_at"))
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
     log_id: str = Field(unique=True, index=True)
@@ -165,3 +167,30 @@ class DWACounter(SQLModel, table=True):
     key: str = Field(primary_key=True)
     value: int = Field(sa_type=BigInteger)
     updated_at: datetime = _timestamp(onupdate=True)
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key: its lookup prefix and hash (never the key), who it is, what it may do.
+
+    The key itself is shown once when created (core/auth.py); `prefix` finds the row and
+    `key_hash` (SHA-256 of the whole key) proves the caller has it. Limits are per key and
+    optional (core/limits.py); `shared_cache` lets its cached answers be read by other
+    keys that opt in too, rather than only by itself.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    prefix: str = Field(unique=True, index=True)
+    key_hash: str
+    name: str
+    scopes: list[str] = Field(sa_column=Column(ARRAY(TEXT), nullable=False))
+    created_at: datetime = _timestamp()
+    created_by: str
+    expires_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    shared_cache: bool = False
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    budget_usd_per_day: float | None = None
+    budget_usd_per_month: float | None = None

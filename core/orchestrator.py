@@ -27,11 +27,12 @@ import anyio
 
 from core import cache
 from core.cache import CachePolicy
-from core.db import Database
 from core.dwa.router import Decision, Router
 from core.dwa.state import Outcome, OutcomeKind, ProviderState, Snapshot
 from core.dwa.store import DWAStore
+from core import limits
 from core.kv import KV, KVError, KVUnavailable
+from core.limits import LimitExceeded, Limits, Verdict
 from core.outage import Outage
 from core.providers.base import (
     Adapter,
@@ -53,6 +54,8 @@ from core.settings import CacheMode, RoutingStrategy, Settings
 
 if TYPE_CHECKING:
     import httpx2
+
+    from core.db import Database
 
 log = logging.getLogger("orchesity.orchestrator")
 
@@ -80,7 +83,9 @@ class LLMRequest:
     strategy: RoutingStrategy | None = None
     cache: CachePolicy = field(default_factory=CachePolicy)
     endpoint: str = "orchestrate"
-    tenant: str | None = None           # caller key id: logs and cache isolation
+    caller: str | None = None           # the caller's key id (or user id): the request log
+    tenant: str | None = None           # whose cache it reads and writes (None: the shared one)
+    limits: Limits | None = None        # the caller's rate limits and budgets
     timeout: float | None = None        # overall deadline, seconds
 
 
@@ -149,6 +154,7 @@ class Orchestration:
     provider_time: float = 0.0          # seconds spent waiting on providers
     cached: bool = False
     database_logged: bool = False
+    verdict: Verdict | None = None      # the caller's limits as checked (None: none, or Redis down)
 
     @property
     def overhead_ms(self) -> float:
@@ -172,6 +178,7 @@ class _Plan:
     snapshot: Snapshot
     cache_key: str | None
     hit: dict[str, Any] | None
+    verdict: Verdict | None = None
     commands: list[Any] = field(default_factory=list)
     entries: list[LogEntry] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
@@ -189,6 +196,7 @@ class Orchestrator:
         self.cache_ttl = cache_ttl
         self.cache_mode = CacheMode(cache_mode)
         self.default_timeout = default_timeout
+        self.scripts = {**store.scripts, **limits.SCRIPTS} if kv is not None else {}
         # Redis being unreachable is logged by the KV itself, once per outage; this one is
         # for Redis answering commands with errors (out of memory, a script refused).
         self.redis_errors = Outage("Redis, answering with errors,", log)
@@ -233,7 +241,7 @@ class Orchestrator:
             return orchestration, _replay(result)
 
         result = Result(provider=None, model=None)
-        orchestration = Orchestration(plan.request_id, [result], strategy)
+        orchestration = Orchestration(plan.request_id, [result], strategy, verdict=plan.verdict)
         attempt = await self._attempt(plan, plan.slots[0], result, _first_chunk)
         if attempt is None:
             orchestration.provider_time = result.provider_time
@@ -322,18 +330,26 @@ class Orchestrator:
         now = time.time()
         # A caller may ask for less time than the operator allows, never for more.
         timeout = min(request.timeout, self.default_timeout) if request.timeout else self.default_timeout
-        hit, snapshot = None, None
+        hit, snapshot, verdict = None, None, None
         if self.kv is not None:
             commands = self.store.read_commands(names, round_robin=round_robin)
             read_cache = key is not None and not policy.no_cache
             if read_cache:
                 commands = [cache.read_command(key), *commands]
+            limited = request.limits is not None and request.caller is not None
+            if limited:
+                commands = [limits.check_command(request.caller, request.limits, now), *commands]
             try:
-                replies = await self.kv.pipeline(commands)
-            except KVError as exc:  # Redis down: route on priors, no cache, log to Postgres
+                replies = await self.kv.pipeline(commands, scripts=self.scripts)
+            except KVError as exc:  # Redis down: route on priors, no cache, limits fail open, log to Postgres
                 self._redis_failed(exc)
             else:
                 self.redis_errors.recovered()
+                if limited:
+                    verdict = limits.parse_check(replies[0], now)
+                    if not verdict.allowed:
+                        raise LimitExceeded(verdict, request.limits)
+                    replies = replies[1:]
                 if read_cache:
                     hit = cache.parse_entry(replies[0])
                     replies = replies[1:]
@@ -346,7 +362,7 @@ class Orchestrator:
         if snapshot is None:
             snapshot = Snapshot(now, tuple(names), {n: ProviderState(n, self.store.profile(n)) for n in names})
         return _Plan(request, "req_" + uuid.uuid4().hex, started, now, started + timeout, slots,
-                     snapshot, key, hit if hit and hit.get("results") else None)
+                     snapshot, key, hit if hit and hit.get("results") else None, verdict)
 
     def _slots(self, request: LLMRequest) -> list[list[Adapter]]:
         if not request.targets:
@@ -532,7 +548,7 @@ class Orchestrator:
         """Queue one request-log row; the fields every row of this request shares are filled in."""
         plan.entries.append(LogEntry(
             log_id=f"{plan.request_id}:{len(plan.entries)}", request_id=plan.request_id,
-            endpoint=plan.request.endpoint, created_at=plan.now, caller_key_id=plan.request.tenant,
+            endpoint=plan.request.endpoint, created_at=plan.now, caller_key_id=plan.request.caller,
             strategy=(plan.request.strategy or self.router.strategy).value, **fields,
         ))
 
@@ -554,6 +570,7 @@ class Orchestrator:
 
     # -- step 3: one record round trip ---------------------------------------------------------
     async def _finish(self, plan: _Plan, orchestration: Orchestration) -> None:
+        orchestration.verdict = plan.verdict
         if orchestration.cached:
             for result in orchestration.results:
                 self._log_result(plan, result, 0.0)
@@ -575,9 +592,14 @@ class Orchestrator:
                 commands.append(cache.write_command(plan.cache_key, entry, policy.ttl or self.cache_ttl))
             if plan.cache_key is not None and not policy.no_cache:
                 commands.append(cache.count_command(orchestration.cached))
+            request = plan.request
+            if request.limits is not None and request.caller is not None and not orchestration.cached:
+                tokens = sum(r.usage.total_tokens for r in orchestration.results if r.usage)
+                cost = sum(r.cost for r in orchestration.results)
+                commands.append(limits.record_command(request.caller, request.limits, plan.now, tokens, cost))
             commands += [append_command(e) for e in plan.entries]
             try:
-                await self.kv.pipeline(commands, scripts=self.store.scripts)
+                await self.kv.pipeline(commands, scripts=self.scripts)
             except KVError as exc:
                 self._redis_failed(exc)
             else:
@@ -636,12 +658,9 @@ def build_orchestrator(settings: Settings, db: Database, kv: KV | None, *,
     pytest-httpx answers); by default each deployment builds its own.
     """
     from core.dwa.profile import ProviderProfile
-    from core.providers import tokens
     from core.providers.registry import load_registry
 
     registry = load_registry(settings, transport=provider_transport)
-    for model in {a.spec.model for a in registry}:  # in the background: never inside a request
-        tokens.preload(model)
     profiles = [
         ProviderProfile(a.name, a.spec.priority, a.spec.price_input_per_1k, a.spec.price_output_per_1k,
                         a.spec.max_concurrency)

@@ -125,11 +125,41 @@ class Settings(BaseSettings):
     REQUEST_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0, le=3600)
     MAX_REQUEST_BYTES: int = Field(default=4 * 1024 * 1024, ge=1024)
     RECEIVE_TIMEOUT_SECONDS: float = Field(default=15.0, gt=0, le=600)
-    CORS_ALLOW_ORIGINS: str = "*"  # comma-separated origins; empty turns CORS off
+    CORS_ALLOW_ORIGINS: str = ""  # comma-separated origins allowed to call from a browser; empty: none
     CRON_SECRET: SecretStr | None = None
+    QSTASH_CURRENT_SIGNING_KEY: SecretStr | None = None
+    QSTASH_NEXT_SIGNING_KEY: SecretStr | None = None
+    PUBLIC_URL: str | None = None  # how callers reach this deployment (https://…), if behind a proxy
     DEBUG: bool = False
     LOG_LEVEL: LogLevel = LogLevel.INFO
     SECRET_KEY: SecretStr | None = None
+
+    # --- Who may call (core/auth.py) ----------------------------------------------------
+    OPEN_ACCESS: bool = False  # no key needed: set by `orchesity serve` on loopback with no key
+    AUTH_CACHE_SECONDS: float = Field(default=5.0, ge=0, le=300)
+    AUTH_REDIS_TTL_SECONDS: int = Field(default=60, ge=1, le=3600)
+    SUPABASE_URL: str | None = None
+    SUPABASE_ANON_KEY: SecretStr | None = None
+    SUPABASE_JWT_AUDIENCE: str = "authenticated"
+    SUPABASE_JWT_ROLE_SCOPES: str = "authenticated=llm,runs,tools"
+
+    @property
+    def supabase_role_scopes(self) -> dict[str, list[str]]:
+        """SUPABASE_JWT_ROLE_SCOPES as {role: scopes} (validated at load)."""
+        return _role_scopes(self.SUPABASE_JWT_ROLE_SCOPES)
+
+    @field_validator("SUPABASE_JWT_ROLE_SCOPES")
+    @classmethod
+    def _valid_role_scopes(cls, value: str) -> str:
+        _role_scopes(value)
+        return value
+
+    @field_validator("SUPABASE_URL")
+    @classmethod
+    def _supabase_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (the project URL, e.g. https://<ref>.supabase.co)")
+        return value
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -159,6 +189,19 @@ class Settings(BaseSettings):
         if self.REDIS_URL:
             return "redis"
         return "embedded"
+
+
+def _role_scopes(text: str) -> dict[str, list[str]]:
+    """`authenticated=llm,runs;service_role=admin` as {role: [scopes]}."""
+    from core.auth import parse_scopes
+
+    mapping: dict[str, list[str]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        role, sep, scopes = part.partition("=")
+        if not sep or not role.strip():
+            raise ValueError(f"{part!r} is not role=scope,scope")
+        mapping[role.strip()] = parse_scopes(scopes)
+    return mapping
 
 
 def _is_secret(name: str) -> bool:

@@ -4,10 +4,12 @@ POST /api/cron/recompute-weights  windowed provider figures -> DWA baseline weig
 POST /api/cron/drain-logs         the request log queued in Redis -> Postgres
 POST /api/cron/tick               both (one schedule is enough)
 
-Each is idempotent and safe to overlap with itself. With CRON_SECRET set, a call must
-carry `Authorization: Bearer <CRON_SECRET>`. With Redis down, drain-logs answers 503
-(the records wait in Redis), recompute-weights still writes the weights to Postgres and
-says the Redis baselines were not published, and tick answers both parts as they went.
+The work is core/cron.py's (`orchesity cron tick` runs it from a shell). A call is
+authorised by any of:
+`Authorization: Bearer <CRON_SECRET>` (Fly scheduled machines, any cron), an
+`Upstash-Signature` from QStash (checked with QSTASH_CURRENT_SIGNING_KEY and
+QSTASH_NEXT_SIGNING_KEY, the body's hash included, by the `qstash` package's Receiver),
+or an admin key. See core/cron.py for what each answers when Redis is down.
 """
 
 from __future__ import annotations
@@ -15,47 +17,63 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Query, Request
 
-from core import requestlog
-from core.kv import KVUnavailable
+from core import cron
+from core.auth import Scope
+from core.db import load_driver
 from core.services import Services
-from functions.http import ApiError, create_app, entry_points, services
+from functions.http import ApiError, authenticate, bearer, create_app, entry_points, services
 
+load_driver()  # every request here reaches Postgres: load its stack at import
 router = APIRouter(prefix="/api/cron", tags=["cron"])
 
-
-async def authorised(authorization: str | None = Header(default=None),
-                     svc: Services = Depends(services)) -> Services:
-    secret = svc.settings.CRON_SECRET
-    if secret is not None:
-        given = (authorization or "").removeprefix("Bearer ").encode()
-        if not hmac.compare_digest(given, secret.get_secret_value().encode()):
-            raise ApiError(401, "cron calls need Authorization: Bearer <CRON_SECRET>",
-                           type="authentication_error", code="invalid_cron_secret")
-    return svc
+_REFUSED = ("cron calls need Authorization: Bearer <CRON_SECRET>, an Upstash-Signature from QStash, "
+            "or an admin key")
 
 
-async def _recompute(svc: Services, window_seconds: int) -> dict[str, Any]:
-    from core.dwa.recompute import publish, recompute
+async def authorised(request: Request, svc: Services = Depends(services)) -> Services:
+    settings = svc.settings
+    if settings.OPEN_ACCESS:
+        return svc
+    token = bearer(request)
+    secret = settings.CRON_SECRET
+    if token is not None and secret is not None and hmac.compare_digest(
+            token.encode(), secret.get_secret_value().encode()):
+        return svc
+    signature = request.headers.get("upstash-signature")
+    if signature is not None:
+        await _verify_qstash(request, svc, signature)
+        return svc
+    if token is not None and token != (secret.get_secret_value() if secret else None):
+        caller = await authenticate(request, svc)
+        if caller.allows(Scope.admin):
+            return svc
+    raise ApiError(401, _REFUSED, type="authentication_error", code="invalid_cron_credentials",
+                   headers={"www-authenticate": "Bearer"})
 
-    weights = await recompute(svc.db, None, window_seconds=window_seconds)
-    answer: dict[str, Any] = {"window_seconds": window_seconds, "providers": weights,
-                              "baselines_published": False}
-    if svc.kv is not None:
-        try:
-            await publish(svc.kv, weights, window_seconds)
-            answer["baselines_published"] = True
-        except KVUnavailable as exc:
-            answer["note"] = f"Redis is unavailable ({exc}): weights kept in Postgres only"
-    return answer
 
+async def _verify_qstash(request: Request, svc: Services, signature: str) -> None:
+    settings = svc.settings
+    if settings.QSTASH_CURRENT_SIGNING_KEY is None:
+        raise ApiError(401, "a QStash signature came, but QSTASH_CURRENT_SIGNING_KEY is not set",
+                       type="authentication_error", code="invalid_cron_credentials")
+    from qstash import Receiver
+    from qstash.errors import SignatureError
 
-async def _drain(svc: Services) -> dict[str, Any]:
-    if svc.kv is None:
-        return {"moved": 0, "pending": 0, "note": "no Redis: requests are logged straight to Postgres"}
-    moved = await requestlog.drain(svc.kv, svc.db)
-    return {"moved": moved, "pending": await requestlog.pending(svc.kv)}
+    current = settings.QSTASH_CURRENT_SIGNING_KEY.get_secret_value()
+    following = settings.QSTASH_NEXT_SIGNING_KEY.get_secret_value() if settings.QSTASH_NEXT_SIGNING_KEY else current
+    # The URL QStash called: behind a proxy that is the public one, not the one we see.
+    url = str(request.url)
+    if settings.PUBLIC_URL:
+        url = settings.PUBLIC_URL.rstrip("/") + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    body = (await request.body()).decode("utf-8", "replace")
+    try:
+        Receiver(current_signing_key=current, next_signing_key=following).verify(
+            signature=signature, body=body, url=url)
+    except SignatureError as exc:
+        raise ApiError(401, f"the QStash signature does not match: {exc}", type="authentication_error",
+                       code="invalid_qstash_signature") from None
 
 
 WINDOW = Query(default=3600, ge=60, le=7 * 24 * 3600, description="Aggregation window, seconds.")
@@ -63,22 +81,17 @@ WINDOW = Query(default=3600, ge=60, le=7 * 24 * 3600, description="Aggregation w
 
 @router.post("/recompute-weights")
 async def recompute_weights(window_seconds: int = WINDOW, svc: Services = Depends(authorised)) -> dict[str, Any]:
-    return await _recompute(svc, window_seconds)
+    return await cron.recompute_weights(svc, window_seconds)
 
 
 @router.post("/drain-logs")
 async def drain_logs(svc: Services = Depends(authorised)) -> dict[str, Any]:
-    return await _drain(svc)
+    return await cron.drain(svc)
 
 
 @router.post("/tick")
 async def tick(window_seconds: int = WINDOW, svc: Services = Depends(authorised)) -> dict[str, Any]:
-    # Drain first, so the recompute sees the requests that were still queued.
-    try:
-        drained = await _drain(svc)
-    except KVUnavailable as exc:
-        drained = {"moved": 0, "pending": None, "error": f"Redis is unavailable ({exc})"}
-    return {"drain": drained, "recompute": await _recompute(svc, window_seconds)}
+    return await cron.tick(svc, window_seconds)
 
 
 __getattr__ = entry_points(lambda: create_app(router, title="Orchesity cron"))

@@ -5,6 +5,8 @@ GET    /api/db/requests/recent    the latest request-log rows (?limit=&provider=
 GET    /api/db/cache/stats        hits, misses and entries of the response cache
 DELETE /api/db/cache/clear        delete the cache's entries (?namespace=), nothing else
 
+Every route is the admin's: the request log says who called what.
+
 The two request-log reads first move what is still queued in Redis into Postgres, so
 they include the calls made a moment ago; with Redis down they answer from Postgres
 alone and say so. The cache lives in Redis: without it, its routes answer 503.
@@ -17,12 +19,15 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 
 from core import cache, requestlog
+from core.auth import Scope
+from core.db import load_driver
 from core.kv import KVError
 from core.providers.config import NAME_PATTERN
 from core.services import Services
-from functions.http import create_app, entry_points, services
+from functions.http import create_app, entry_points, require, services
 
-router = APIRouter(tags=["db"])
+load_driver()  # every request here reaches Postgres: load its stack at import
+router = APIRouter(tags=["db"], dependencies=[Depends(require(Scope.admin))])
 
 CATCH_UP_BATCHES = 4  # at most this many drain batches before a read (2,000 records)
 

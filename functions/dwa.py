@@ -1,8 +1,8 @@
 """The DWA function: what the router knows about each provider, and a reset.
 
-GET  /api/llm/dwa/stats          per provider: the seed's fields and ours
-POST /api/llm/dwa/reset          ?provider= one, or every provider: back to the priors
-GET  /api/llm/dwa/best-provider  the provider the DWA would pick now, with its score
+GET  /api/llm/dwa/stats          per provider: the seed's fields and ours       (llm)
+POST /api/llm/dwa/reset          ?provider= one, or every provider: back to the priors (admin)
+GET  /api/llm/dwa/best-provider  the provider the DWA would pick now, with its score (llm)
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
+from core.auth import Scope
 from core.providers.config import NAME_PATTERN
 from core.services import Services
-from functions.http import ApiError, create_app, entry_points, services
+from functions.http import ApiError, create_app, entry_points, require, services
 
 router = APIRouter(tags=["dwa"])
 
@@ -39,7 +40,7 @@ def _names(svc: Services, provider: str | None) -> list[str]:
     return [provider]
 
 
-@router.get("/api/llm/dwa/stats")
+@router.get("/api/llm/dwa/stats", dependencies=[Depends(require(Scope.llm))])
 async def dwa_stats(svc: Services = Depends(services)) -> dict[str, Any]:
     orchestrator = svc.orchestrator
     stats = await orchestrator.router.stats(orchestrator.registry.names, time.time())
@@ -51,7 +52,7 @@ async def dwa_stats(svc: Services = Depends(services)) -> dict[str, Any]:
     }
 
 
-@router.post("/api/llm/dwa/reset")
+@router.post("/api/llm/dwa/reset", dependencies=[Depends(require(Scope.admin))])
 async def dwa_reset(provider: str | None = Query(default=None, pattern=NAME_PATTERN),
                     svc: Services = Depends(services)) -> dict[str, Any]:
     names = _names(svc, provider)
@@ -59,7 +60,7 @@ async def dwa_reset(provider: str | None = Query(default=None, pattern=NAME_PATT
     return {"reset": names}
 
 
-@router.get("/api/llm/dwa/best-provider")
+@router.get("/api/llm/dwa/best-provider", dependencies=[Depends(require(Scope.llm))])
 async def best_provider(svc: Services = Depends(services)) -> dict[str, Any]:
     orchestrator = svc.orchestrator
     decision = await orchestrator.router.best(orchestrator.registry.names, time.time())

@@ -6,10 +6,10 @@ from fastapi import FastAPI
 
 from core.services import Services
 from core.settings import Settings
-from functions import cron, db, dwa, health, orchestrate
+from functions import cron, db, dwa, health, keys, orchestrate
 from functions.http import create_app, entry_points
 
-ROUTERS = (health.router, orchestrate.router, dwa.router, db.router, cron.router)
+ROUTERS = (health.router, orchestrate.router, dwa.router, db.router, cron.router, keys.router)
 
 
 def build_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:

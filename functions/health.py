@@ -1,24 +1,50 @@
-"""GET /api/health: is this instance able to serve, and what is degraded."""
+"""GET /api/health: is this instance able to serve, and what is degraded.
+
+The one route that needs no key (load balancers and uptime checks call it). The
+machine's own figures (memory, disk, the process) are shown to admins only; everyone
+sees each dependency's status and whether keys are enforced.
+"""
 
 from __future__ import annotations
 
 import time
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from core import __version__
+from core.auth import Scope
+from core.db import load_driver
 from core.health import check_all
 from core.services import Services
-from functions.http import JSONResponse, create_app, entry_points, services
+from functions.http import ApiError, JSONResponse, authenticate, bearer, create_app, entry_points, services
 
+load_driver()  # every request here reaches Postgres: load its stack at import
 router = APIRouter(tags=["health"])
 
 
+async def _is_admin(request: Request, svc: Services) -> bool:
+    if not svc.settings.OPEN_ACCESS and bearer(request) is None:
+        return False
+    try:
+        return (await authenticate(request, svc)).allows(Scope.admin)
+    except ApiError:  # a bad key on the open route: just no admin figures
+        return False
+
+
 @router.get("/api/health")
-async def health(svc: Services = Depends(services)) -> JSONResponse:
+async def health(request: Request, svc: Services = Depends(services)) -> JSONResponse:
     report = await check_all(svc)
+    services_report = report["services"]
+    if not await _is_admin(request, svc):
+        system = services_report["system"]
+        services_report["system"] = {"status": system["status"]}
+    auth: dict[str, str] = ({"mode": "open", "note": "no API key is needed: local use only (orchesity serve "
+                                                   "on loopback)"} if svc.settings.OPEN_ACCESS else {"mode": "keys"})
+    # Rate limits and budgets live in Redis; without it they fail open.
+    auth["limits"] = "enforced" if services_report["cache"]["status"] in ("healthy", "degraded") else \
+        "not enforced: Redis is unavailable (requests are let through)"
     body = {"status": report["status"], "version": __version__, "timestamp": time.time(),
-            "services": report["services"]}
+            "auth": auth, "services": services_report}
     # 503 only when the instance cannot serve at all, so a load balancer drops it;
     # a degraded cache still serves (from Postgres fallbacks).
     return JSONResponse(body, status_code=503 if report["status"] == "unhealthy" else 200)

@@ -15,13 +15,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse as _StarletteJSON
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import __version__, fastjson, heap
+from core.auth import OPEN, AuthError, Principal, Scope
 from core.kv import KVUnavailable
 from core.services import Services
 from core.settings import Settings, SettingsError, load_settings
@@ -40,9 +41,11 @@ class ApiError(Exception):
     """An error the caller can act on; becomes a 4xx/5xx JSON body."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
 
 
 def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None,
@@ -52,7 +55,7 @@ def error_body(message: str, *, type: str, param: str | None = None, code: str |
 
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse(error_body(exc.message, type=exc.type, param=exc.param, code=exc.code),
-                        status_code=exc.status)
+                        status_code=exc.status, headers=exc.headers)
 
 
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -227,6 +230,49 @@ async def services(request: Request) -> Services:
     return await request.app.state.services.get()
 
 
+def bearer(request: Request) -> str | None:
+    """The credential a request carries: `Authorization: Bearer …` (the OpenAI SDK's way)
+    or `x-api-key` (the Anthropic SDK's)."""
+    authorization = request.headers.get("authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+async def authenticate(request: Request, svc: Services) -> Principal:
+    """The verified caller of `request`; ApiError 401 when it has no valid credential."""
+    if svc.settings.OPEN_ACCESS:
+        return OPEN
+    token = bearer(request)
+    if token is None:
+        raise ApiError(401, "this route needs an API key: send Authorization: Bearer <key> (or x-api-key)",
+                       type="authentication_error", code="missing_api_key",
+                       headers={"www-authenticate": "Bearer"})
+    try:
+        return await svc.authenticator.authenticate(token)
+    except AuthError as exc:
+        kind = "authentication_error" if exc.status == 401 else "permission_error"
+        raise ApiError(exc.status, exc.message, type=kind, code=exc.code,
+                       headers={"www-authenticate": "Bearer"} if exc.status == 401 else None) from None
+
+
+def require(scope: Scope) -> Callable[..., Any]:
+    """FastAPI dependency: the caller, verified and holding `scope` (an admin holds all)."""
+
+    async def principal(request: Request, svc: Services = Depends(services)) -> Principal:
+        caller = await authenticate(request, svc)
+        if not caller.allows(scope):
+            raise ApiError(403, f"this key may not do this: it needs the {scope.value!r} scope "
+                                f"(it has: {', '.join(sorted(caller.scopes))})",
+                           type="permission_error", code="insufficient_scope")
+        return caller
+
+    principal.scope = scope  # type: ignore[attr-defined]  # what tests read to check every route's owner
+    return principal
+
+
 def create_app(*routers: APIRouter, title: str, settings: Settings | None = None,
                services: Services | None = None, routes_llm: bool = False,
                drains_log: bool = False) -> FastAPI:
@@ -249,7 +295,10 @@ def create_app(*routers: APIRouter, title: str, settings: Settings | None = None
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         svc = await holder.get()
         if routes_llm:
-            svc.orchestrator  # noqa: B018 - builds the registry: a broken providers file raises here
+            from core.providers import tokens
+
+            for adapter in svc.orchestrator.registry:  # builds it: a broken providers file raises here
+                tokens.preload(adapter.spec.model)  # in the background; Lambda loads on first count
         drainer = None
         if drains_log and svc.kv is not None and settings.LOG_DRAIN_INTERVAL_SECONDS > 0:
             from core.requestlog import drain_continuously

@@ -20,12 +20,15 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from core import fastjson
+from core import limits as key_limits
+from core.auth import Principal, Scope
 from core.cache import DEFAULT_NAMESPACE, CachePolicy
+from core.limits import LimitExceeded
 from core.orchestrator import LLMRequest, Orchestration, Result, UnknownProvider
 from core.providers.base import ChatRequest, Chunk, ProviderError
 from core.services import Services
 from core.settings import RoutingStrategy
-from functions.http import ApiError, JSONResponse, create_app, entry_points, error_body, services
+from functions.http import ApiError, JSONResponse, create_app, entry_points, error_body, require, services
 
 router = APIRouter(tags=["orchestrate"])
 
@@ -127,7 +130,7 @@ def _policy(body: _Sampling) -> CachePolicy:
     return body.cache.policy() if body.cache else CachePolicy()
 
 
-def _headers(orchestration: Orchestration) -> dict[str, str]:
+def _headers(orchestration: Orchestration, request: LLMRequest) -> dict[str, str]:
     first = orchestration.results[0] if orchestration.results else None
     headers = {
         "x-orchesity-request-id": orchestration.request_id,
@@ -136,10 +139,22 @@ def _headers(orchestration: Orchestration) -> dict[str, str]:
     }
     if first is not None and first.provider:
         headers["x-orchesity-provider"] = first.provider
+    if orchestration.verdict is not None and request.limits is not None:
+        headers.update(key_limits.headers(orchestration.verdict, request.limits))
     return headers
 
 
-def _unknown(request: LLMRequest, exc: UnknownProvider) -> ApiError:
+def _request(principal: Principal, **fields: Any) -> LLMRequest:
+    """An LLMRequest on behalf of `principal`: its id in the log, its cache, its limits."""
+    return LLMRequest(caller=None if principal.kind == "open" else principal.id, tenant=principal.tenant,
+                      limits=principal.limits, **fields)
+
+
+def _refused(request: LLMRequest, exc: UnknownProvider | LimitExceeded) -> ApiError:
+    if isinstance(exc, LimitExceeded):
+        budget = exc.verdict.limit is not None and exc.verdict.limit.startswith("budget")
+        return ApiError(429, str(exc), type="rate_limit_exceeded" if not budget else "insufficient_quota",
+                        code=exc.verdict.limit, headers=key_limits.headers(exc.verdict, exc.limits))
     return ApiError(400, str(exc), param="providers" if request.endpoint == "orchestrate" else "model",
                     code="unknown_provider")
 
@@ -147,8 +162,8 @@ def _unknown(request: LLMRequest, exc: UnknownProvider) -> ApiError:
 async def _run(svc: Services, request: LLMRequest) -> Orchestration:
     try:
         return await svc.orchestrator.complete(request)
-    except UnknownProvider as exc:
-        raise _unknown(request, exc) from None
+    except (UnknownProvider, LimitExceeded) as exc:
+        raise _refused(request, exc) from None
 
 
 # -- the seed API --------------------------------------------------------------------------------
@@ -206,15 +221,18 @@ def _failure(results: list[Result]) -> tuple[int, dict[str, Any]] | None:
     return status, {"type": kind, "message": message, "param": None, "code": error.get("type")}
 
 
+LLM = Depends(require(Scope.llm))
+
+
 @router.post("/api/llm/orchestrate")
-async def orchestrate(body: OrchestrateBody, svc: Services = Depends(services)) -> Any:
+async def orchestrate(body: OrchestrateBody, svc: Services = Depends(services), caller: Principal = LLM) -> Any:
     if body.prompt is not None:
         messages = [{"role": "user", "content": body.prompt}]
     else:
         messages = _messages(body.messages or [])
-    request = LLMRequest(chat=_chat(body, messages, {}), targets=body.providers, mode=body.mode,
-                         strategy=body.strategy, cache=_policy(body), endpoint="orchestrate",
-                         timeout=body.timeout)
+    request = _request(caller, chat=_chat(body, messages, {}), targets=body.providers, mode=body.mode,
+                       strategy=body.strategy, cache=_policy(body), endpoint="orchestrate",
+                       timeout=body.timeout)
     if body.stream:
         return await _stream(svc, request, _seed_events)
     orchestration = await _run(svc, request)
@@ -223,7 +241,7 @@ async def orchestrate(body: OrchestrateBody, svc: Services = Depends(services)) 
     status = 200
     if failure is not None:
         status, payload["error"] = failure
-    return JSONResponse(payload, status_code=status, headers=_headers(orchestration))
+    return JSONResponse(payload, status_code=status, headers=_headers(orchestration, request))
 
 
 # -- the OpenAI-compatible API ------------------------------------------------------------------
@@ -265,14 +283,15 @@ def _completion_id(orchestration: Orchestration) -> str:
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(body: ChatCompletionBody, svc: Services = Depends(services)) -> Any:
+async def chat_completions(body: ChatCompletionBody, svc: Services = Depends(services),
+                           caller: Principal = LLM) -> Any:
     extra = dict(body.model_extra or {})
     if body.max_tokens is None and body.max_completion_tokens is not None:
         body.max_tokens = body.max_completion_tokens
     targets = None if body.model == "auto" else [body.model]
-    request = LLMRequest(chat=_chat(body, _messages(body.messages), extra), targets=targets,
-                         strategy=body.strategy, cache=_policy(body), endpoint="chat.completions",
-                         timeout=body.timeout)
+    request = _request(caller, chat=_chat(body, _messages(body.messages), extra), targets=targets,
+                       strategy=body.strategy, cache=_policy(body), endpoint="chat.completions",
+                       timeout=body.timeout)
     if body.stream:
         return await _stream(svc, request, _openai_events(body.model))
     orchestration = await _run(svc, request)
@@ -280,11 +299,11 @@ async def chat_completions(body: ChatCompletionBody, svc: Services = Depends(ser
     failure = _failure(orchestration.results)
     if failure is not None:
         status, error = failure
-        return JSONResponse({"error": error}, status_code=status, headers=_headers(orchestration))
-    return JSONResponse(_completion_json(orchestration, result, body.model), headers=_headers(orchestration))
+        return JSONResponse({"error": error}, status_code=status, headers=_headers(orchestration, request))
+    return JSONResponse(_completion_json(orchestration, result, body.model), headers=_headers(orchestration, request))
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", dependencies=[LLM])
 async def models(svc: Services = Depends(services)) -> dict[str, Any]:
     registry = svc.orchestrator.registry
     data = [{"id": "auto", "object": "model", "created": 0, "owned_by": "orchesity"}]
@@ -292,13 +311,20 @@ async def models(svc: Services = Depends(services)) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
+# Where a deployment lives and which variable holds its key are the operator's business.
+_ADMIN_ONLY = ("base_url", "api_key_env")
+
+
 @router.get("/api/llm/providers")
-async def providers(svc: Services = Depends(services)) -> dict[str, Any]:
+async def providers(svc: Services = Depends(services), caller: Principal = LLM) -> dict[str, Any]:
     orchestrator = svc.orchestrator
     registry = orchestrator.registry
     stats = await orchestrator.router.stats(registry.names, time.time())
     listed = []
     for described in registry.describe():
+        if not caller.allows(Scope.admin):
+            for name in _ADMIN_ONLY:
+                described.pop(name, None)
         state = stats.get(described["name"], {})
         circuit = state.get("circuit_state", "closed")
         described["status"] = "available" if circuit == "closed" else circuit
@@ -315,12 +341,12 @@ EventWriter = Any  # (orchestration, chunk | None, error | None) -> SSE text
 async def _stream(svc: Services, request: LLMRequest, events: EventWriter) -> Any:
     try:
         orchestration, chunks = await svc.orchestrator.stream(request)
-    except UnknownProvider as exc:
-        raise _unknown(request, exc) from None
+    except (UnknownProvider, LimitExceeded) as exc:
+        raise _refused(request, exc) from None
     failure = _failure(orchestration.results)
     if failure is not None:  # failed before the first token: an ordinary error response
         status, error = failure
-        return JSONResponse({"error": error}, status_code=status, headers=_headers(orchestration))
+        return JSONResponse({"error": error}, status_code=status, headers=_headers(orchestration, request))
 
     async def body() -> AsyncIterator[str]:
         try:
@@ -331,7 +357,7 @@ async def _stream(svc: Services, request: LLMRequest, events: EventWriter) -> An
             return
         yield "data: [DONE]\n\n"
 
-    headers = _headers(orchestration) | {"cache-control": "no-cache"}
+    headers = _headers(orchestration, request) | {"cache-control": "no-cache"}
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 

@@ -61,6 +61,7 @@ def settings(postgres: EmbeddedPostgres, redis_url: str, data_dir: Path) -> Sett
         DATABASE_URL=postgres.url,
         REDIS_URL=redis_url,
         ORCHESITY_DATA_DIR=data_dir,
+        OPEN_ACCESS=True,  # as `orchesity serve` runs locally; tests of keys turn it off
     )
 
 

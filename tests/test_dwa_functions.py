@@ -49,8 +49,13 @@ async def test_stats_reset_and_best_provider(open_gateway: Any, tmp_path: Path) 
 
 
 async def test_cron_needs_its_secret_and_drains(open_gateway: Any) -> None:
-    async with open_gateway(CRON_SECRET=SecretStr("cron-s3cret")) as gw:
-        await gw.client.post("/api/llm/orchestrate", json={"prompt": "to be drained"})
+    from core.auth import create_key
+
+    async with open_gateway(CRON_SECRET=SecretStr("cron-s3cret"), OPEN_ACCESS=False) as gw:
+        key, _ = await create_key(gw.services.db, name="cron-test", scopes=["llm"], created_by="test")
+        called = await gw.client.post("/api/llm/orchestrate", json={"prompt": "to be drained"},
+                                      headers={"authorization": f"Bearer {key}"})
+        assert called.status_code == 200
         refused = await gw.client.post("/api/cron/drain-logs")
         wrong = await gw.client.post("/api/cron/drain-logs", headers={"authorization": "Bearer nope"})
         drained = await gw.client.post("/api/cron/drain-logs", headers={"authorization": "Bearer cron-s3cret"})
@@ -73,3 +78,38 @@ async def test_cron_tick_drains_then_recomputes_baselines(open_gateway: Any, tmp
     assert again.json()["drain"]["moved"] == 0
     assert {row["provider"]: row["weight"] for row in again.json()["recompute"]["providers"]} == weights
     assert stats["steady"]["weight"] > stats["flaky"]["weight"]
+
+
+def _qstash_signature(key: str, url: str, body: bytes, **claims: Any) -> str:
+    import base64
+    import hashlib
+    import time
+
+    import jwt
+
+    now = int(time.time())
+    digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).decode().rstrip("=")
+    payload = {"iss": "Upstash", "sub": url, "exp": now + 300, "nbf": now - 5, "iat": now, "body": digest,
+               "jti": "msg_1", **claims}
+    return jwt.encode(payload, key, algorithm="HS256")
+
+
+async def test_a_qstash_schedule_is_let_in_by_its_signature_and_nothing_else(open_gateway: Any) -> None:
+    current, following = "sig_current_" + "c" * 32, "sig_next_" + "n" * 32
+    url = "https://orchesity.example.com/api/cron/drain-logs"
+    body = b'{"from": "qstash"}'
+    async with open_gateway(OPEN_ACCESS=False, QSTASH_CURRENT_SIGNING_KEY=SecretStr(current),
+                            QSTASH_NEXT_SIGNING_KEY=SecretStr(following),
+                            PUBLIC_URL="https://orchesity.example.com") as gw:
+        async def call(signature: str, content: bytes = body) -> Any:
+            return await gw.client.post("/api/cron/drain-logs", content=content,
+                                        headers={"upstash-signature": signature})
+
+        signed = await call(_qstash_signature(current, url, body))
+        rotated = await call(_qstash_signature(following, url, body))  # signed with the next key
+        tampered = await call(_qstash_signature(current, url, body), content=b'{"from": "someone"}')
+        elsewhere = await call(_qstash_signature(current, "https://evil.example/api/cron/drain-logs", body))
+        forged = await call(_qstash_signature("not-our-key-" + "x" * 32, url, body))
+    assert signed.status_code == 200 and rotated.status_code == 200
+    for refused in (tampered, elsewhere, forged):
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_qstash_signature"

@@ -23,7 +23,7 @@ from core.models import EMBEDDING_DIM, Run
 from core.settings import Settings
 
 TABLES = {"runs", "run_steps", "events", "request_log", "provider_weights", "dwa_provider_state",
-          "dwa_counters"}
+          "dwa_counters", "api_keys"}
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 

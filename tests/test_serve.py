@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,9 +65,32 @@ def serving(env: dict[str, str], cwd: Path, startup_s: float = 60.0) -> Iterator
 
 @pytest.fixture
 def external(gateway_settings: Settings) -> dict[str, str]:
-    """Settings for a served gateway on the session's Postgres and (emptied) Redis db 1."""
+    """Settings for a served gateway on the session's Postgres and (emptied) Redis db 1,
+    open (other tests leave keys in that database)."""
     return _environment(DATABASE_URL=gateway_settings.DATABASE_URL.get_secret_value(),
-                        REDIS_URL=gateway_settings.REDIS_URL.get_secret_value(), REDIS_DB="1")
+                        REDIS_URL=gateway_settings.REDIS_URL.get_secret_value(), REDIS_DB="1",
+                        OPEN_ACCESS="true")
+
+
+@pytest.fixture
+async def fresh(gateway_settings: Settings) -> AsyncIterator[dict[str, str]]:
+    """Like `external`, on a database of its own (so it has no key yet), not open."""
+    import uuid
+
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    from core.db import make_engine
+
+    name = f"serve_{uuid.uuid4().hex[:10]}"
+    admin_url = gateway_settings.DATABASE_URL.get_secret_value()
+    engine = make_engine(admin_url)
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text(f"CREATE DATABASE {name}"))
+    await engine.dispose()
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    yield _environment(DATABASE_URL=url, REDIS_URL=gateway_settings.REDIS_URL.get_secret_value(), REDIS_DB="1")
 
 
 @pytest.mark.parametrize("content", [None, "{not json", json.dumps({"deployments": [{"name": "x"}]})])
@@ -150,3 +173,48 @@ def test_migrate_with_a_database_it_cannot_use_says_why_in_one_line(tmp_path: Pa
     assert result.returncode in (1, 2)
     assert expected in result.stderr and "Traceback" not in result.stderr
     assert "hunter2" not in result.stderr + result.stdout
+
+
+def _serve_once(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ORCHESITY, "serve", "--port", str(_free_port()), *args], cwd=cwd, env=env,
+                          timeout=60, capture_output=True, text=True)
+
+
+def test_with_no_key_it_serves_open_on_loopback_only(tmp_path: Path, fresh: dict[str, str]) -> None:
+    refused = _serve_once(fresh, tmp_path, "--host", "0.0.0.0")
+    assert refused.returncode == 2
+    assert "no API key exists" in refused.stderr and "orchesity keys create" in refused.stderr
+    with serving(fresh, tmp_path) as (url, process):
+        health = httpx.get(url + "/api/health").json()
+        answered = httpx.post(url + "/v1/chat/completions", timeout=10, json={
+            "model": "auto", "messages": [{"role": "user", "content": "hi"}]})
+    assert health["auth"]["mode"] == "open" and answered.status_code == 200
+    assert "OPEN ACCESS" in process.stdout.read()
+
+
+def test_a_key_made_with_the_cli_is_required_and_works(tmp_path: Path, fresh: dict[str, str]) -> None:
+    early = subprocess.run([ORCHESITY, "keys", "create", "x", "--scopes", "llm"], cwd=tmp_path, env=fresh,
+                           timeout=60, capture_output=True, text=True)
+    assert early.returncode == 1 and "orchesity migrate" in early.stderr and "Traceback" not in early.stderr
+    assert subprocess.run([ORCHESITY, "migrate"], cwd=tmp_path, env=fresh, timeout=60).returncode == 0
+    made = subprocess.run([ORCHESITY, "keys", "create", "ci-bot", "--scopes", "llm,runs"], cwd=tmp_path,
+                          env=fresh, timeout=60, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]  # alone on the last line
+    assert key.startswith("osk_") and " " not in key
+    no_cron = _serve_once(fresh, tmp_path)
+    assert no_cron.returncode == 2 and "CRON_SECRET" in no_cron.stderr
+    env = {**fresh, "CRON_SECRET": "c" * 40}
+    with serving(env, tmp_path) as (url, _):
+        chat = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+        anonymous = httpx.post(url + "/v1/chat/completions", json=chat, timeout=10)
+        keyed = httpx.post(url + "/v1/chat/completions", json=chat, timeout=10,
+                           headers={"authorization": f"Bearer {key}"})
+        cron = httpx.post(url + "/api/cron/drain-logs", headers={"authorization": "Bearer " + "c" * 40})
+    assert anonymous.status_code == 401 and keyed.status_code == 200 and cron.status_code == 200
+    listed = subprocess.run([ORCHESITY, "keys", "list"], cwd=tmp_path, env=fresh, timeout=60,
+                            capture_output=True, text=True)
+    assert "ci-bot" in listed.stdout and key not in listed.stdout
+    revoked = subprocess.run([ORCHESITY, "keys", "revoke", key.split("_")[1]], cwd=tmp_path, env=fresh,
+                             timeout=60, capture_output=True, text=True)
+    assert revoked.returncode == 0 and "revoked" in revoked.stdout
