@@ -156,9 +156,11 @@ def _decide_access(settings: Settings, host: str, port: int) -> None:
         typer.echo(f"orchesity: OPEN ACCESS on http://{host}:{port}: no key is needed (local use only); "
                    f"to require keys, {how}", err=True)
         return
-    if settings.CRON_SECRET is None and settings.QSTASH_CURRENT_SIGNING_KEY is None:
-        raise _fail("keys are enforced, so the scheduler needs a credential of its own: set CRON_SECRET "
-                    "(a long random value, e.g. `openssl rand -hex 32`) or QSTASH_CURRENT_SIGNING_KEY")
+    if not _loopback(host) and settings.CRON_SECRET is None and settings.QSTASH_CURRENT_SIGNING_KEY is None:
+        # (on loopback an admin key will do for the odd manual tick)
+        raise _fail(f"serving --host {host} with keys enforced, the scheduler needs a credential of its own: "
+                    "set CRON_SECRET (a long random value, e.g. `openssl rand -hex 32`) or "
+                    "QSTASH_CURRENT_SIGNING_KEY")
 
 
 async def _with_database(settings: Settings, work: Any) -> Any:

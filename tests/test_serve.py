@@ -202,7 +202,7 @@ def test_a_key_made_with_the_cli_is_required_and_works(tmp_path: Path, fresh: di
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip().splitlines()[-1]  # alone on the last line
     assert key.startswith("osk_") and " " not in key
-    no_cron = _serve_once(fresh, tmp_path)
+    no_cron = _serve_once(fresh, tmp_path, "--host", "0.0.0.0")
     assert no_cron.returncode == 2 and "CRON_SECRET" in no_cron.stderr
     env = {**fresh, "CRON_SECRET": "c" * 40}
     with serving(env, tmp_path) as (url, _):
