@@ -20,6 +20,7 @@ What it does is chosen by the `model` of each request:
         server.requests                     # [(headers, body), ...] as received
 
 It runs its own event loop in a thread, so any test (sync or async) can use it.
+`call_and_stream` checks an adapter against it: one plain call and one stream.
 """
 
 from __future__ import annotations
@@ -27,9 +28,32 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import httpx2
 
 REPLY_WORDS = ["Hello", " from", " the", " fake", " server", "."]
+
+
+async def call_and_stream(server: FakeOpenAI, transport: httpx2.AsyncBaseTransport | None = None) -> None:
+    """One plain call (the adapter's direct path) and one stream (through the SDK), both
+    answered in full by the fake's "ok" model."""
+    from pydantic import SecretStr
+
+    from core.providers import ChatRequest, DeploymentSpec
+    from core.providers.openai_compat import OpenAICompatAdapter
+
+    request = ChatRequest(messages=[{"role": "user", "content": "hello"}], max_tokens=20)
+    spec = DeploymentSpec(name="fake", base_url=server.base_url, model="ok")
+    adapter = OpenAICompatAdapter(spec.model_copy(update={"api_key": SecretStr("fake-key")}), transport=transport)
+    try:
+        completion = await adapter.complete(request, timeout=5)
+        chunks = [chunk async for chunk in adapter.stream(request, timeout=5)]
+    finally:
+        await adapter.aclose()
+    assert completion.text == "".join(REPLY_WORDS)
+    assert [chunk.text for chunk in chunks[:-1]] == REPLY_WORDS and chunks[-1].finish_reason == "stop"
 
 
 class FakeOpenAI:

@@ -17,7 +17,7 @@ from core.providers import (
 )
 from core.providers.http_pool import ProviderTransport
 from core.providers.openai_compat import OpenAICompatAdapter
-from tests.fake_openai import REPLY_WORDS, FakeOpenAI
+from tests.fake_openai import REPLY_WORDS, FakeOpenAI, call_and_stream
 
 REQUEST = ChatRequest(messages=[{"role": "user", "content": "hello"}], max_tokens=20)
 
@@ -114,15 +114,6 @@ async def test_nothing_listening() -> None:
 
 
 async def test_a_transport_passed_in_carries_the_calls_and_is_left_open(server: FakeOpenAI) -> None:
-    spec = DeploymentSpec(name="given", base_url=server.base_url, model="ok")
-    spec = spec.model_copy(update={"api_key": SecretStr("fake-key")})
     async with ProviderTransport() as transport:
         for _ in range(2):  # the first adapter's aclose leaves the transport to its owner
-            adapter = OpenAICompatAdapter(spec, transport=transport)
-            try:
-                completion = await adapter.complete(REQUEST, timeout=5)
-                chunks = [chunk async for chunk in adapter.stream(REQUEST, timeout=5)]
-            finally:
-                await adapter.aclose()
-            assert completion.text == "".join(REPLY_WORDS)
-            assert [chunk.text for chunk in chunks[:-1]] == REPLY_WORDS
+            await call_and_stream(server, transport)

@@ -14,14 +14,10 @@ from urllib.parse import urlsplit
 
 import httpx2
 import pytest
-from pydantic import SecretStr
 
-from core.providers import ChatRequest, DeploymentSpec
 from core.providers.http_pool import ProviderTransport
-from core.providers.openai_compat import OpenAICompatAdapter
-from tests.fake_openai import REPLY_WORDS, FakeOpenAI
+from tests.fake_openai import FakeOpenAI, call_and_stream
 
-REQUEST = ChatRequest(messages=[{"role": "user", "content": "hello"}], max_tokens=20)
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
@@ -88,19 +84,6 @@ def set_variables(monkeypatch: pytest.MonkeyPatch, proxy: ForwardProxy, variable
     """Set `variables`, with `{proxy}` the proxy's URL and `{bare}` its host:port."""
     for name, value in variables.items():
         monkeypatch.setenv(name, value.format(proxy=f"http://127.0.0.1:{proxy.port}", bare=f"127.0.0.1:{proxy.port}"))
-
-
-async def call_and_stream(server: FakeOpenAI, transport: httpx2.AsyncBaseTransport | None = None) -> None:
-    """One plain call (the adapter's direct path) and one stream (through the SDK)."""
-    spec = DeploymentSpec(name="fake", base_url=server.base_url, model="ok")
-    adapter = OpenAICompatAdapter(spec.model_copy(update={"api_key": SecretStr("fake-key")}), transport=transport)
-    try:
-        completion = await adapter.complete(REQUEST, timeout=5)
-        chunks = [chunk async for chunk in adapter.stream(REQUEST, timeout=5)]
-    finally:
-        await adapter.aclose()
-    assert completion.text == "".join(REPLY_WORDS)
-    assert [chunk.text for chunk in chunks[:-1]] == REPLY_WORDS and chunks[-1].finish_reason == "stop"
 
 
 @pytest.mark.parametrize("variables", [
