@@ -59,14 +59,12 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
     except (OSError, ValueError) as exc:
         raise _fail(str(exc), 1) from None
     except Exception as exc:
-        from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
+        from core.db import unusable
 
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        if isinstance(exc, ProgrammingError) and "does not exist" in reason:
-            raise _fail(f"the database schema is behind ({reason}): run `orchesity migrate`", 1) from None
-        if not isinstance(exc, (OperationalError, InterfaceError)):
+        reason = unusable(exc)
+        if reason is None:
             raise
-        raise _fail(f"cannot reach the database (DATABASE_URL): {reason}", 1) from None
+        raise _fail(reason, 1) from None
 
 
 async def _migrate(settings: Settings, revision: str, down: bool) -> str | None:

@@ -13,6 +13,7 @@ whose requests never reach Postgres should not pay for it in its cold start.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,22 @@ POOLER_PORT = 6543  # Supabase's transaction pooler; the session pooler is on 54
 
 # asyncpg spells the TLS option `ssl=`; libpq (psycopg) rejects that and wants `sslmode=`.
 _ASYNCPG_SSL = {"true": "require", "false": "disable"}
+
+
+def unusable(exc: BaseException) -> str | None:
+    """When `exc` means the database cannot be used now, why, in one line: it cannot be
+    reached ("cannot reach the database …"), or its schema is behind ("… run `orchesity
+    migrate`"). None for any other error. psycopg's messages name the host and port,
+    never the password."""
+    sa_exc = sys.modules.get("sqlalchemy.exc")  # loaded by whoever touched the database
+    if sa_exc is None or not isinstance(exc, sa_exc.DBAPIError):
+        return None
+    reason = str(exc.orig or type(exc).__name__).strip().splitlines()[0][:300]
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return f"cannot reach the database (DATABASE_URL): {reason}"
+    if isinstance(exc, sa_exc.ProgrammingError) and "does not exist" in reason:
+        return f"the database schema is behind ({reason}): run `orchesity migrate`"
+    return None
 
 
 def load_driver() -> None:

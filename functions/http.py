@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import __version__, fastjson, heap
 from core.auth import OPEN, AuthError, Principal, Scope
+from core.db import unusable
 from core.kv import KVUnavailable
 from core.services import Services
 from core.settings import Settings, SettingsError, load_settings
@@ -90,12 +90,9 @@ def _dependency_down(exc: BaseException) -> ApiError | None:
                         code="redis_unavailable")
     if isinstance(exc, SettingsError):  # e.g. a providers file a Lambda found broken on first use
         return ApiError(503, str(exc), type="service_unavailable", code="configuration_error")
-    sa_exc = sys.modules.get("sqlalchemy.exc")  # loaded by whoever touched the database
-    if sa_exc is not None and isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError)):
-        # psycopg's message names the host and port, never the password
-        reason = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0][:300]
-        return ApiError(503, f"the database is unavailable ({reason})", type="service_unavailable",
-                        code="database_unavailable")
+    reason = unusable(exc)
+    if reason is not None:
+        return ApiError(503, reason, type="service_unavailable", code="database_unavailable")
     return None
 
 

@@ -209,3 +209,19 @@ async def test_a_record_postgres_refuses_does_not_hold_back_the_log(kv: Any, db:
     assert set(rows) == {"nul-1:0", "nul-2:0"}  # the refused one dropped, the others in
     assert rows["nul-1:0"].error == "the provider said  here"
     assert await requestlog.pending(kv) == 0
+
+
+async def test_with_postgres_down_its_routes_answer_503_naming_it_and_calls_go_on(open_gateway: Any) -> None:
+    from pydantic import SecretStr
+
+    dead = SecretStr("postgresql://nobody:hunter2@127.0.0.1:9/none")
+    async with open_gateway(DATABASE_URL=dead) as gw:
+        stats = await gw.client.get("/api/db/stats")
+        recent = await gw.client.get("/api/db/requests/recent")
+        call = await gw.client.post("/api/llm/orchestrate", json={"prompt": "postgres is down"})
+    for response in (stats, recent):
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "database_unavailable" and "DATABASE_URL" in error["message"]
+        assert "hunter2" not in response.text
+    assert call.status_code == 200 and call.json()["metadata"]["database_logged"] is True  # queued in Redis
