@@ -171,26 +171,14 @@ async def _with_database(settings: Settings, work: Any) -> Any:
         await db.close()
 
 
-async def _drain(settings: Settings, batch: int) -> tuple[int, int]:
-    from core import requestlog
-    from core.services import Services
-
-    services = await Services.open(settings)
-    try:
-        if services.kv is None:
-            return 0, 0
-        moved = await requestlog.drain(services.kv, services.db, batch=batch)
-        return moved, await requestlog.pending(services.kv)
-    finally:
-        await services.close()
-
-
 @app.command()
-def drain(batch: Annotated[int, typer.Option(min=1, max=10_000, help="Records per insert.")] = 500) -> None:
-    """Move the request log queued in Redis into Postgres (what the cron function does)."""
-    settings = _settings()
-    moved, left = _run(_drain(settings, batch))
-    typer.echo(f"moved {moved} request-log records to Postgres; {left} still queued")
+def drain() -> None:
+    """Move the logs queued in Redis (requests, tool calls) into Postgres, as the cron work does."""
+    from core import cron
+
+    result = _run(_with_services(_settings(), cron.drain))
+    parts = ", ".join(f"{name}: {moved}" for name, moved in result.get("journals", {}).items()) or "no Redis"
+    typer.echo(f"moved {result['moved']} records to Postgres ({parts}); {result['pending']} still queued")
 
 
 dwa = typer.Typer(help="Inspect and steer the Dynamic Weight Algorithm (provider routing).",

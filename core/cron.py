@@ -1,8 +1,9 @@
 """What a scheduler runs every minute or so: the cron function's routes and `orchesity
 cron tick` call these, so an HTTP call and a shell run do the same work.
 
-- `drain`: the request log queued in Redis into Postgres (where nothing drains it in
-  the background: Lambda; `orchesity serve` also drains continuously).
+- `drain`: the journals queued in Redis (the request log, tool calls) into Postgres
+  (where nothing drains them in the background: Lambda; `orchesity serve` also drains
+  continuously).
 - `recompute_weights`: the request log's recent figures into DWA baseline weights, kept
   in Postgres and published to Redis (core/dwa/recompute.py).
 - `tick`: both, then the per-key budget counters reconciled with the log
@@ -16,17 +17,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from core import requestlog
+from core import journal
 from core.kv import KVUnavailable
 from core.services import Services
 
 
 async def drain(svc: Services) -> dict[str, Any]:
-    """Raises KVUnavailable when Redis is down (the records wait there)."""
+    """Every journal (the request log, tool calls) into Postgres; {"moved", "pending",
+    "journals": {name: moved}}. Raises KVUnavailable when Redis is down (the records wait)."""
     if svc.kv is None:
-        return {"moved": 0, "pending": 0, "note": "no Redis: requests are logged straight to Postgres"}
-    moved = await requestlog.drain(svc.kv, svc.db)
-    return {"moved": moved, "pending": await requestlog.pending(svc.kv)}
+        return {"moved": 0, "pending": 0, "note": "no Redis: records are written straight to Postgres"}
+    moved = await journal.drain_all(svc.kv, svc.db)
+    pending = sum([await j.pending(svc.kv) for j in journal.journals()])
+    return {"moved": sum(moved.values()), "pending": pending, "journals": moved}
 
 
 async def recompute_weights(svc: Services, window_seconds: int) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The Postgres tables: runs, steps and events (seed `004_…`), the request log, DWA state
-and API keys.
+"""The Postgres tables: runs, steps and events (seed `004_…`), the request log, DWA state,
+API keys, and the tool registry and its call log.
 
 Every change here needs a migration in `migrations/versions/`; the test suite checks
 that these models and the migrated schema agree.
@@ -194,3 +194,51 @@ class ApiKey(SQLModel, table=True):
     tokens_per_minute: int | None = None
     budget_usd_per_day: float | None = None
     budget_usd_per_month: float | None = None
+
+
+class ToolRegistration(SQLModel, table=True):
+    """A tool registered through the API: one immutable definition per name@version.
+
+    Tools from tools.json are not stored here (the file is their source). Deleting a
+    tool marks its versions deleted; the name@version stays taken by that definition.
+    """
+
+    __tablename__ = "tool_registrations"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_tool_registrations_name_version"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
+    name: str = Field(index=True)
+    version: str
+    definition: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    etag: str
+    created_at: datetime = _timestamp()
+    created_by: str
+    deleted_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
+class ToolCallLog(SQLModel, table=True):
+    """One tool invocation: which tool, who called, a hash of the arguments, how it went.
+
+    Queued in Redis and drained like the request log (core/journal.py); `call_id`
+    makes the drain idempotent.
+    """
+
+    __tablename__ = "tool_calls"
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
+    call_id: str = Field(unique=True, index=True)
+    created_at: datetime = Field(
+        default_factory=_now,
+        sa_column=Column(DateTime(timezone=True), nullable=False, index=True),
+    )
+    tool: str = Field(index=True)  # name@version
+    source: str                   # file | api
+    caller: str | None = None
+    arguments_sha256: str
+    status: str                   # ok | error
+    error_class: str | None = None
+    error: str | None = None
+    latency_ms: float
+    response_bytes: int = 0
+    truncated: bool = False
+    idempotency_key: str | None = None

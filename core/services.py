@@ -2,7 +2,8 @@
 
 Opened once per process (a uvicorn worker, or a warm Lambda container) and passed
 explicitly to the core functions that need them. The orchestrator (providers, DWA
-router) is built on first use, so a function that never routes never loads it.
+router), the key verifier and the tool registry are built on first use, so a function
+that never routes (or never sees a tool) never loads them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
     from core.auth import Authenticator
     from core.orchestrator import Orchestrator
+    from core.tools.registry import ToolRegistry
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Services:
     provider_transport: "httpx2.AsyncBaseTransport | None" = None
     _orchestrator: "Orchestrator | None" = field(default=None, repr=False)
     _authenticator: "Authenticator | None" = field(default=None, repr=False)
+    _tools: "ToolRegistry | None" = field(default=None, repr=False)
 
     @classmethod
     async def open(cls, settings: Settings, *,
@@ -62,6 +65,15 @@ class Services:
 
             self._authenticator = Authenticator(self.settings, self.db, self.kv)
         return self._authenticator
+
+    @property
+    def tools(self) -> "ToolRegistry":
+        """The tool registry; built on first use (a tools file it cannot use raises here)."""
+        if self._tools is None:
+            from core.tools.registry import ToolRegistry
+
+            self._tools = ToolRegistry.from_settings(self.settings, self.db)
+        return self._tools
 
     async def close(self) -> None:
         if self._orchestrator is not None:

@@ -115,6 +115,8 @@ class Settings(BaseSettings):
     GEMINI_API_KEY: SecretStr | None = None
     GROK_API_KEY: SecretStr | None = None
     ORCHESITY_PROVIDERS_FILE: Path | None = None  # JSON/TOML deployments (core/providers/config.py)
+    ORCHESITY_TOOLS_FILE: Path | None = Path("tools.json")  # core/tools/loader.py; absent file: no file tools
+    ORCHESITY_TOOL_MODULES: str = "core.tools.builtin"  # module prefixes python tools may live under
     PROVIDER_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0, le=3600)
     SIMULATED_LATENCY_MS: float = Field(default=120.0, ge=0)
     SIMULATED_MS_PER_TOKEN: float = Field(default=4.0, ge=0)
@@ -142,6 +144,10 @@ class Settings(BaseSettings):
     SUPABASE_ANON_KEY: SecretStr | None = None
     SUPABASE_JWT_AUDIENCE: str = "authenticated"
     SUPABASE_JWT_ROLE_SCOPES: str = "authenticated=llm,runs,tools"
+
+    @property
+    def tool_module_prefixes(self) -> list[str]:
+        return [p.strip() for p in self.ORCHESITY_TOOL_MODULES.split(",") if p.strip()]
 
     @property
     def supabase_role_scopes(self) -> dict[str, list[str]]:

@@ -6,15 +6,15 @@ from fastapi import FastAPI
 
 from core.services import Services
 from core.settings import Settings
-from functions import cron, db, dwa, health, keys, orchestrate
+from functions import cron, db, dwa, health, keys, orchestrate, tools
 from functions.http import create_app, entry_points
 
-ROUTERS = (health.router, orchestrate.router, dwa.router, db.router, cron.router, keys.router)
+ROUTERS = (health.router, orchestrate.router, dwa.router, db.router, cron.router, keys.router, tools.router)
 
 
 def build_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     return create_app(*ROUTERS, title="Orchesity", settings=settings, services=services,
-                      routes_llm=True, drains_log=True)
+                      routes_llm=True, drains_log=True, loads_tools=True)
 
 
 __getattr__ = entry_points(build_app)

@@ -272,15 +272,16 @@ def require(scope: Scope) -> Callable[..., Any]:
 
 def create_app(*routers: APIRouter, title: str, settings: Settings | None = None,
                services: Services | None = None, routes_llm: bool = False,
-               drains_log: bool = False) -> FastAPI:
+               drains_log: bool = False, loads_tools: bool = False) -> FastAPI:
     """A FastAPI app serving `routers`, with Orchesity's errors, limits and CORS.
 
     `services` is for tests and the gateway, which open them once; otherwise they are
     opened from `settings` (or the environment) on first use. Under a long-running
     server (uvicorn runs the lifespan; Mangum does not) they are opened at start-up,
-    and so is the provider registry when `routes_llm`, so a configuration the app
-    cannot use stops it from starting; with `drains_log` the request log is moved from
-    Redis into Postgres in the background for as long as it runs.
+    and so are the provider registry when `routes_llm` and the tool registry when
+    `loads_tools`, so a configuration the app cannot use stops it from starting; with
+    `drains_log` the logs are moved from Redis into Postgres in the background for as
+    long as it runs.
     """
     settings = settings or (services.settings if services else load_settings())
     # Orchesity's own loggers follow LOG_LEVEL wherever the app runs; their records reach
@@ -296,9 +297,11 @@ def create_app(*routers: APIRouter, title: str, settings: Settings | None = None
 
             for adapter in svc.orchestrator.registry:  # builds it: a broken providers file raises here
                 tokens.preload(adapter.spec.model)  # in the background; Lambda loads on first count
+        if loads_tools:
+            svc.tools  # noqa: B018 - reads the tools file: one it cannot use raises here
         drainer = None
         if drains_log and svc.kv is not None and settings.LOG_DRAIN_INTERVAL_SECONDS > 0:
-            from core.requestlog import drain_continuously
+            from core.journal import drain_continuously
 
             drainer = asyncio.create_task(
                 drain_continuously(svc.kv, svc.db, interval=settings.LOG_DRAIN_INTERVAL_SECONDS))
