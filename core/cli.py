@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -108,8 +109,9 @@ def serve(
     from functions.serving import log_config
 
     settings = _settings()
-    try:  # a providers file it cannot use stops it here, naming the file, entry and field
+    try:  # a providers or tools file it cannot use stops it here, naming the file, entry and field
         load_deployments(settings)
+        _check_tools_file(settings)
     except SettingsError as exc:
         raise _fail(str(exc)) from None
     if migrate_first:
@@ -125,6 +127,12 @@ def serve(
                 http="functions.serving:HeadDeadlineProtocol",
                 log_level=settings.LOG_LEVEL.value.lower(), access_log=access_log,
                 log_config=log_config(settings.LOG_LEVEL.value))
+
+
+def _check_tools_file(settings: Settings) -> None:
+    from core.tools.registry import ToolRegistry
+
+    ToolRegistry.from_settings(settings, None)  # type: ignore[arg-type]  # reads the file; no database yet
 
 
 def _loopback(host: str) -> bool:
@@ -284,6 +292,77 @@ def cron_tick(
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stopped scheduler exits cleanly
     _run(_with_services(_settings(), loop))
+
+
+tools_app = typer.Typer(help="The tool registry: list, validate a tools file, invoke a tool.", no_args_is_help=True)
+app.add_typer(tools_app, name="tools")
+
+
+@tools_app.command("validate")
+def tools_validate(path: Annotated[Path, typer.Argument(help="A tools file (JSON).")]) -> None:
+    """Check a tools file: every problem, each naming the tool and the field; exit 1 if any."""
+    from core.tools.loader import ToolsFileError, read_tools_file
+
+    try:
+        loaded = read_tools_file(path, _settings())
+    except ToolsFileError as exc:
+        raise _fail(str(exc), 1) from None
+    for item in loaded:
+        state = "ok" if item.unavailable is None else f"unavailable: {item.unavailable}"
+        typer.echo(f"{item.tool.ref:32} {item.tool.kind:7} {state}")
+    typer.echo(f"{len(loaded)} tools, no problems")
+
+
+@tools_app.command("list")
+def tools_list() -> None:
+    """The effective registry: the tools file's tools and those registered through the API."""
+    from rich.console import Console
+    from rich.table import Table
+
+    async def work(services: Any) -> list[Any]:
+        return await services.tools.entries()
+
+    table = Table(title="tools")
+    for column in ("ref", "kind", "source", "available", "description"):
+        table.add_column(column)
+    for entry in _run(_with_services(_settings(), work)):
+        table.add_row(entry.tool.ref, entry.tool.kind, entry.source,
+                      "yes" if entry.unavailable is None else entry.unavailable, entry.tool.description[:60])
+    Console().print(table)
+
+
+@tools_app.command("invoke")
+def tools_invoke(
+    ref: Annotated[str, typer.Argument(help="name or name@version")],
+    arguments: Annotated[str, typer.Argument(help="The arguments, a JSON object.")] = "{}",
+) -> None:
+    """Call a tool and print its outcome as JSON (exit 1 unless it succeeded)."""
+    import json
+    import os
+
+    from core.tools.invoke import ArgumentsInvalid, ToolUnavailable, invoke
+    from core.tools.kinds import CallContext
+    from core.tools.registry import ToolNotFound
+
+    try:
+        parsed = json.loads(arguments)
+    except ValueError as exc:
+        raise _fail(f"ARGUMENTS is not JSON: {exc}") from None
+
+    async def work(services: Any) -> dict[str, Any]:
+        entry = await services.tools.get(ref)
+        ctx = CallContext(settings=services.settings, environ=os.environ, orchestrator=services.orchestrator,
+                          caller="cli")
+        outcome = await invoke(entry, parsed, ctx, kv=services.kv, db=services.db)
+        return {"tool": entry.tool.ref, **outcome.to_json()}
+
+    try:
+        answer = _run(_with_services(_settings(), work))
+    except (ToolNotFound, ArgumentsInvalid, ToolUnavailable) as exc:
+        raise _fail(str(exc), 1) from None
+    typer.echo(json.dumps(answer, indent=2, default=str))
+    if answer["status"] != "ok":
+        raise typer.Exit(1)
 
 
 keys = typer.Typer(help="API keys: create (the key is shown once), list, revoke.", no_args_is_help=True)

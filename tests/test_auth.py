@@ -157,10 +157,9 @@ def test_the_openai_sdk_waits_out_a_429_and_succeeds(gateway_settings: Settings)
     key = asyncio.run(issue())
     with serve(build_app(settings=settings)) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
-        for _ in range(120):
-            client.chat.completions.create(**CHAT)
         with pytest.raises(openai.RateLimitError):
-            client.chat.completions.create(**CHAT)
+            for _ in range(1000):  # 120 at once, then one every 0.5 s: refused well before 1,000
+                client.chat.completions.create(**CHAT)
         patient = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=2)
         reply = patient.chat.completions.with_raw_response.create(**CHAT)
     # Refused at first, it slept the Retry-After it was told (under a second), then got through.

