@@ -258,3 +258,76 @@ def test_the_compatibility_rule() -> None:
     assert "takes input only from fetch, analysis" in compat.check(tool("x", tool_type="other"), summary)
     assert "incompatible" in compat.check(fetch, picky)
     assert "incompatible" in compat.check(picky, fetch)  # either direction
+
+
+# --- http tools, against a local server the tool allows explicitly -----------------------------
+
+
+@pytest.fixture
+def echo_server() -> Any:
+    """A local HTTP server that answers each request with what it received, as JSON."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+
+    from tests.servers import serve
+
+    seen: list[dict[str, Any]] = []
+
+    async def echo(request: Request) -> Any:
+        body = await request.body()
+        record = {"method": request.method, "path": request.url.path, "raw_path": request.scope["raw_path"].decode(),
+                  "query": request.url.query, "headers": dict(request.headers),
+                  "body": json.loads(body) if body else None}
+        seen.append(record)
+        if request.url.path.startswith("/fail"):
+            return PlainTextResponse(f"nope, {request.headers.get('authorization')}", status_code=500)
+        return JSONResponse(record)
+
+    app = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST"])])
+    with serve(app) as url:
+        yield url, seen
+
+
+def http_tool(name: str, url: str, **http: Any) -> dict[str, Any]:
+    return {"name": name, "description": "an http test tool", "kind": "http", "http": {"url": url, **http},
+            "parameters": {"type": "object", "properties": {"id": {"type": "string"}, "q": {"type": "string"},
+                                                            "n": {"type": "integer"}}}}
+
+
+async def test_an_http_tool_encodes_values_sends_secrets_and_stays_inside_its_hosts(
+        open_gateway: Any, echo_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url, seen = echo_server
+    port = url.rsplit(":", 1)[1]
+    monkeypatch.setenv("ECHO_TOKEN", "s3cret-token-value")
+    local = f"http://localhost:{port}"
+    definitions = [
+        http_tool("echo", local + "/items/{{ id }}?q={{ q }}", method="POST", allow_hosts=["localhost"],
+                  headers={"Authorization": "Bearer {{ secrets.ECHO_TOKEN }}"}, secrets=["ECHO_TOKEN"],
+                  body={"count": "{{ n }}", "note": "id={{ id }}"}),
+        http_tool("fail", local + "/fail", allow_hosts=["localhost"],
+                  headers={"Authorization": "Bearer {{ secrets.ECHO_TOKEN }}"}, secrets=["ECHO_TOKEN"]),
+        http_tool("no_allow", local + "/items"),  # the same server, not allowed: a private address
+        http_tool("metadata", "http://169.254.169.254/latest/meta-data/"),
+    ]
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps({"tools": definitions}))
+    async with open_gateway(ORCHESITY_TOOLS_FILE=path) as gw:
+        def call(name: str, **arguments: Any) -> Any:
+            return gw.client.post(f"/api/tools/{name}/invoke", json={"arguments": arguments})
+
+        echoed = (await call("echo", id="a/b c?", q="x&y=z", n=3)).json()
+        failed = (await call("fail")).json()
+        refused = (await call("no_allow")).json()
+        metadata = (await call("metadata")).json()
+    assert echoed["status"] == "ok", echoed
+    request = echoed["result"]
+    assert request["raw_path"] == "/items/a%2Fb%20c%3F" and request["query"] == "q=x%26y%3Dz"
+    assert request["headers"]["authorization"] == "Bearer s3cret-token-value"
+    assert request["body"] == {"count": 3, "note": "id=a/b c?"}  # a whole placeholder keeps its type
+    assert failed["status"] == "error" and failed["error"]["type"] == "http_error"
+    assert "s3cret-token-value" not in json.dumps(failed) and "[redacted]" in failed["error"]["message"]
+    for answer in (refused, metadata):
+        assert answer["status"] == "error" and answer["error"]["type"] == "refused", answer
+    assert len(seen) == 2  # the refused calls never reached the server

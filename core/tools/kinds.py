@@ -72,7 +72,7 @@ def _url(template: str, arguments: Mapping[str, Any]) -> str:
 
 
 async def call_http(tool: Tool, arguments: Mapping[str, Any], ctx: CallContext) -> tuple[Any, bool]:
-    from core.outbound import Outbound, OutboundError
+    from core.outbound import Outbound, OutboundError, OutboundRefused, OutboundTimeout
 
     config = tool.http
     assert config is not None
@@ -91,14 +91,16 @@ async def call_http(tool: Tool, arguments: Mapping[str, Any], ctx: CallContext) 
                                           content=content, timeout=ctx.timeout,
                                           max_bytes=tool.max_response_bytes)
     except OutboundError as exc:
-        raise ToolFailed(getattr(exc, "kind", "unreachable"), _scrub(str(exc), secrets)) from None
+        kind = "refused" if isinstance(exc, OutboundRefused) else "timeout" if isinstance(exc, OutboundTimeout) \
+            else "unreachable"
+        raise ToolFailed(kind, _scrub(str(exc), secrets)) from None
     finally:
         await outbound.aclose()
     text = response.body.decode("utf-8", "replace")
     if response.status >= 400:
         raise ToolFailed("http_error", _scrub(f"HTTP {response.status} from {urlsplit(response.url).hostname}: "
                                               f"{text[:500]}", secrets))
-    content_type = dict((k.lower(), v) for k, v in response.headers).get("content-type", "")
+    content_type = response.header("content-type") or ""
     if "json" in content_type and not response.truncated:
         try:
             return json.loads(text), False
