@@ -1,5 +1,7 @@
-"""MCP: the registry served at /mcp to the SDK's own client, over uvicorn and through the
-Lambda handler. Real sockets, real Postgres and Redis."""
+"""MCP: the registry served at /mcp to the SDK's own client (over uvicorn and through the
+Lambda handler), and tools of kind `mcp` calling another MCP server. Real sockets,
+real Postgres and Redis; the only stand-in is the SSRF guard's transport until
+core/outbound.py is merged (see `outbound_seam`)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ import base64
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +21,15 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
 
 from core.auth import create_key
 from core.settings import Settings
-from core.tools import builtin
+from core.tools import builtin, mcp_client
+from core.tools.kinds import ToolFailed
+from tests.conftest import Gateway
 from tests.servers import serve
 from tests.test_deployables import HEAVY, _v2_event
 
@@ -266,3 +273,108 @@ async def test_the_sdk_client_through_the_lambda_handler(mcp_settings: Settings,
     assert "text_stats" in {tool.name for tool in listed.tools}
     assert called.structured_content == builtin.text_stats(TEXT)
     assert refused.group_contains(MCPError) and {reply["statusCode"] for reply in anonymous.replies} == {401}
+
+
+# --- tools of kind mcp ------------------------------------------------------------------------
+
+@contextmanager
+def remote_server() -> Iterator[str]:
+    """A plain SDK server (MCPServer, stateless) on 127.0.0.1; yields its MCP endpoint."""
+    remote = MCPServer("remote")
+
+    @remote.tool()
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    @remote.tool()
+    def shout(text: str) -> str:
+        """The text in capitals."""
+        return text.upper()
+
+    @remote.tool()
+    def refuse(reason: str) -> str:
+        """Fails, saying why (a ToolError's message reaches the caller)."""
+        raise ToolError(f"refused: {reason}")
+
+    @remote.tool()
+    async def dawdle(seconds: float) -> str:
+        """Answers after a while."""
+        await asyncio.sleep(seconds)
+        return "late"
+
+    with serve(remote.streamable_http_app(stateless_http=True, json_response=True)) as url:
+        yield url + "/mcp"
+
+
+@pytest.fixture
+def outbound_seam(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until core/outbound.py is merged, the guarded transport is a plain one (so the
+    tools' allow_hosts go unexercised); once it is, the real guard runs."""
+    try:
+        import core.outbound  # noqa: F401
+    except ModuleNotFoundError:
+        monkeypatch.setattr(mcp_client, "guarded_transport", lambda allow_hosts: httpx2.AsyncHTTPTransport())
+
+
+def _remote_tool(name: str, url: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """A tool of kind mcp for `tool` on `url`, taking `arguments`' names with their JSON types."""
+    kinds = {int: "integer", float: "number", str: "string"}
+    properties = {key: {"type": kinds[type(value)]} for key, value in arguments.items()}
+    return {"name": name, "description": f"{tool} on the remote server", "kind": "mcp",
+            "mcp": {"url": url, "tool": tool, "allow_hosts": ["127.0.0.1"]},
+            "parameters": {"type": "object", "properties": properties, "required": sorted(properties)}}
+
+
+async def test_a_tool_of_kind_mcp_calls_another_mcp_server(
+        open_gateway: Callable[..., AbstractAsyncContextManager[Gateway]], tmp_path: Path, outbound_seam: None) -> None:
+    calls = [("remote_add", "add", {"a": 2, "b": 40}), ("remote_shout", "shout", {"text": "hey"}),
+             ("remote_refuse", "refuse", {"reason": "no thanks"}), ("remote_missing", "not_there", {}),
+             ("remote_down", "add", {}), ("remote_slow", "dawdle", {"seconds": 5})]
+    with remote_server() as url:
+        tools = [_remote_tool(name, "http://127.0.0.1:1/mcp" if name == "remote_down" else url, tool, arguments)
+                 for name, tool, arguments in calls]
+        tools[-1]["timeout"] = 0.5
+        path = tmp_path / "tools.json"
+        path.write_text(json.dumps({"tools": tools}))
+        replies, took = {}, {}
+        async with open_gateway(ORCHESITY_TOOLS_FILE=path) as gw:
+            for name, _, arguments in calls:
+                started = time.perf_counter()
+                reply = await gw.client.post(f"/api/tools/{name}/invoke", json={"arguments": arguments})
+                took[name] = time.perf_counter() - started
+                assert reply.status_code == 200, reply.text
+                replies[name] = reply.json()
+    assert replies["remote_add"]["status"] == "ok" and replies["remote_add"]["result"] == {"result": 42}
+    assert replies["remote_shout"]["result"] == {"result": "HEY"}
+    errors = {name: reply.get("error") for name, reply in replies.items()}
+    assert errors["remote_refuse"] == {"type": "mcp_error", "message": "tool 'refuse' on 127.0.0.1 failed: "
+                                                                       "Error executing tool refuse: refused: no thanks"}
+    assert errors["remote_missing"]["message"] == "tool 'not_there' on 127.0.0.1: the server has no such tool"
+    assert errors["remote_down"]["type"] == "mcp_error"
+    assert errors["remote_down"]["message"].startswith("tool 'add' on 127.0.0.1: ConnectError")
+    assert errors["remote_slow"]["type"] == "timeout" and took["remote_slow"] < 2.5
+
+
+async def test_call_remote_tool_returns_text_when_there_is_no_structured_content() -> None:
+    plain = MCPServer("plain")
+
+    @plain.tool(structured_output=False)
+    def numbers() -> list[int]:
+        """Three numbers, as text blocks."""
+        return [1, 2, 3]
+
+    @plain.tool(structured_output=False)
+    def word() -> str:
+        """One word."""
+        return "hello"
+
+    with serve(plain.streamable_http_app(stateless_http=True, json_response=True)) as url:
+        call = lambda tool: mcp_client.call_remote_tool(  # noqa: E731
+            url + "/mcp", tool, {}, headers={"x-secret": "s3cret"}, allow_hosts=[], timeout=10,
+            transport=httpx2.AsyncHTTPTransport())
+        assert await call("numbers") == [1, 2, 3]
+        assert await call("word") == "hello"
+        with pytest.raises(ToolFailed) as failed:
+            await call("nothing")
+    assert "s3cret" not in failed.value.message and failed.value.kind == "mcp_error"
