@@ -330,7 +330,7 @@ async def test_a_tool_of_kind_mcp_calls_another_mcp_server(
         open_gateway: Callable[..., AbstractAsyncContextManager[Gateway]], tmp_path: Path, outbound_seam: None) -> None:
     calls = [("remote_add", "add", {"a": 2, "b": 40}), ("remote_shout", "shout", {"text": "hey"}),
              ("remote_refuse", "refuse", {"reason": "no thanks"}), ("remote_missing", "not_there", {}),
-             ("remote_down", "add", {}), ("remote_slow", "dawdle", {"seconds": 5})]
+             ("remote_down", "add", {}), ("remote_slow", "dawdle", {"seconds": 1.5})]
     with remote_server() as url:
         tools = [_remote_tool(name, "http://127.0.0.1:1/mcp" if name == "remote_down" else url, tool, arguments)
                  for name, tool, arguments in calls]
@@ -354,6 +354,17 @@ async def test_a_tool_of_kind_mcp_calls_another_mcp_server(
     assert errors["remote_down"]["type"] == "mcp_error"
     assert errors["remote_down"]["message"].startswith("tool 'add' on 127.0.0.1: ConnectError")
     assert errors["remote_slow"]["type"] == "timeout" and took["remote_slow"] < 2.5
+
+
+async def test_call_remote_tool_is_bounded_by_its_timeout() -> None:
+    with remote_server() as url:
+        started = time.perf_counter()
+        with pytest.raises(ToolFailed) as slow:
+            await mcp_client.call_remote_tool(url, "dawdle", {"seconds": 1.5}, headers={}, allow_hosts=[], timeout=0.5,
+                                              transport=httpx2.AsyncHTTPTransport())
+        took = time.perf_counter() - started
+    assert slow.value.kind == "timeout" and took < 1.2
+    assert slow.value.message == "tool 'dawdle' on 127.0.0.1 gave no answer within 0.5s"
 
 
 async def test_call_remote_tool_returns_text_when_there_is_no_structured_content() -> None:
