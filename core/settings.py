@@ -11,6 +11,7 @@ from __future__ import annotations
 from enum import Enum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import re
 
@@ -128,6 +129,7 @@ class Settings(BaseSettings):
     MAX_REQUEST_BYTES: int = Field(default=4 * 1024 * 1024, ge=1024)
     RECEIVE_TIMEOUT_SECONDS: float = Field(default=15.0, gt=0, le=600)
     CORS_ALLOW_ORIGINS: str = ""  # comma-separated origins allowed to call from a browser; empty: none
+    MCP_ALLOWED_HOSTS: str = ""  # Host names /mcp answers besides loopback and PUBLIC_URL's (DNS rebinding)
     CRON_SECRET: SecretStr | None = None
     QSTASH_CURRENT_SIGNING_KEY: SecretStr | None = None
     QSTASH_NEXT_SIGNING_KEY: SecretStr | None = None
@@ -150,6 +152,14 @@ class Settings(BaseSettings):
         return [p.strip() for p in self.ORCHESITY_TOOL_MODULES.split(",") if p.strip()]
 
     @property
+    def mcp_hosts(self) -> list[str]:
+        """The Host values /mcp answers (host, or host:port): loopback, PUBLIC_URL's, MCP_ALLOWED_HOSTS."""
+        hosts = ["localhost", "127.0.0.1", "[::1]"]
+        if self.PUBLIC_URL:
+            hosts.append(urlsplit(self.PUBLIC_URL).netloc.rpartition("@")[2])
+        return hosts + [h.strip() for h in self.MCP_ALLOWED_HOSTS.split(",") if h.strip()]
+
+    @property
     def supabase_role_scopes(self) -> dict[str, list[str]]:
         """SUPABASE_JWT_ROLE_SCOPES as {role: scopes} (validated at load)."""
         return _role_scopes(self.SUPABASE_JWT_ROLE_SCOPES)
@@ -158,6 +168,14 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_role_scopes(cls, value: str) -> str:
         _role_scopes(value)
+        return value
+
+    @field_validator("MCP_ALLOWED_HOSTS")
+    @classmethod
+    def _bare_hosts(cls, value: str) -> str:
+        for host in filter(None, (h.strip() for h in value.split(","))):
+            if "/" in host or "@" in host:
+                raise ValueError(f"{host!r}: give host names (or host:port), not URLs")
         return value
 
     @field_validator("SUPABASE_URL")
