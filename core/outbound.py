@@ -19,7 +19,7 @@ the socket is opened rather than to the URL's text:
 
 Two ways in. `Outbound.request` makes one call: it follows redirects itself, checking
 each hop, caps the body and bounds the whole call by one timeout. `Outbound.httpx_transport`
-gives the same connect-time guard to a library that takes an `httpx.AsyncClient` (the
+gives the same connect-time guard to a library that takes an `httpx2.AsyncClient` (the
 mcp SDK), which then follows redirects and reads bodies its own way.
 """
 
@@ -40,7 +40,6 @@ from core import __version__
 if TYPE_CHECKING:
     import ssl
 
-    import httpx
     import httpx2
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -480,25 +479,23 @@ class Outbound:
                 items = [(name, value) for name, value in items if name.lower() in _KEPT_ACROSS_ORIGINS]
             method, target = redirected, following
 
-    def httpx_transport(self) -> httpx.AsyncBaseTransport:
-        """A transport for `httpx.AsyncClient(transport=...)` whose connections pass the guard.
+    def httpx_transport(self) -> httpx2.AsyncBaseTransport:
+        """A transport for `httpx2.AsyncClient(transport=...)` whose connections pass the guard.
 
-        For libraries that take an httpx client, such as the mcp SDK
-        (`streamable_http_client(url, http_client=...)`, or `httpx_client_factory` in
-        older releases). It is built from whatever `import httpx` gives: the real httpx in
-        production, httpx2 where it is aliased. Each call makes a new transport (and pool),
-        owned and closed by the client it goes to.
+        For libraries that take a client of httpx2 (the project's HTTP client), such as
+        the mcp SDK (`streamable_http_client(url, http_client=...)`). Each call makes a
+        new transport (and pool), owned and closed by the client it goes to.
 
-        Create the client with `trust_env=False`: otherwise httpx routes URLs the
+        Create the client with `trust_env=False`: otherwise it routes URLs the
         environment proxies through its own transports, past this one. The client, not
         this transport, then follows redirects (each new origin's connection is still
         checked) and decides what to read; a URL with a scheme other than http(s) is
-        refused by httpx itself (UnsupportedProtocol).
+        refused by the client itself (UnsupportedProtocol).
         """
-        import httpcore
-        import httpx
+        import httpcore2
+        import httpx2
 
-        return _guarded_transport(httpx, httpcore, self._guard, self._ssl_context())
+        return _guarded_transport(httpx2, httpcore2, self._guard, self._ssl_context())
 
     async def aclose(self) -> None:
         """Close the pooled connections of `request` (not those of transports handed out)."""

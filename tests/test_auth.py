@@ -247,18 +247,20 @@ async def test_cors_is_closed_unless_an_origin_is_listed(open_gateway: Any) -> N
     assert listed.headers["access-control-allow-origin"] == "https://app.example"
 
 
-def test_every_route_but_health_has_an_owner(gateway_settings: Settings) -> None:
+def test_every_route_but_health_has_an_owner() -> None:
     from functions import cron
+    from functions.gateway import ROUTERS
 
-    app = build_app(settings=gateway_settings)
+    routes = [route for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)]
     unowned = []
-    for route in app.routes:
-        if not isinstance(route, APIRoute) or route.path == "/api/health":
+    for route in routes:
+        if route.path == "/api/health":
             continue
         calls = [d.call for d in route.dependant.dependencies]
         calls += [d.call for sub in route.dependant.dependencies for d in sub.dependencies]
         if not any(getattr(call, "scope", None) is not None or call is cron.authorised for call in calls):
             unowned.append(f"{sorted(route.methods)} {route.path}")
+    assert len(routes) >= 25  # every function's routes were looked at
     assert unowned == []
 
 

@@ -1,7 +1,7 @@
 """MCP: the registry served at /mcp to the SDK's own client (over uvicorn and through the
-Lambda handler), and tools of kind `mcp` calling another MCP server. Real sockets,
-real Postgres and Redis; the only stand-in is the SSRF guard's transport until
-core/outbound.py is merged (see `outbound_seam`)."""
+Lambda handler), and tools of kind `mcp` calling another MCP server through the SSRF
+guard (core/outbound.py; the test tools allow 127.0.0.1). Real sockets, real Postgres
+and Redis."""
 
 from __future__ import annotations
 
@@ -307,16 +307,6 @@ def remote_server() -> Iterator[str]:
         yield url + "/mcp"
 
 
-@pytest.fixture
-def outbound_seam(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until core/outbound.py is merged, the guarded transport is a plain one (so the
-    tools' allow_hosts go unexercised); once it is, the real guard runs."""
-    try:
-        import core.outbound  # noqa: F401
-    except ModuleNotFoundError:
-        monkeypatch.setattr(mcp_client, "guarded_transport", lambda allow_hosts: httpx2.AsyncHTTPTransport())
-
-
 def _remote_tool(name: str, url: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
     """A tool of kind mcp for `tool` on `url`, taking `arguments`' names with their JSON types."""
     kinds = {int: "integer", float: "number", str: "string"}
@@ -327,7 +317,7 @@ def _remote_tool(name: str, url: str, tool: str, arguments: dict[str, Any]) -> d
 
 
 async def test_a_tool_of_kind_mcp_calls_another_mcp_server(
-        open_gateway: Callable[..., AbstractAsyncContextManager[Gateway]], tmp_path: Path, outbound_seam: None) -> None:
+        open_gateway: Callable[..., AbstractAsyncContextManager[Gateway]], tmp_path: Path) -> None:
     calls = [("remote_add", "add", {"a": 2, "b": 40}), ("remote_shout", "shout", {"text": "hey"}),
              ("remote_refuse", "refuse", {"reason": "no thanks"}), ("remote_missing", "not_there", {}),
              ("remote_down", "add", {}), ("remote_slow", "dawdle", {"seconds": 1.5})]
