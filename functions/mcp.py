@@ -29,9 +29,9 @@ router = APIRouter(tags=["mcp"])
 @router.post("/mcp")
 async def exchange(request: Request, svc: Services = Depends(services),
                    caller: Principal = Depends(require(Scope.tools))) -> Response:
-    from core.tools.mcp_server import build_server, handle, transport_security
+    from core.tools.mcp_server import Call, handle, transport_security
 
-    server = build_server(svc.tools, context(svc, caller), kv=svc.kv, db=svc.db)
+    call = Call(svc.tools, context(svc, caller), kv=svc.kv, db=svc.db)
     start: Message = {}
     body = bytearray()
 
@@ -43,7 +43,7 @@ async def exchange(request: Request, svc: Services = Depends(services),
 
     # The SDK answers on the ASGI channel; in JSON mode its answer is one whole body,
     # gathered here so this stays a FastAPI route (its key check, errors, OpenAPI entry).
-    await handle(server, request.scope, request.receive, collect, security=transport_security(svc.settings),
+    await handle(call, request.scope, request.receive, collect, security=transport_security(svc.settings),
                  max_body_bytes=svc.settings.MAX_REQUEST_BYTES)
     response = Response(bytes(body), status_code=start["status"])
     response.raw_headers = list(start.get("headers", ()))

@@ -128,7 +128,7 @@ async def test_the_sdk_client_lists_and_calls_tools_over_uvicorn(mcp_settings: S
     assert (stats.annotations.read_only_hint, stats.annotations.destructive_hint, stats.annotations.idempotent_hint,
             stats.annotations.open_world_hint) == (True, False, True, False)
     assert listed["summarize"].output_schema is None and listed["fetch_json"].annotations.open_world_hint is True
-    expected = builtin.text_stats(TEXT)
+    expected = builtin.stats(TEXT)
     assert not called.is_error and called.structured_content == expected
     assert json.loads(called.content[0].text) == expected
     # Before 2026-07-28 an outputSchema is an object schema: anything else goes as text only.
@@ -145,7 +145,7 @@ async def test_concurrent_calls_each_get_their_own_exchange(mcp_settings: Settin
     with serve(build_app(settings=mcp_settings)) as url:
         async with connect(url + "/mcp") as client:
             results = await asyncio.gather(*(client.call_tool("text_stats", {"text": text}) for text in texts))
-    assert [result.structured_content for result in results] == [builtin.text_stats(text) for text in texts]
+    assert [result.structured_content for result in results] == [builtin.stats(text) for text in texts]
 
 
 async def test_bad_arguments_an_unknown_tool_and_one_not_configured(mcp_settings: Settings) -> None:
@@ -163,8 +163,8 @@ async def test_bad_arguments_an_unknown_tool_and_one_not_configured(mcp_settings
     assert bad.content[0].text.splitlines() == [
         "invalid arguments:",
         "- (the arguments): Additional properties are not allowed ('extra' was unexpected)",
-        "- text: 5 is not of type 'string'"]
-    assert missing.is_error and "'text' is a required property" in missing.content[0].text
+        "- text: 5 is not of type \"string\""]
+    assert missing.is_error and '"text" is a required property' in missing.content[0].text
     assert unknown.value.code == -32602 and "no_such_tool" in unknown.value.message
     assert unset.value.code == -32602 and "ORCHESITY_TEST_NEVER_SET" in unset.value.message
 
@@ -182,7 +182,7 @@ async def test_mirrored_argument_headers_must_match_the_body(mcp_settings: Setti
         async with connect(url + "/mcp", event_hooks={"request": [tamper]}) as client:
             with pytest.raises(MCPError) as tampered:
                 await client.call_tool("header_stats", {"text": TEXT})
-    assert not honest.is_error and json.loads(honest.content[0].text) == builtin.text_stats(TEXT)
+    assert not honest.is_error and json.loads(honest.content[0].text) == builtin.stats(TEXT)
     assert tampered.value.code == -32020 and "Mcp-Param-Text" in tampered.value.message  # HEADER_MISMATCH
 
 
@@ -271,7 +271,7 @@ async def test_the_sdk_client_through_the_lambda_handler(mcp_settings: Settings,
     assert [reply["statusCode"] for reply in transport.replies] == [200, 200, 200]
     assert all(reply["headers"]["content-type"] == "application/json" for reply in transport.replies)
     assert "text_stats" in {tool.name for tool in listed.tools}
-    assert called.structured_content == builtin.text_stats(TEXT)
+    assert called.structured_content == builtin.stats(TEXT)
     assert refused.group_contains(MCPError) and {reply["statusCode"] for reply in anonymous.replies} == {401}
 
 

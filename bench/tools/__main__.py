@@ -37,7 +37,7 @@ from typing import Any
 from bench.coldstart.__main__ import _prepare
 from bench.overhead.procs import Service, Supervisor, free_port
 from bench.routing.sim import percentile
-from core.tools.builtin import text_stats
+from core.tools.builtin import stats as text_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = ROOT / ".bench" / "tools" / "logs"
@@ -78,7 +78,12 @@ class Replay:
 
     def send(self) -> float:
         started = time.perf_counter()
-        self.conn.request("POST", self.path, self.body, self.headers)
+        try:
+            self.conn.request("POST", self.path, self.body, self.headers)
+        except (BrokenPipeError, ConnectionResetError):  # the server closed it while idle between rounds
+            self.conn.close()
+            started = time.perf_counter()
+            self.conn.request("POST", self.path, self.body, self.headers)
         response = self.conn.getresponse()
         raw = response.read()
         took = time.perf_counter() - started

@@ -9,7 +9,9 @@ that is not configured raises ToolUnavailable. Everything after that is an Outco
 an exception: a timeout, the tool's own failure, a result that does not match `returns`.
 A result larger than `max_response_bytes` is cut, and says so (`truncated`, and a marker
 at the end of the text). Every call, whatever its end, is one record of the tool-call
-log (core/tools/calls.py): one XADD to Redis, or a row in Postgres without it.
+log (core/tools/calls.py): one XADD to Redis, or a row in Postgres without it, written
+after the answer is handed back (on Lambda, whose container freezes once it answers,
+before).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from core.tools.calls import JOURNAL, CallEntry
@@ -34,6 +36,9 @@ if TYPE_CHECKING:
     from core.tools.registry import Entry
 
 log = logging.getLogger("orchesity.tools")
+
+_ON_LAMBDA = "AWS_LAMBDA_FUNCTION_NAME" in os.environ
+_PENDING: set[asyncio.Future[None]] = set()  # records being written: held so none is collected
 
 
 class ArgumentsInvalid(ValueError):
@@ -66,16 +71,10 @@ class Outcome:
         return answer
 
 
-@lru_cache(maxsize=512)
-def _validator(schema_json: str) -> Any:
-    from jsonschema import Draft202012Validator
-
-    return Draft202012Validator(json.loads(schema_json))
-
-
 def _path(error: Any) -> str:
+    """A validation error's place in the instance: `items[0].name`."""
     return "".join(f"[{part}]" if isinstance(part, int) else (f".{part}" if i else str(part))
-                   for i, part in enumerate(error.absolute_path))
+                   for i, part in enumerate(error.instance_path))
 
 
 def check_arguments(entry: Entry, arguments: Any) -> None:
@@ -87,10 +86,10 @@ def check_arguments(entry: Entry, arguments: Any) -> None:
     if size > tool.max_argument_bytes:
         raise ArgumentsInvalid([{"path": "", "message": f"the arguments are {size} bytes; {tool.ref} takes at "
                                                         f"most {tool.max_argument_bytes}"}])
-    validator = _validator(json.dumps(tool.parameters, sort_keys=True))
-    errors = sorted(validator.iter_errors(arguments), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        raise ArgumentsInvalid([{"path": _path(e), "message": e.message} for e in errors])
+    if tool.arguments_validator.is_valid(arguments):
+        return
+    errors = sorted(tool.arguments_validator.iter_errors(arguments), key=lambda e: list(map(str, e.instance_path)))
+    raise ArgumentsInvalid([{"path": _path(e), "message": e.message} for e in errors])
 
 
 def _fit(result: Any, truncated: bool, limit: int) -> tuple[Any, int, bool]:
@@ -120,8 +119,8 @@ async def invoke(entry: Entry, arguments: Mapping[str, Any], ctx: CallContext, *
             result, truncated = await CALLS[tool.kind](tool, arguments, ctx)
         result, size, truncated = _fit(result, truncated, tool.max_response_bytes)
         outcome = Outcome("ok", result, bytes=size, truncated=truncated)
-        if tool.returns is not None and not truncated:
-            problem = next(iter(_validator(json.dumps(tool.returns, sort_keys=True)).iter_errors(result)), None)
+        if tool.result_validator is not None and not truncated:
+            problem = next(iter(tool.result_validator.iter_errors(result)), None)
             if problem is not None:
                 outcome = Outcome("error", error={"type": "bad_result", "message": (
                     f"the result does not match the tool's returns schema at {_path(problem) or 'the root'}: "
@@ -135,7 +134,13 @@ async def invoke(entry: Entry, arguments: Mapping[str, Any], ctx: CallContext, *
         log.exception("tool %s failed unexpectedly", tool.ref)
         outcome = Outcome("error", error={"type": "internal_error", "message": type(exc).__name__})
     outcome.duration_ms = (time.perf_counter() - started) * 1000.0
-    await _record(entry, arguments, ctx, outcome, kv, db)
+    record = _record(entry, arguments, ctx, outcome, kv, db)
+    if _ON_LAMBDA:  # a frozen container would hold the record back: write it before answering
+        await record
+    else:  # the caller need not wait for its log line; it is written a moment later
+        task = asyncio.ensure_future(record)
+        _PENDING.add(task)
+        task.add_done_callback(_PENDING.discard)
     return outcome
 
 

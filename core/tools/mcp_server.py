@@ -22,16 +22,24 @@ is not configured is not listed. A call answers:
 Up to protocol 2025-11-25 an outputSchema must be an object schema and structuredContent
 an object, so there a tool returning anything else is given as text only.
 
-Each HTTP request gets a server bound to its caller (`build_server`) and a stateless
-session manager of its own (`handle`): the manager's task group lives for that request
-only, so nothing depends on the ASGI lifespan, which Mangum with lifespan="off" never runs (the SDK's documented mount,
-one manager started in the lifespan, fails there with "Task group is not initialized").
-Answers are whole JSON bodies (`json_response`), one per POST, which a Lambda returns as
-they are. The Host check (DNS rebinding) is the SDK's, fed by `transport_security`.
+One server per process serves every caller: what a request may use (the registry, its
+caller's CallContext) reaches the handlers through a context variable set for that
+request (`handle`). Its stateless session manager runs in a task of its own, started by
+the first request on each event loop and kept running there: nothing depends on the
+ASGI lifespan, which Mangum with lifespan="off" never runs (the SDK's documented mount,
+one manager started in the lifespan, fails there with "Task group is not initialized"),
+and Mangum runs every invocation of a warm container on the same loop, where the task
+waits between them. Answers are whole JSON bodies (`json_response`), one per POST, which
+a Lambda returns as they are. The Host check (DNS rebinding) is the SDK's, fed by
+`transport_security`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+from contextvars import ContextVar
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -113,37 +121,51 @@ def _check_param_headers(tool: Tool, arguments: dict[str, Any], ctx: ServerReque
         raise MCPError(rejection.code, rejection.message, rejection.data)
 
 
-def build_server(registry: ToolRegistry, context: CallContext, *, kv: KV | None,
-                 db: Database | None) -> Server[Any]:
-    """An MCP server of `registry`'s tools, whose calls run with `context` (one caller's)."""
+@dataclass(frozen=True)
+class Call:
+    """What one request's tool calls may use."""
 
-    async def list_tools(ctx: ServerRequestContext[Any, Any],
-                         params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
-        entries = await registry.entries()
-        return types.ListToolsResult(tools=[describe(entry.tool, ctx.protocol_version)
-                                            for entry in entries if entry.unavailable is None])
+    registry: ToolRegistry
+    context: CallContext
+    kv: KV | None
+    db: Database | None
 
-    async def call_tool(ctx: ServerRequestContext[Any, Any],
-                        params: types.CallToolRequestParams) -> types.CallToolResult:
-        arguments = params.arguments or {}
-        try:
-            entry = await registry.get(params.name)
-            _check_param_headers(entry.tool, arguments, ctx)
-            outcome = await invoke(entry, arguments, context, kv=kv, db=db)
-        except (ToolNotFound, ToolUnavailable) as exc:
-            raise MCPError(types.INVALID_PARAMS, str(exc)) from None
-        except ArgumentsInvalid as exc:
-            return _invalid(exc)
-        return _answer(entry.tool, outcome, ctx.protocol_version)
 
+_CALL: ContextVar[Call] = ContextVar("orchesity_mcp_call")
+
+
+async def list_tools(ctx: ServerRequestContext[Any, Any],
+                     params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+    entries = await _CALL.get().registry.entries()
+    return types.ListToolsResult(tools=[describe(entry.tool, ctx.protocol_version)
+                                        for entry in entries if entry.unavailable is None])
+
+
+async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+    call = _CALL.get()
+    arguments = params.arguments or {}
+    try:
+        entry = await call.registry.get(params.name)
+        _check_param_headers(entry.tool, arguments, ctx)
+        outcome = await invoke(entry, arguments, call.context, kv=call.kv, db=call.db)
+    except (ToolNotFound, ToolUnavailable) as exc:
+        raise MCPError(types.INVALID_PARAMS, str(exc)) from None
+    except ArgumentsInvalid as exc:
+        return _invalid(exc)
+    return _answer(entry.tool, outcome, ctx.protocol_version)
+
+
+@lru_cache(maxsize=1)
+def server() -> Server[Any]:
+    """The MCP server of the registry (one per process; see _CALL for who is calling)."""
     # get_tool_input_schema: no schema for the SDK's own Mcp-Param check (see _check_param_headers)
-    server: Server[Any] = Server("orchesity", version=__version__, title="Orchesity tools",
-                                 on_list_tools=list_tools, on_call_tool=call_tool,
-                                 get_tool_input_schema=lambda name: None)
+    built: Server[Any] = Server("orchesity", version=__version__, title="Orchesity tools",
+                                on_list_tools=list_tools, on_call_tool=call_tool,
+                                get_tool_input_schema=lambda name: None)
     # Its one default middleware opens an OpenTelemetry span per message, a no-op tracer's
     # bookkeeping on every call (~35 µs here) for a deployment that installs no OpenTelemetry.
-    server.middleware.clear()
-    return server
+    built.middleware.clear()
+    return built
 
 
 def transport_security(settings: Settings) -> TransportSecuritySettings:
@@ -164,10 +186,47 @@ def _security(names: tuple[str, ...], cors_origins: str) -> TransportSecuritySet
                                      allowed_origins=origins)
 
 
-async def handle(server: Server[Any], scope: Scope, receive: Receive, send: Send, *,
+@dataclass
+class _Running:
+    manager: StreamableHTTPSessionManager
+    task: asyncio.Task[None]
+
+
+# per event loop, per (security, body cap): the manager running there
+_RUNNING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, _Running]] = weakref.WeakKeyDictionary()
+_STARTING: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+async def _manager(security: TransportSecuritySettings, max_body_bytes: int) -> StreamableHTTPSessionManager:
+    """This loop's running session manager for these settings, started on first use."""
+    loop = asyncio.get_running_loop()
+    key = (tuple(security.allowed_hosts), tuple(security.allowed_origins), max_body_bytes)
+    running = _RUNNING.setdefault(loop, {}).get(key)
+    if running is not None and not running.task.done():
+        return running.manager
+    async with _STARTING.setdefault(loop, asyncio.Lock()):
+        running = _RUNNING[loop].get(key)
+        if running is None or running.task.done():
+            manager = StreamableHTTPSessionManager(server(), json_response=True, stateless=True,
+                                                   security_settings=security, max_request_body_size=max_body_bytes)
+            started = asyncio.Event()
+
+            async def run() -> None:
+                async with manager.run():
+                    started.set()
+                    await asyncio.Event().wait()  # until the loop's end cancels it
+
+            running = _RUNNING[loop][key] = _Running(manager, loop.create_task(run(), name="mcp-session-manager"))
+            await started.wait()
+    return running.manager
+
+
+async def handle(call: Call, scope: Scope, receive: Receive, send: Send, *,
                  security: TransportSecuritySettings, max_body_bytes: int) -> None:
-    """Answer one HTTP request to the MCP endpoint, with a session manager of its own."""
-    manager = StreamableHTTPSessionManager(server, json_response=True, stateless=True, security_settings=security,
-                                           max_request_body_size=max_body_bytes)
-    async with manager.run():
+    """Answer one HTTP request to the MCP endpoint on behalf of `call`'s caller."""
+    manager = await _manager(security, max_body_bytes)
+    token = _CALL.set(call)
+    try:
         await manager.handle_request(scope, receive, send)
+    finally:
+        _CALL.reset(token)

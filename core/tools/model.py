@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -200,12 +201,31 @@ class Tool(BaseModel):
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 
-    @property
+    @cached_property
     def etag(self) -> str:
         """A hash of the definition: the same definition, the same etag, wherever it came from."""
         canonical = json.dumps(self.model_dump(mode="json", exclude_none=True), sort_keys=True,
                                separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+    # Calls are checked with jsonschema-rs: 0.1 µs against 9 µs for jsonschema on the
+    # sample's schemas, on every call (bench/tools). Definitions are checked with
+    # jsonschema above (once each), whose errors name the offending keyword's path.
+    @cached_property
+    def arguments_validator(self) -> Any:
+        """The compiled Draft 2020-12 validator of `parameters` (built once per definition)."""
+        import jsonschema_rs
+
+        return jsonschema_rs.Draft202012Validator(self.parameters)
+
+    @cached_property
+    def result_validator(self) -> Any | None:
+        if self.returns is None:
+            return None
+        import jsonschema_rs
+
+        return jsonschema_rs.Draft202012Validator(self.returns)
 
 
 def json_schema() -> dict[str, Any]:
