@@ -34,6 +34,7 @@ log = logging.getLogger("orchesity.kv")
 KEY_PREFIX = "orchesity:"
 
 Command = Sequence[Any]
+BLOCK_LIMIT_MS = 1000  # the longest XREAD … BLOCK the blocking connection's timeout allows
 
 
 class KVError(RuntimeError):
@@ -150,6 +151,23 @@ class KV:
             command += ["COUNT", int(count)]
         return [(entry_id, _pairs_to_dict(flat)) for entry_id, flat in await self._send(command)]
 
+    async def xread(self, streams: Mapping[str, str], *, count: int = 100,
+                    block_ms: int | None = None) -> dict[str, list[tuple[str, dict[str, str]]]]:
+        """Each stream's entries after the id given for it. With `block_ms`, waits up to
+        that long for one on a backend that can (Upstash's REST API answers at once)."""
+        blocking = block_ms is not None and self.blocks
+        command: list[Any] = ["XREAD", "COUNT", int(count)]
+        command += ["BLOCK", min(int(block_ms or 0), BLOCK_LIMIT_MS)] if blocking else []
+        command += ["STREAMS", *streams.keys(), *streams.values()]
+        reply = await (self._send_blocking(command) if blocking else self._send(command))
+        return {stream: [(entry_id, _pairs_to_dict(flat)) for entry_id, flat in entries]
+                for stream, entries in reply or []}
+
+    blocks = False  # whether XREAD … BLOCK may be sent (on a connection of its own)
+
+    async def _send_blocking(self, command: Command) -> Any:
+        raise NotImplementedError
+
     async def xlen(self, stream: str) -> int:
         return await self._send(["XLEN", stream])
 
@@ -177,10 +195,15 @@ class RedisKV(KV):
     """
 
     backend = "redis"
+    blocks = True
 
-    def __init__(self, client: "RespClient", embedded: "EmbeddedRedis | None" = None) -> None:
+    def __init__(self, client: "RespClient", embedded: "EmbeddedRedis | None" = None,
+                 blocking: "RespClient | None" = None) -> None:
         self._client = client
         self._embedded = embedded
+        # a connection of its own for XREAD BLOCK: Redis answers a connection's commands in
+        # order, so a blocked one would hold up every command behind it
+        self._blocking = blocking
         if embedded is not None:
             self.backend = "embedded"
 
@@ -189,11 +212,12 @@ class RedisKV(KV):
                  embedded: "EmbeddedRedis | None" = None) -> "RedisKV":
         from core.resp import RespClient
 
-        return cls(RespClient(url, db=db, timeout=timeout, connections=connections), embedded)
+        return cls(RespClient(url, db=db, timeout=timeout, connections=connections), embedded,
+                   RespClient(url, db=db, timeout=timeout + BLOCK_LIMIT_MS / 1000, connections=1))
 
-    async def _round_trip(self, commands: Sequence[Command]) -> list[Any]:
+    async def _round_trip(self, commands: Sequence[Command], client: "RespClient | None" = None) -> list[Any]:
         try:
-            replies = await self._client.execute(commands)
+            replies = await (client or self._client).execute(commands)
         except TimeoutError as exc:  # a slow or frozen server is not a dead one: no restart
             raise self._went_down(KVUnavailable(f"{self.backend} Redis did not answer in time")) from exc
         except OSError as exc:  # core.resp's ConnectionLost is a ConnectionError
@@ -209,6 +233,12 @@ class RedisKV(KV):
         (reply,) = await self._round_trip([command])
         return _checked(reply)
 
+    async def _send_blocking(self, command: Command) -> Any:
+        if self._blocking is None:
+            raise KVError("this Redis client has no connection for blocking commands")
+        (reply,) = await self._round_trip([command], self._blocking)
+        return _checked(reply)
+
     async def _send_many(self, commands: Sequence[Command], transaction: bool) -> list[Any]:
         if not transaction:
             return [_as_error(reply) for reply in await self._round_trip(commands)]
@@ -218,6 +248,8 @@ class RedisKV(KV):
 
     async def close(self) -> None:
         await self._client.close()
+        if self._blocking is not None:
+            await self._blocking.close()
         if self._embedded is not None:
             await self._embedded.wait_revived()
             self._embedded.stop()

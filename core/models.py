@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import BigInteger, Column, DateTime, Index, UniqueConstraint, func
+from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, UniqueConstraint, Uuid, func
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TEXT
 from sqlmodel import Field, SQLModel
 
@@ -36,17 +36,51 @@ def _timestamp(*, onupdate: bool = False) -> Any:
     )
 
 
+def _moment() -> Any:
+    """An optional timestamp column (a fresh Column per field)."""
+    return Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
 class Run(SQLModel, table=True):
-    """One run: its spec, where it stands, what it produced, and how good it was."""
+    """One run: its pinned pipeline and inputs, where it stands, who holds it, what it made.
+
+    The executor (core/runs/executor.py) owns the lease columns: `lease_owner` holds the
+    run until `lease_until`, and every checkpoint is fenced on them. `event_seq` numbers
+    the run's events; `wake_at` is when a run waiting on a retry should be advanced.
+    """
 
     __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_ready", "status", "lease_until", "wake_at"),
+                      Index("ix_runs_caller_created_at", "caller", "created_at"))
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
-    created_at: datetime = _timestamp()
+    created_at: datetime = Field(default_factory=_now, sa_column=Column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), index=True))
     updated_at: datetime = _timestamp(onupdate=True)
-    spec: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
-    status: str = Field(index=True)
+    spec: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))  # what was submitted
+    status: str = Field(index=True)  # queued | running | succeeded | failed | cancelled | timed_out
+    pipeline: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))  # pinned, tools resolved
+    pipeline_name: str | None = None
+    pipeline_digest: str
+    inputs: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    caller: str | None = None  # whose it is: a key's id, "user:<sub>", "webhook", "open" (admins read all)
+    read_token: str  # the capability in its status/events/stream URLs (a browser's EventSource sends no key)
+    lease_owner: str | None = None
+    lease_until: datetime | None = _moment()
+    wake_at: datetime | None = _moment()
+    deadline: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    cancel_requested: bool = Field(default=False, sa_column_kwargs={"server_default": "false"})
+    attempt: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    event_seq: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    started_at: datetime | None = _moment()
+    finished_at: datetime | None = _moment()
+    callback_url: str | None = None
+    callback_status: str | None = None
+    callback_attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    callback_next_at: datetime | None = _moment()
+    callback_error: str | None = None  # why the last attempt failed
     feedback: str | None = None
     quality_score: float | None = None
     embedding: list[float] | None = Field(
@@ -55,35 +89,59 @@ class Run(SQLModel, table=True):
 
 
 class RunStep(SQLModel, table=True):
-    """A step of a run and its checkpoint, so a resumed run skips finished steps."""
+    """A step of a run and its checkpoint: a finished step's output is never recomputed."""
 
     __tablename__ = "run_steps"
-    __table_args__ = (UniqueConstraint("run_id", "index", name="uq_run_steps_run_id_index"),)
+    __table_args__ = (UniqueConstraint("run_id", "name", name="uq_run_steps_run_id_name"),)
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
     run_id: uuid.UUID = Field(foreign_key="runs.id", ondelete="CASCADE")
-    index: int  # position of the step within its run
-    name: str
-    status: str
-    checkpoint: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    index: int  # position of the step within its pipeline
+    name: str   # the step's id
+    status: str  # pending | running | retrying | succeeded | failed | cancelled
+    output: dict[str, Any] | list[Any] | str | int | float | bool | None = Field(
+        default=None, sa_column=Column(JSONB))
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    next_attempt_at: datetime | None = _moment()
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    started_at: datetime | None = _moment()
+    finished_at: datetime | None = _moment()
     created_at: datetime = _timestamp()
 
 
 class Event(SQLModel, table=True):
-    """A progress event: the fallback when Redis is absent, and the archive.
+    """A run's progress event, numbered by `seq` within its run.
 
-    No foreign key to runs: events are written on the hot path of a run and are kept
-    as an archive, neither of which should wait on or die with the run row.
+    Written with the checkpoint it reports (the source of truth, which readers poll when
+    Redis is absent) and then copied to the run's Redis stream. No foreign key to runs:
+    the events are an archive that need not die with the run row.
     """
 
     __tablename__ = "events"
+    __table_args__ = (UniqueConstraint("run_id", "seq", name="uq_events_run_id_seq"),)
 
     id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
     run_id: uuid.UUID = Field(index=True)
+    seq: int
     timestamp: datetime = _timestamp()
     event_type: str
     message: str
     progress_percentage: float | None = None
+    data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+
+
+class WebhookReceipt(SQLModel, table=True):
+    """A webhook delivery (or Idempotency-Key) already turned into a run: the same id
+    again returns that run, never a second one."""
+
+    __tablename__ = "webhook_receipts"
+
+    delivery_id: str = Field(primary_key=True)
+    # deferred: the receipt is claimed first, and its run inserted in the same transaction
+    run_id: uuid.UUID = Field(sa_column=Column(Uuid, ForeignKey("runs.id", ondelete="CASCADE", deferrable=True,
+                                                                  initially="DEFERRED"), nullable=False))
+    received_at: datetime = _timestamp()
 
 
 class RequestLog(SQLModel, table=True):

@@ -177,6 +177,14 @@ def _literal_address(host: str) -> IPAddress | None:
     return None
 
 
+def literal_refusal(host: str) -> str | None:
+    """Why a URL whose host is written as an address may not be called (checking a URL
+    when it is given, before anything is stored); None for a public address or a name,
+    which the guard checks when it resolves it."""
+    address = _literal_address(host.strip("[]"))
+    return address_refusal(address) if address is not None else None
+
+
 async def system_resolver(host: str, port: int) -> list[str]:
     """The addresses the system resolver (getaddrinfo) gives for `host`, in its order, once each."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)

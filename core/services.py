@@ -2,8 +2,9 @@
 
 Opened once per process (a uvicorn worker, or a warm Lambda container) and passed
 explicitly to the core functions that need them. The orchestrator (providers, DWA
-router), the key verifier and the tool registry are built on first use, so a function
-that never routes (or never sees a tool) never loads them.
+router), the key verifier, the tool registry, the named pipelines and the run watcher
+are built on first use, so a function that never routes (or never sees a tool) never
+loads them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 
     from core.auth import Authenticator
     from core.orchestrator import Orchestrator
+    from core.progress import Watcher
+    from core.runs.pipeline import Pipeline
     from core.tools.registry import ToolRegistry
 
 
@@ -35,6 +38,8 @@ class Services:
     _orchestrator: "Orchestrator | None" = field(default=None, repr=False)
     _authenticator: "Authenticator | None" = field(default=None, repr=False)
     _tools: "ToolRegistry | None" = field(default=None, repr=False)
+    _watcher: "Watcher | None" = field(default=None, repr=False)
+    _pipelines: "dict[str, Pipeline] | None" = field(default=None, repr=False)
 
     @classmethod
     async def open(cls, settings: Settings, *,
@@ -75,7 +80,28 @@ class Services:
             self._tools = ToolRegistry.from_settings(self.settings, self.db)
         return self._tools
 
+    @property
+    def pipelines(self) -> "dict[str, Pipeline]":
+        """The named pipelines (read on first use: a pipelines file it cannot use raises here)."""
+        if self._pipelines is None:
+            from core.runs.pipelines_file import named_pipelines
+
+            self._pipelines = named_pipelines(self.settings)
+        return self._pipelines
+
+    @property
+    def watcher(self) -> "Watcher | None":
+        """What wakes this process's run readers when a run's Redis stream grows (None
+        without Redis: readers poll Postgres)."""
+        if self._watcher is None and self.kv is not None:
+            from core.progress import Watcher
+
+            self._watcher = Watcher(self.kv)
+        return self._watcher
+
     async def close(self) -> None:
+        if self._watcher is not None:
+            await self._watcher.close()
         if self._orchestrator is not None:
             await self._orchestrator.registry.aclose()
         if self.kv is not None:

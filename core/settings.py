@@ -138,6 +138,27 @@ class Settings(BaseSettings):
     LOG_LEVEL: LogLevel = LogLevel.INFO
     SECRET_KEY: SecretStr | None = None
 
+    # --- Runs (core/runs/) ------------------------------------------------------------
+    RUN_LEASE_SECONDS: float = Field(default=15.0, ge=1, le=600)
+    RUN_INLINE_BUDGET_SECONDS: float = Field(default=5.0, ge=0, le=900)
+    RUN_DEFAULT_DEADLINE_SECONDS: float = Field(default=3600.0, gt=0, le=30 * 24 * 3600)
+    WORKER_POLL_SECONDS: float = Field(default=0.5, gt=0, le=60)  # how often an idle worker looks for runs
+    WORKER_CONCURRENCY: int = Field(default=4, ge=1, le=256)  # runs one worker advances at once
+    RUN_SWEEP_BUDGET_SECONDS: float = Field(default=20.0, gt=0, le=900)  # how long a cron sweep advances runs
+    RUN_BACKGROUND_WORKER: bool = True  # the gateway and runs function advance runs too (under uvicorn)
+    WEBHOOK_SECRETS: SecretStr | None = None  # comma-separated whsec_… (Standard Webhooks), several for rotation
+    CALLBACK_ALLOW_HOSTS: str = ""  # comma-separated hosts a run's callback_url may reach on a private address
+    ORCHESITY_PIPELINES_FILE: Path | None = Path("pipelines.json")  # core/runs/pipelines_file.py; absent: none
+
+    @property
+    def callback_allow_hosts(self) -> list[str]:
+        return [h.strip() for h in self.CALLBACK_ALLOW_HOSTS.split(",") if h.strip()]
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        raw = self.WEBHOOK_SECRETS.get_secret_value() if self.WEBHOOK_SECRETS else ""
+        return [s.strip() for s in raw.split(",") if s.strip()]
+
     # --- Who may call (core/auth.py) ----------------------------------------------------
     OPEN_ACCESS: bool = False  # no key needed: set by `orchesity serve` on loopback with no key
     AUTH_CACHE_SECONDS: float = Field(default=5.0, ge=0, le=300)
@@ -168,6 +189,23 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_role_scopes(cls, value: str) -> str:
         _role_scopes(value)
+        return value
+
+    @field_validator("WEBHOOK_SECRETS")
+    @classmethod
+    def _webhook_secrets(cls, value: SecretStr | None) -> SecretStr | None:
+        import base64
+        import binascii
+
+        raw = value.get_secret_value() if value is not None else ""
+        for i, secret in enumerate(filter(None, (s.strip() for s in raw.split(","))), start=1):
+            try:  # never echo the secret: name its position
+                ok = secret.startswith("whsec_") and len(base64.b64decode(secret[6:] + "==", validate=False)) >= 16
+            except (binascii.Error, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"secret #{i} is not a Standard Webhooks secret: whsec_ followed by the base64 "
+                                 "of at least 16 random bytes")
         return value
 
     @field_validator("MCP_ALLOWED_HOSTS")

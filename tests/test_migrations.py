@@ -23,7 +23,7 @@ from core.models import EMBEDDING_DIM, Run
 from core.settings import Settings
 
 TABLES = {"runs", "run_steps", "events", "request_log", "provider_weights", "dwa_provider_state",
-          "dwa_counters", "api_keys", "tool_registrations", "tool_calls"}
+          "dwa_counters", "api_keys", "tool_registrations", "tool_calls", "webhook_receipts"}
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
@@ -57,6 +57,15 @@ async def test_upgrade_creates_the_schema(db: Database) -> None:
     assert column_type == f"vector({EMBEDDING_DIM})"
 
 
+def _run(**fields: object) -> Run:
+    """A run row with the engine's required columns filled (its spec in `spec`)."""
+    from datetime import UTC, datetime, timedelta
+
+    defaults = {"pipeline": {"steps": []}, "pipeline_digest": "test", "inputs": {}, "read_token": "t",
+                "deadline": datetime.now(UTC) + timedelta(hours=1)}
+    return Run(**{**defaults, **fields})
+
+
 def _unit(axis: int) -> list[float]:
     vector = [0.0] * EMBEDDING_DIM
     vector[axis] = 1.0
@@ -68,9 +77,9 @@ async def test_runs_order_by_cosine_distance(db: Database) -> None:
     near = _unit(0)
     near[1] = 0.2
     runs = {
-        "same": Run(spec={"q": "same"}, status="done", embedding=_unit(0)),
-        "near": Run(spec={"q": "near"}, status="done", embedding=near),
-        "orthogonal": Run(spec={"q": "orthogonal"}, status="done", embedding=_unit(1)),
+        "same": _run(spec={"q": "same"}, status="succeeded", embedding=_unit(0)),
+        "near": _run(spec={"q": "near"}, status="succeeded", embedding=near),
+        "orthogonal": _run(spec={"q": "orthogonal"}, status="succeeded", embedding=_unit(1)),
     }
     async with db.session() as session:
         session.add_all(runs.values())
@@ -133,7 +142,7 @@ async def test_upgrade_from_a_url(db: Database, postgres: EmbeddedPostgres) -> N
     assert await current(postgres.url) == HEAD
     run_id = uuid.uuid4()
     async with db.session() as session:  # the schema is usable, not merely present
-        session.add(Run(id=run_id, spec={}, status="queued"))
+        session.add(_run(id=run_id, spec={}, status="queued"))
         await session.commit()
         await session.exec(delete(Run).where(Run.id == run_id))  # type: ignore[arg-type]
         await session.commit()

@@ -112,22 +112,27 @@ async def call_http(tool: Tool, arguments: Mapping[str, Any], ctx: CallContext) 
 _ENTRIES: dict[str, Any] = {}
 
 
-async def call_python(tool: Tool, arguments: Mapping[str, Any], ctx: CallContext) -> tuple[Any, bool]:
-    assert tool.python is not None
-    entry = tool.python.entry
+async def call_entry(entry: str, arguments: Mapping[str, Any]) -> Any:
+    """Call the python entry point `module:function` (allow-listed by its caller) with
+    `arguments`: an async one on the loop, a sync one in a thread. ToolFailed if it raises."""
     function = _ENTRIES.get(entry)
     if function is None:
         module, _, name = entry.partition(":")
         function = _ENTRIES[entry] = getattr(importlib.import_module(module), name)
     try:
         if inspect.iscoroutinefunction(function):
-            return await function(**arguments), False
+            return await function(**arguments)
         # a sync function runs in a thread: it cannot stall the event loop
-        return await asyncio.to_thread(function, **arguments), False
+        return await asyncio.to_thread(function, **arguments)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - the tool's own failure, reported to the caller
         raise ToolFailed("tool_error", f"{type(exc).__name__}: {exc}") from None
+
+
+async def call_python(tool: Tool, arguments: Mapping[str, Any], ctx: CallContext) -> tuple[Any, bool]:
+    assert tool.python is not None
+    return await call_entry(tool.python.entry, arguments), False
 
 
 async def call_llm(tool: Tool, arguments: Mapping[str, Any], ctx: CallContext) -> tuple[Any, bool]:

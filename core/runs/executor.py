@@ -1,0 +1,530 @@
+"""The durable executor: a run advanced by whoever holds its lease, checkpoint by checkpoint.
+
+Postgres is the coordination engine (DBOS Transact's model, on plain SQL; DESIGN.md says
+why not DBOS itself):
+- the run id is the idempotency key, the pipeline is pinned on the run row, and each
+  step's output is stored under (run, step) once it has one;
+- `advance(run_id, budget)` claims the run's lease (only if nobody holds it, or it
+  expired), runs the steps that are ready, concurrently, and ends at its budget;
+- every checkpoint (a step started, a step's output or error, the run's end) is one
+  transaction, fenced on the lease: it first moves the lease on, and only if this owner
+  still holds it, then writes the step row and its events. An owner that lost its lease
+  writes nothing, ever;
+- while a step runs, a renewer keeps the lease; if it cannot (the run was taken over),
+  or the run was asked to cancel, it cancels the running steps;
+- cancellation and the deadline are checked at every step boundary.
+
+A crash (of a worker, of the function that advanced a run inline) leaves the run
+leased to nobody once its lease expires; the next `advance` (a worker, the cron sweep)
+re-runs only the step that was interrupted. Each step carries the idempotency key
+`run_id:step` (http tools send it as Idempotency-Key), so a side effect the interrupted
+attempt already caused lands once. Events go to Redis after each commit (core/progress.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from core import fastjson, progress, templates
+from core.runs.pipeline import Pipeline, Step
+
+if TYPE_CHECKING:
+    from core.services import Services
+
+log = logging.getLogger("orchesity.runs")
+
+ACTIVE = ("queued", "running")
+FINISHED = ("succeeded", "failed", "cancelled", "timed_out")
+DONE_STEPS = ("succeeded", "failed", "cancelled")
+
+
+class LeaseLost(RuntimeError):
+    """This owner no longer holds the run's lease: it must write nothing more."""
+
+
+class StepFailed(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.message = kind, message
+
+    def to_json(self) -> dict[str, str]:
+        return {"type": self.kind, "message": self.message[:2000]}
+
+
+@dataclass
+class StepState:
+    status: str = "pending"
+    output: Any = None
+    attempts: int = 0
+    failures: int = 0
+    next_attempt_at: float | None = None  # epoch seconds
+    error: dict[str, Any] | None = None
+
+
+@dataclass
+class RunState:
+    id: uuid.UUID
+    pipeline: Pipeline
+    inputs: dict[str, Any]
+    status: str
+    caller: str | None
+    deadline: float
+    cancel_requested: bool
+    steps: dict[str, StepState] = field(default_factory=dict)
+
+    def progress(self) -> float:
+        done = sum(1 for s in self.steps.values() if s.status in DONE_STEPS)
+        return round(100.0 * done / len(self.pipeline.steps), 1)
+
+    def context(self) -> dict[str, Any]:
+        """What templates read: the inputs and each finished step's output."""
+        return {"inputs": self.inputs,
+                "steps": {name: {"output": s.output, "status": s.status} for name, s in self.steps.items()}}
+
+
+# --- SQL ----------------------------------------------------------------------------------
+
+_CLAIM = """
+UPDATE runs SET lease_owner = :owner, lease_until = now() + make_interval(secs => :ttl),
+  attempt = attempt + CASE WHEN lease_owner IS DISTINCT FROM :owner THEN 1 ELSE 0 END
+WHERE id = :run AND status IN ('queued', 'running')
+  AND (lease_until IS NULL OR lease_until < now() OR lease_owner = :owner)
+RETURNING id"""
+
+_CLAIM_NEXT = """
+UPDATE runs SET lease_owner = :owner, lease_until = now() + make_interval(secs => :ttl), attempt = attempt + 1
+WHERE id = (SELECT id FROM runs WHERE status IN ('queued', 'running')
+              AND (lease_until IS NULL OR lease_until < now())
+            AND (wake_at IS NULL OR wake_at <= now() OR deadline <= now())
+            ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
+RETURNING id"""
+
+# Moves the lease on and reserves :n event numbers, only for the owner that still holds it.
+_FENCE = """
+UPDATE runs SET lease_until = now() + make_interval(secs => :ttl), event_seq = event_seq + :n, updated_at = now()
+WHERE id = :run AND lease_owner = :owner AND lease_until > now()
+RETURNING event_seq, cancel_requested"""
+
+_RELEASE = """
+UPDATE runs SET lease_owner = NULL, lease_until = NULL, wake_at = :wake
+WHERE id = :run AND lease_owner = :owner"""
+
+# The run's status moved on (running, or its end); an ending makes its callback due.
+_FINISH = """
+UPDATE runs SET status = CAST(:status AS text), result = CAST(:result AS jsonb), error = CAST(:error AS jsonb),
+  started_at = coalesce(started_at, now()),
+  finished_at = CASE WHEN CAST(:status AS text) IN ('succeeded', 'failed', 'cancelled', 'timed_out') THEN now() END,
+  callback_status = CASE WHEN callback_url IS NOT NULL
+                         AND CAST(:status AS text) IN ('succeeded', 'failed', 'cancelled', 'timed_out') THEN 'pending' END,
+  callback_next_at = CASE WHEN callback_url IS NOT NULL
+                          AND CAST(:status AS text) IN ('succeeded', 'failed', 'cancelled', 'timed_out') THEN now() END
+WHERE id = :run"""
+
+EVENT_SQL = """
+INSERT INTO events (run_id, seq, timestamp, event_type, message, progress_percentage, data)
+VALUES (:run, :seq, to_timestamp(:at), :type, :message, :progress, CAST(:data AS jsonb))"""
+
+_STEP = """
+INSERT INTO run_steps (run_id, index, name, status, output, attempts, failures, next_attempt_at, error,
+                       started_at, finished_at)
+VALUES (:run, :index, :name, CAST(:status AS text), CAST(:output AS jsonb), :attempts, :failures, to_timestamp(:next_at),
+        CAST(:error AS jsonb), CASE WHEN CAST(:status AS text) = 'running' THEN now() END,
+        CASE WHEN CAST(:status AS text) IN ('succeeded', 'failed', 'cancelled') THEN now() END)
+ON CONFLICT (run_id, name) DO UPDATE SET status = excluded.status, output = excluded.output,
+  attempts = excluded.attempts, failures = excluded.failures, next_attempt_at = excluded.next_attempt_at,
+  error = excluded.error, started_at = coalesce(excluded.started_at, run_steps.started_at),
+  finished_at = excluded.finished_at"""
+
+
+async def _shielded(work: Any) -> Any:
+    """Await `work` to its end even if the awaiting task is cancelled meanwhile."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
+def json_text(value: Any) -> str | None:
+    return None if value is None else fastjson.dumps(value).decode()
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def event_row(run_id: uuid.UUID, event: progress.Event) -> dict[str, Any]:
+    return {"run": run_id, "seq": event.seq, "at": event.at, "type": event.type, "message": event.message,
+            "progress": event.progress, "data": json_text(event.data)}
+
+
+# --- advancing -----------------------------------------------------------------------------
+
+
+class Executor:
+    """Advances runs on behalf of one owner (a worker, a function instance)."""
+
+    def __init__(self, svc: Services, owner: str | None = None) -> None:
+        self.svc = svc
+        self.owner = owner or f"{svc.settings.redis_backend or 'pg'}:{uuid.uuid4().hex[:12]}"
+        self.ttl = svc.settings.RUN_LEASE_SECONDS
+
+    async def claim_next(self) -> uuid.UUID | None:
+        """Take the lease of the oldest run that is ready and held by nobody."""
+        from sqlalchemy import text
+
+        async with self.svc.db.engine.begin() as conn:
+            return (await conn.execute(text(_CLAIM_NEXT), {"owner": self.owner, "ttl": self.ttl})).scalar()
+
+    async def advance(self, run_id: uuid.UUID, budget: float, *, claimed: bool = False,
+                      stop: asyncio.Event | None = None) -> str | None:
+        """Run what is ready of `run_id` for up to `budget` seconds (or until `stop` is
+        set: no step starts after it, the running ones end); its status after, or None if
+        another owner holds it (or it has ended)."""
+        from sqlalchemy import text
+
+        if not claimed:
+            async with self.svc.db.engine.begin() as conn:
+                if (await conn.execute(text(_CLAIM), {"run": run_id, "owner": self.owner, "ttl": self.ttl})).first() is None:
+                    return None
+        state = await self._load(run_id)
+        wake: float | None = None
+        try:
+            wake = await _Advance(self, state, time.monotonic() + budget, stop).run()
+        except LeaseLost:
+            log.warning("run %s: lease lost to another owner; stopping", run_id)
+            return None
+        except Exception:
+            wake = time.time() + self.ttl  # Postgres away, or a defect: not again at once
+            raise
+        finally:
+            if state.status in ACTIVE:  # let go now, so another owner need not wait the lease out
+                await _shielded(self._release(run_id, wake))
+        if state.status in FINISHED:
+            await self._after_finish(state)
+        return state.status
+
+    async def _release(self, run_id: uuid.UUID, wake: float | None) -> None:
+        from sqlalchemy import text
+
+        async with self.svc.db.engine.begin() as conn:
+            await conn.execute(text(_RELEASE), {"run": run_id, "owner": self.owner,
+                                                "wake": datetime.fromtimestamp(wake, UTC) if wake else None})
+
+    async def _load(self, run_id: uuid.UUID) -> RunState:
+        from sqlalchemy import text
+
+        async with self.svc.db.engine.connect() as conn:
+            run = (await conn.execute(text(
+                "SELECT pipeline, inputs, status, caller, deadline, cancel_requested FROM runs WHERE id = :id"),
+                {"id": run_id})).one()
+            rows = (await conn.execute(text(
+                "SELECT name, status, output, attempts, failures, next_attempt_at, error FROM run_steps "
+                "WHERE run_id = :id"), {"id": run_id})).all()
+        pipeline = Pipeline.model_validate(run.pipeline)
+        state = RunState(run_id, pipeline, run.inputs, run.status, run.caller, run.deadline.timestamp(),
+                         run.cancel_requested, {step.id: StepState() for step in pipeline.steps})
+        for row in rows:
+            # a step found "running" was interrupted (its owner is gone): it runs again
+            status = "pending" if row.status == "running" else row.status
+            state.steps[row.name] = StepState(status, row.output, row.attempts, row.failures,
+                                              _epoch(row.next_attempt_at), row.error)
+        return state
+
+    async def checkpoint(self, state: RunState, events: list[tuple[str, str, dict[str, Any]]], *,
+                         step: Step | None = None, finish: dict[str, Any] | None = None) -> None:
+        """One fenced transaction: the lease moved on, the step's row (and the run's end)
+        written, the events numbered and stored; then the events go to Redis. A checkpoint
+        under way is finished even if its caller is cancelled (a worker stopping)."""
+        await _shielded(self._checkpoint(state, events, step, finish))
+
+    async def _checkpoint(self, state: RunState, events: list[tuple[str, str, dict[str, Any]]],
+                          step: Step | None, finish: dict[str, Any] | None) -> None:
+        from sqlalchemy import text
+
+        async with self.svc.db.engine.begin() as conn:
+            fenced = (await conn.execute(text(_FENCE), {"run": state.id, "owner": self.owner, "ttl": self.ttl,
+                                                         "n": len(events)})).first()
+            if fenced is None:
+                raise LeaseLost(str(state.id))
+            state.cancel_requested = state.cancel_requested or fenced.cancel_requested
+            # the step's row; at the run's end, those of the steps it cancelled too
+            written = [step.id] if step is not None else []
+            if finish is not None:
+                written += [name for name, s in state.steps.items() if s.status == "cancelled"]
+            if written:
+                order = [x.id for x in state.pipeline.steps]
+                await conn.execute(text(_STEP), [{
+                    "run": state.id, "index": order.index(name), "name": name, "status": s.status,
+                    "output": json_text(s.output), "attempts": s.attempts, "failures": s.failures,
+                    "next_at": s.next_attempt_at, "error": json_text(s.error)}
+                    for name in written for s in (state.steps[name],)])
+            if finish is not None:
+                await conn.execute(text(_FINISH),
+                    {"run": state.id, "status": finish["status"], "result": json_text(finish.get("result")),
+                     "error": json_text(finish.get("error"))})
+                state.status = finish["status"]
+            first = fenced.event_seq - len(events) + 1
+            at = progress.now()
+            made = [progress.Event(first + i, kind, message, at, state.progress(), data)
+                    for i, (kind, message, data) in enumerate(events)]
+            if made:
+                await conn.execute(text(EVENT_SQL), [event_row(state.id, e) for e in made])
+        await progress.publish(self.svc.kv, state.id, made, {"status": state.status, "progress": state.progress()})
+
+    async def renew(self, state: RunState) -> bool:
+        """Keep the lease while steps run; False once it is lost or the run is to cancel."""
+        from sqlalchemy import text
+
+        async with self.svc.db.engine.begin() as conn:
+            row = (await conn.execute(text(
+                "UPDATE runs SET lease_until = now() + make_interval(secs => :ttl) WHERE id = :run "
+                "AND lease_owner = :owner AND lease_until > now() RETURNING cancel_requested"),
+                {"run": state.id, "owner": self.owner, "ttl": self.ttl})).first()
+        if row is None:
+            return False
+        state.cancel_requested = state.cancel_requested or row.cancel_requested
+        return not state.cancel_requested
+
+    async def _after_finish(self, state: RunState) -> None:
+        from core.runs.callbacks import deliver_due
+
+        await deliver_due(self.svc, run_id=state.id)
+
+    # -- running one step --------------------------------------------------------------------
+    async def execute(self, state: RunState, step: Step) -> Any:
+        """The step's output, or StepFailed."""
+        context = state.context()
+        key = f"{state.id}:{step.id}"
+        try:
+            async with asyncio.timeout(step.timeout):
+                if step.kind == "llm":
+                    return await self._llm(state, step, context)
+                arguments = templates.render_value(step.arguments, context)
+                if step.kind == "tool":
+                    return await self._tool(state, step, arguments, key)
+                from core.tools.kinds import ToolFailed, call_entry
+
+                try:
+                    return await call_entry(step.entry or "", arguments)
+                except ToolFailed as exc:
+                    raise StepFailed(exc.kind, exc.message) from None
+        except TimeoutError:
+            raise StepFailed("timeout", f"step {step.id!r} gave no output within {step.timeout:g}s") from None
+        except templates.TemplateError as exc:
+            raise StepFailed("template", str(exc)) from None
+
+    async def _llm(self, state: RunState, step: Step, context: dict[str, Any]) -> Any:
+        from core.orchestrator import LLMRequest
+        from core.providers.base import ChatRequest
+
+        messages = [{**m, "content": templates.render(m.get("content", ""), context)} for m in step.messages or []]
+        request = LLMRequest(chat=ChatRequest(messages=messages, max_tokens=step.max_tokens,
+                                              temperature=step.temperature),
+                             targets=None if step.model == "auto" else [step.model], endpoint="run",
+                             caller=state.caller, tenant=state.caller, timeout=step.timeout)
+        orchestration = await self.svc.orchestrator.complete(request)
+        result = orchestration.results[0]
+        if not result.ok:
+            error = result.error or {}
+            raise StepFailed("llm_error", f"{error.get('type')}: {error.get('message')}")
+        return result.text
+
+    async def _tool(self, state: RunState, step: Step, arguments: Any, key: str) -> Any:
+        import os
+
+        from core.tools.invoke import ArgumentsInvalid, ToolUnavailable, invoke
+        from core.tools.kinds import CallContext
+
+        try:
+            entry = await self.svc.tools.get(step.tool or "")
+            ctx = CallContext(settings=self.svc.settings, environ=os.environ, orchestrator=self.svc.orchestrator,
+                              caller=state.caller, tenant=state.caller, idempotency_key=key)
+            outcome = await invoke(entry, arguments, ctx, kv=self.svc.kv, db=self.svc.db)
+        except (ArgumentsInvalid, ToolUnavailable) as exc:
+            raise StepFailed("tool_refused", str(exc)) from None
+        if outcome.status != "ok":
+            error = outcome.error or {}
+            raise StepFailed(str(error.get("type")), str(error.get("message")))
+        return outcome.result
+
+
+class _Advance:
+    """One `advance`: its loop, its running steps, its lease renewer."""
+
+    def __init__(self, executor: Executor, state: RunState, end: float, stop: asyncio.Event | None) -> None:
+        self.ex, self.state, self.end = executor, state, end
+        self.stop = stop or asyncio.Event()
+        self.running: dict[str, asyncio.Task[Any]] = {}
+
+    def _budget_left(self) -> float:
+        return 0.0 if self.stop.is_set() else self.end - time.monotonic()
+
+    async def run(self) -> float | None:
+        """Advance until the run ends or the budget does; when to wake it next (a retry)."""
+        state = self.state
+        if await self._stopped():
+            return None
+        if state.status == "queued":
+            await self.ex.checkpoint(state, [("run.started", "started", {})], finish={"status": "running"})
+        renewer = asyncio.create_task(self._renew())
+        try:
+            while True:
+                if await self._stopped():
+                    return None
+                ready, wait_until = self._ready()
+                budget_left = self._budget_left()
+                if not self.running and not ready:
+                    if wait_until is None:
+                        await self._finish()
+                        return None
+                    if wait_until - time.time() > budget_left:
+                        return min(wait_until, state.deadline)  # a retry after this budget: wake then
+                if budget_left > 0:
+                    for step in ready:
+                        await self._start(step)
+                elif not self.running:
+                    return wait_until or time.time()
+                await self._wait(wait_until)
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+            for task in self.running.values():
+                task.cancel()
+            await asyncio.gather(*self.running.values(), return_exceptions=True)
+
+    def _ready(self) -> tuple[list[Step], float | None]:
+        """Steps that may start now, and the earliest time a waiting retry may."""
+        steps, now = self.state.steps, time.time()
+        ready, wait = [], None
+        for step in self.state.pipeline.steps:
+            s = steps[step.id]
+            if step.id in self.running or s.status in DONE_STEPS:
+                continue
+            # a dependency that ended may be used (failed with on_error continue: its output is null)
+            if not all(steps[d].status == "succeeded" or (steps[d].status == "failed" and self._continues(d))
+                       for d in step.dependencies()):
+                continue
+            if s.status == "retrying" and s.next_attempt_at and s.next_attempt_at > now:
+                wait = s.next_attempt_at if wait is None else min(wait, s.next_attempt_at)
+                continue
+            ready.append(step)
+        return ready, wait
+
+    def _continues(self, step_id: str) -> bool:
+        return self.state.pipeline.by_id()[step_id].on_error == "continue"
+
+    async def _start(self, step: Step) -> None:
+        s = self.state.steps[step.id]
+        s.status, s.attempts = "running", s.attempts + 1
+        await self.ex.checkpoint(self.state, [("step.started", f"{step.id}: started (attempt {s.attempts})",
+                                               {"step": step.id, "attempt": s.attempts, "kind": step.kind})], step=step)
+        self.running[step.id] = asyncio.create_task(self.ex.execute(self.state, step))
+
+    async def _wait(self, wait_until: float | None) -> None:
+        """Until a running step ends, a retry is due, the budget ends or the deadline
+        comes; then checkpoint each step that ended. Past the budget, the steps already
+        running are waited for (their timeouts and the deadline bound that)."""
+        now = time.time()
+        limits = [self.state.deadline - now]
+        budget_left = self._budget_left()
+        if budget_left > 0:
+            limits.append(budget_left)
+            if wait_until is not None:
+                limits.append(wait_until - now)
+        elif not self.running:
+            limits.append(0.0)
+        timeout = max(0.0, min(limits))
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            done, _ = await asyncio.wait([*self.running.values(), stopping], timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        for step_id, task in list(self.running.items()):
+            if task in done:
+                del self.running[step_id]
+                await self._ended(self.state.pipeline.by_id()[step_id], task)
+
+    async def _ended(self, step: Step, task: asyncio.Task[Any]) -> None:
+        s = self.state.steps[step.id]
+        if task.cancelled():
+            s.status = "pending"  # stopped by a cancel or a lost lease: decided elsewhere
+            return
+        error = task.exception()
+        if error is None:
+            s.status, s.output, s.error, s.next_attempt_at = "succeeded", task.result(), None, None
+            await self.ex.checkpoint(self.state, [("step.completed", f"{step.id}: done", {"step": step.id})], step=step)
+            return
+        failure = error if isinstance(error, StepFailed) else StepFailed("internal_error", type(error).__name__)
+        if not isinstance(error, StepFailed):
+            log.error("run %s step %s failed unexpectedly", self.state.id, step.id, exc_info=error)
+        s.failures += 1
+        s.error = failure.to_json()
+        if s.failures <= step.retries:
+            delay = step.backoff_seconds * 2 ** (s.failures - 1) * random.uniform(0.5, 1.5)
+            s.status, s.next_attempt_at = "retrying", time.time() + delay
+            await self.ex.checkpoint(self.state, [("step.retrying", f"{step.id}: {failure.message[:200]}; retrying "
+                                                   f"in {delay:.2f}s", {"step": step.id, "error": s.error,
+                                                                         "delay_s": round(delay, 3)})], step=step)
+            return
+        s.status = "failed"
+        await self.ex.checkpoint(self.state, [("step.failed", f"{step.id}: {failure.message[:200]}",
+                                               {"step": step.id, "error": s.error})], step=step)
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.ex.ttl / 3)
+            if not await self.ex.renew(self.state):
+                for task in self.running.values():  # taken over, or to cancel: stop the steps
+                    task.cancel()
+                return
+
+    async def _stopped(self) -> bool:
+        """Cancel requested or deadline passed: end the run (True)."""
+        state = self.state
+        if state.cancel_requested:
+            await self._halt("cancelled", "run.cancelled", "cancelled on request")
+            return True
+        if time.time() >= state.deadline:
+            await self._halt("timed_out", "run.timed_out", "past its deadline")
+            return True
+        return False
+
+    async def _halt(self, status: str, event: str, message: str) -> None:
+        for task in self.running.values():
+            task.cancel()
+        await asyncio.gather(*self.running.values(), return_exceptions=True)
+        self.running.clear()
+        for step in self.state.pipeline.steps:
+            if self.state.steps[step.id].status in ("pending", "running", "retrying"):
+                self.state.steps[step.id].status = "cancelled"
+        await self.ex.checkpoint(self.state, [(event, message, {})],
+                                 finish={"status": status, "error": {"type": status, "message": message}})
+
+    async def _finish(self) -> None:
+        state = self.state
+        failed = [step.id for step in state.pipeline.steps
+                  if state.steps[step.id].status == "failed" and not self._continues(step.id)]
+        outputs = {name: s.output for name, s in state.steps.items()}
+        last = state.pipeline.steps[-1].id
+        if failed:
+            error = {"type": "step_failed", "step": failed[0], **(state.steps[failed[0]].error or {})}
+            for step in state.pipeline.steps:  # what could not run after the failure
+                if state.steps[step.id].status == "pending":
+                    state.steps[step.id].status = "cancelled"
+            await self.ex.checkpoint(state, [("run.failed", f"failed at step {failed[0]!r}: "
+                                                           f"{error.get('message', '')[:200]}", {"error": error})],
+                                     finish={"status": "failed", "error": error, "result": {"steps": outputs}})
+        else:
+            await self.ex.checkpoint(state, [("run.succeeded", "succeeded", {})],
+                                     finish={"status": "succeeded",
+                                             "result": {"output": outputs[last], "steps": outputs}})

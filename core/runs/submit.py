@@ -1,0 +1,154 @@
+"""Starting a run: what POST /api/runs and `orchesity run` call.
+
+A request gives a pipeline (inline, or the name of one in the pipelines file), its
+`inputs`, and optionally a `callback_url` and a `deadline_seconds`. The pipeline is
+checked (core/runs/pipeline.py: every problem named, nothing stored) and pinned: each
+tool step's `tool` becomes the exact `name@version` the registry resolved, so a tool
+registered later does not change a run already started. The run is stored queued with
+its `run.queued` event; a `delivery_id` seen before (a webhook's id, an
+Idempotency-Key) returns the run it started instead of a second one.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from core import progress
+from core.runs.executor import EVENT_SQL, event_row, json_text
+from core.runs.pipeline import Pipeline, RunInvalid, check, parse
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from core.services import Services
+    from core.settings import Settings
+
+
+class RunRequest(BaseModel):
+    """The body of POST /api/runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pipeline: dict[str, Any] | str = Field(description="a pipeline ({\"steps\": [...]}) or a named pipeline's name")
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    callback_url: str | None = Field(default=None, max_length=2048)
+    deadline_seconds: float | None = Field(default=None, gt=0, le=30 * 24 * 3600)
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback(cls, url: str | None) -> str | None:
+        parts = urlsplit(url or "http://x")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+
+@dataclass(frozen=True)
+class Submitted:
+    id: uuid.UUID
+    new: bool  # False: the delivery id was seen before, and this is the run it started
+    read_token: str
+    status: str
+
+
+def resolve(svc: Services, pipeline: dict[str, Any] | str) -> Pipeline:
+    """The pipeline a request names or gives (RunInvalid when it names none)."""
+    if isinstance(pipeline, str):
+        named = svc.pipelines
+        if pipeline not in named:
+            known = ", ".join(sorted(named)) or "none: ORCHESITY_PIPELINES_FILE has no pipelines"
+            raise RunInvalid([f"pipeline: there is no pipeline named {pipeline!r} (named pipelines: {known})"])
+        return named[pipeline]
+    return parse(pipeline)
+
+
+async def pin(svc: Services, pipeline: Pipeline) -> Pipeline:
+    """`pipeline`, checked, with each tool step naming the exact version it will call."""
+    entries = await check(pipeline, svc.tools, svc.settings)
+    if not entries:
+        return pipeline
+    steps = [step.model_copy(update={"tool": entries[step.id].tool.ref}) if step.id in entries else step
+             for step in pipeline.steps]
+    return pipeline.model_copy(update={"steps": steps})
+
+
+async def submit(svc: Services, request: RunRequest, *, caller: str,
+                 delivery_id: str | None = None) -> Submitted:
+    """Check, pin and store a run (RunInvalid, naming each problem, stores nothing)."""
+    if delivery_id is not None:
+        async with svc.db.engine.connect() as conn:
+            seen = await _receipt(conn, delivery_id)
+        if seen is not None:
+            return seen
+    if request.callback_url is not None:
+        _check_callback(svc.settings, request.callback_url)
+    pipeline = await pin(svc, resolve(svc, request.pipeline))
+    return await create_run(svc, pipeline, request.inputs, caller=caller,
+                            spec=request.model_dump(mode="json", exclude_none=True),
+                            deadline_seconds=request.deadline_seconds, callback_url=request.callback_url,
+                            delivery_id=delivery_id)
+
+
+def _check_callback(settings: Settings, url: str) -> None:
+    """Refuse a callback written to a private address now, not at its first attempt
+    (a name is checked by the guard when it is resolved, at every attempt)."""
+    from core.outbound import literal_refusal
+
+    host = urlsplit(url).hostname or ""
+    refusal = None if host in settings.callback_allow_hosts else literal_refusal(host)
+    if refusal:
+        raise RunInvalid([f"callback_url: {host} is {refusal}: a callback never goes to a private address "
+                          "(CALLBACK_ALLOW_HOSTS lists the hosts that may)"])
+
+
+async def _receipt(conn: AsyncConnection, delivery_id: str) -> Submitted | None:
+    """The run a delivery id started, if it started one."""
+    from sqlalchemy import text
+
+    row = (await conn.execute(text(
+        "SELECT r.id, r.read_token, r.status FROM webhook_receipts w JOIN runs r ON r.id = w.run_id "
+        "WHERE w.delivery_id = :d"), {"d": delivery_id})).first()
+    return Submitted(row.id, False, row.read_token, row.status) if row else None
+
+
+async def create_run(svc: Services, pipeline: Pipeline, inputs: Mapping[str, Any], *, caller: str,
+                     spec: Mapping[str, Any], deadline_seconds: float | None = None,
+                     callback_url: str | None = None, delivery_id: str | None = None) -> Submitted:
+    """Store a queued run and its run.queued event (then published to Redis)."""
+    from sqlalchemy import text
+
+    run_id, token = uuid.uuid4(), secrets.token_urlsafe(24)
+    deadline = datetime.now(UTC) + timedelta(seconds=deadline_seconds or svc.settings.RUN_DEFAULT_DEADLINE_SECONDS)
+    queued = progress.Event(1, "run.queued", f"queued: {len(pipeline.steps)} steps", progress.now(), 0.0,
+                            {"pipeline": pipeline.name, "digest": pipeline.digest})
+    async with svc.db.engine.begin() as conn:
+        if delivery_id is not None:
+            # the receipt first (its foreign key is checked at commit): a second delivery
+            # of the same id waits here for the first to commit, then gets its run
+            claimed = (await conn.execute(text(
+                "INSERT INTO webhook_receipts (delivery_id, run_id) VALUES (:delivery, :run) "
+                "ON CONFLICT DO NOTHING RETURNING run_id"), {"delivery": delivery_id, "run": run_id})).first()
+            if claimed is None:
+                seen = await _receipt(conn, delivery_id)
+                assert seen is not None  # committed by the other delivery, with its run
+                return seen
+        await conn.execute(text(
+            "INSERT INTO runs (id, spec, status, pipeline, pipeline_name, pipeline_digest, inputs, caller, "
+            "read_token, deadline, callback_url, event_seq) VALUES (:id, CAST(:spec AS jsonb), 'queued', "
+            "CAST(:pipeline AS jsonb), :name, :digest, CAST(:inputs AS jsonb), :caller, :token, :deadline, "
+            ":callback, 1)"),
+            {"id": run_id, "spec": json_text(dict(spec)),
+             "pipeline": json_text(pipeline.model_dump(mode="json", exclude_none=True)), "name": pipeline.name,
+             "digest": pipeline.digest, "inputs": json_text(dict(inputs)), "caller": caller,
+             "token": token, "deadline": deadline, "callback": callback_url})
+        await conn.execute(text(EVENT_SQL), event_row(run_id, queued))
+    await progress.publish(svc.kv, run_id, [queued], {"status": "queued", "progress": 0.0})
+    return Submitted(run_id, True, token, "queued")
