@@ -1,5 +1,7 @@
 """The `orchesity` command: serve the gateway, migrate the database, inspect routing.
 
+The runs commands (`run`, `runs`, `worker`) are core/cli_runs.py's.
+
 Settings come from the environment and `.env` (see `.env.example`); with none set,
 Orchesity runs on an embedded PostgreSQL and Redis under `.orchesity/`.
 """
@@ -106,12 +108,14 @@ def serve(
     import uvicorn
 
     from core.providers.config import load_deployments
+    from core.runs.pipelines_file import named_pipelines
     from functions.serving import log_config
 
     settings = _settings()
-    try:  # a providers or tools file it cannot use stops it here, naming the file, entry and field
+    try:  # a providers, tools or pipelines file it cannot use stops it here, naming the file, entry, field
         load_deployments(settings)
         _check_tools_file(settings)
+        named_pipelines(settings)
     except SettingsError as exc:
         raise _fail(str(exc)) from None
     if migrate_first:
@@ -434,6 +438,9 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or prefix.
     if row is None:
         raise _fail(f"no key has the id or prefix {key!r}", 1)
     typer.echo(f"revoked key {row['prefix']} ({row['name']})")
+
+
+from core import cli_runs  # noqa: E402,F401 - registers `run`, `runs` and `worker` on `app`
 
 
 def main() -> None:  # pragma: no cover - the console script

@@ -6,7 +6,10 @@ cron tick` call these, so an HTTP call and a shell run do the same work.
   continuously).
 - `recompute_weights`: the request log's recent figures into DWA baseline weights, kept
   in Postgres and published to Redis (core/dwa/recompute.py).
-- `tick`: both, then the per-key budget counters reconciled with the log
+- `sweep_runs`: every run that is ready and held by nobody advanced for a while (the
+  leases of owners that died taken over, runs past their deadline ended), and the due
+  run callbacks sent (core/runs/worker.py).
+- `tick`: all three, then the per-key budget counters reconciled with the log
   (core/limits.py). Each part answers as it went: with Redis down the drain and the
   budgets say so, and the weights still reach Postgres.
 
@@ -47,6 +50,12 @@ async def recompute_weights(svc: Services, window_seconds: int) -> dict[str, Any
     return answer
 
 
+async def sweep_runs(svc: Services, budget_seconds: float) -> dict[str, Any]:
+    from core.runs.worker import sweep
+
+    return await sweep(svc, budget=budget_seconds)
+
+
 async def tick(svc: Services, window_seconds: int) -> dict[str, Any]:
     # Drain first, so the recompute and the budgets see the requests that were still queued.
     try:
@@ -54,6 +63,7 @@ async def tick(svc: Services, window_seconds: int) -> dict[str, Any]:
     except KVUnavailable as exc:
         drained = {"moved": 0, "pending": None, "error": f"Redis is unavailable ({exc})"}
     answer = {"drain": drained, "recompute": await recompute_weights(svc, window_seconds)}
+    answer["runs"] = await sweep_runs(svc, svc.settings.RUN_SWEEP_BUDGET_SECONDS)
     if svc.kv is not None:
         from core.limits import reconcile
 

@@ -2,7 +2,8 @@
 
 POST /api/cron/recompute-weights  windowed provider figures -> DWA baseline weights
 POST /api/cron/drain-logs         the request log queued in Redis -> Postgres
-POST /api/cron/tick               both (one schedule is enough)
+POST /api/cron/sweep-runs         runs nobody advances, advanced; due run callbacks sent
+POST /api/cron/tick               all three (one schedule is enough)
 
 The work is core/cron.py's (`orchesity cron tick` runs it from a shell). A call is
 authorised by any of:
@@ -87,6 +88,13 @@ async def recompute_weights(window_seconds: int = WINDOW, svc: Services = Depend
 @router.post("/drain-logs")
 async def drain_logs(svc: Services = Depends(authorised)) -> dict[str, Any]:
     return await cron.drain(svc)
+
+
+@router.post("/sweep-runs")
+async def sweep_runs(budget_seconds: float | None = Query(default=None, gt=0, le=900, description="Seconds to advance "
+                                                   "runs for (RUN_SWEEP_BUDGET_SECONDS)."),
+                     svc: Services = Depends(authorised)) -> dict[str, Any]:
+    return await cron.sweep_runs(svc, budget_seconds or svc.settings.RUN_SWEEP_BUDGET_SECONDS)
 
 
 @router.post("/tick")

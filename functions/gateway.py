@@ -6,16 +6,16 @@ from fastapi import FastAPI
 
 from core.services import Services
 from core.settings import Settings
-from functions import cron, db, dwa, health, keys, mcp, orchestrate, tools
+from functions import cron, db, dwa, health, keys, mcp, orchestrate, runs, tools
 from functions.http import create_app, entry_points
 
 ROUTERS = (health.router, orchestrate.router, dwa.router, db.router, cron.router, keys.router, tools.router,
-           mcp.router)
+           runs.router, mcp.router)
 
 
 def build_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     return create_app(*ROUTERS, title="Orchesity", settings=settings, services=services,
-                      routes_llm=True, drains_log=True, loads_tools=True)
+                      routes_llm=True, drains_log=True, loads_tools=True, advances_runs=True)
 
 
 __getattr__ = entry_points(build_app)

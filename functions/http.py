@@ -42,10 +42,10 @@ class ApiError(Exception):
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
                  param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, details: list[Any] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers
+        self.headers, self.details = headers, details
 
 
 def error_body(message: str, *, type: str, param: str | None = None, code: str | None = None,
@@ -54,7 +54,8 @@ def error_body(message: str, *, type: str, param: str | None = None, code: str |
 
 
 async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse(error_body(exc.message, type=exc.type, param=exc.param, code=exc.code),
+    extra = {"details": exc.details} if exc.details is not None else {}
+    return JSONResponse(error_body(exc.message, type=exc.type, param=exc.param, code=exc.code, **extra),
                         status_code=exc.status, headers=exc.headers)
 
 
@@ -272,16 +273,17 @@ def require(scope: Scope) -> Callable[..., Any]:
 
 def create_app(*routers: APIRouter, title: str, settings: Settings | None = None,
                services: Services | None = None, routes_llm: bool = False,
-               drains_log: bool = False, loads_tools: bool = False) -> FastAPI:
+               drains_log: bool = False, loads_tools: bool = False, advances_runs: bool = False) -> FastAPI:
     """A FastAPI app serving `routers`, with Orchesity's errors, limits and CORS.
 
     `services` is for tests and the gateway, which open them once; otherwise they are
     opened from `settings` (or the environment) on first use. Under a long-running
     server (uvicorn runs the lifespan; Mangum does not) they are opened at start-up,
     and so are the provider registry when `routes_llm` and the tool registry when
-    `loads_tools`, so a configuration the app cannot use stops it from starting; with
-    `drains_log` the logs are moved from Redis into Postgres in the background for as
-    long as it runs.
+    `loads_tools` (with the named pipelines), so a configuration the app cannot use stops
+    it from starting; with `drains_log` the logs are moved from Redis into Postgres in the
+    background for as long as it runs, and with `advances_runs` (and RUN_BACKGROUND_WORKER)
+    a worker advances runs in the background (core/runs/worker.py), stopped with the app.
     """
     settings = settings or (services.settings if services else load_settings())
     # Orchesity's own loggers follow LOG_LEVEL wherever the app runs; their records reach
@@ -299,18 +301,25 @@ def create_app(*routers: APIRouter, title: str, settings: Settings | None = None
                 tokens.preload(adapter.spec.model)  # in the background; Lambda loads on first count
         if loads_tools:
             svc.tools  # noqa: B018 - reads the tools file: one it cannot use raises here
+            svc.pipelines  # noqa: B018 - and the pipelines file
         drainer = None
         if drains_log and svc.kv is not None and settings.LOG_DRAIN_INTERVAL_SECONDS > 0:
             from core.journal import drain_continuously
 
             drainer = asyncio.create_task(
                 drain_continuously(svc.kv, svc.db, interval=settings.LOG_DRAIN_INTERVAL_SECONDS))
+        stop_worker, worker = asyncio.Event(), None
+        if advances_runs and settings.RUN_BACKGROUND_WORKER:
+            from core.runs.worker import work
+
+            worker = asyncio.create_task(work(svc, stop_worker, concurrency=settings.WORKER_CONCURRENCY))
         try:
             yield
         finally:
+            stop_worker.set()
             if drainer is not None:
                 drainer.cancel()
-                await asyncio.gather(drainer, return_exceptions=True)
+            await asyncio.gather(*(t for t in (drainer, worker) if t is not None), return_exceptions=True)
             await holder.close()
 
     app = FastAPI(title=title, version=__version__, lifespan=lifespan, default_response_class=JSONResponse)
