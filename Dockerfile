@@ -11,7 +11,7 @@ RUN uv sync --frozen --no-dev --no-install-project
 COPY core ./core
 COPY functions ./functions
 COPY migrations ./migrations
-COPY tools.json ./
+COPY tools.json pipelines.json ./
 RUN uv sync --frozen --no-dev && useradd --system --uid 10001 --no-create-home orchesity
 USER orchesity
 EXPOSE 8080

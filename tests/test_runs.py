@@ -7,11 +7,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +28,7 @@ from tests.servers import serve
 
 SECRET = "whsec_" + base64.b64encode(b"orchesity-test-webhook-secret-32").decode()
 TEST_MODULES = "core.tools.builtin,tests.tool_functions"
+ROOT = Path(__file__).resolve().parents[1]
 FINAL = {"run.succeeded", "run.failed", "run.cancelled", "run.timed_out"}
 
 
@@ -272,7 +278,10 @@ async def test_a_failing_step_retries_with_backoff_then_fails_the_run_with_its_e
     kinds = [e["type"] for e in events if e["data"].get("step") == "flaky"]
     assert kinds == ["step.started", "step.retrying", "step.started", "step.retrying", "step.started", "step.failed"]
     started = [e["at"] for e in events if e["type"] == "step.started"]
-    assert started[2] - started[1] > started[1] - started[0] > 0.05  # backed off, longer each time
+    delays = [e["data"]["delay_s"] for e in events if e["type"] == "step.retrying"]
+    for n, delay in enumerate(delays):  # exponential from backoff_seconds, with jitter of ±50%
+        assert 0.2 * 2 ** n * 0.5 <= delay <= 0.2 * 2 ** n * 1.5
+        assert started[n + 1] - started[n] >= delay  # and waited out
     assert events[-1]["type"] == "run.failed"
     assert ended["status"] == "failed"
     assert ended["error"]["step"] == "flaky" and "the tool fell over" in ended["error"]["message"]
@@ -287,3 +296,187 @@ async def test_a_run_past_its_deadline_times_out(runs_settings: Settings) -> Non
         run = (await start_run(client, body)).json()
         ended = await finished(client, run["status_url"], timeout=10)
     assert ended["status"] == "timed_out" and ended["error"]["type"] == "timed_out"
+
+
+# --- workers: real subprocesses, killed for real; Redis stopped under a reader ----------------------
+
+ORCHESITY = str(Path(sys.executable).parent / "orchesity")
+
+
+@pytest.fixture
+def effects() -> Iterator[tuple[str, dict[str, Any]]]:
+    """A local HTTP server standing for a payment API: POST /effect?delay= applies an effect
+    once per Idempotency-Key (as such APIs do) and records every request with its timing."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    seen: dict[str, Any] = {"requests": [], "applied": {}}
+
+    async def effect(request: Request) -> JSONResponse:
+        key = request.headers.get("idempotency-key", "")
+        record = {"key": key, "start": time.monotonic(), "end": None}
+        seen["requests"].append(record)
+        await asyncio.sleep(float(request.query_params.get("delay", "0")))
+        seen["applied"][key] = seen["applied"].get(key, 0) or 1  # applied once, whoever repeats it
+        record["end"] = time.monotonic()
+        return JSONResponse({"applied": key})
+
+    with serve(Starlette(routes=[Route("/effect", effect, methods=["POST"])])) as url:
+        yield url.replace("127.0.0.1", "localhost"), seen
+
+
+@pytest.fixture
+def worker_env(runs_settings: Settings, effects: tuple[str, dict[str, Any]], tmp_path: Path) -> dict[str, str]:
+    """Settings for `orchesity worker` and the test's own services: the session's Postgres,
+    Redis db 1, and the sample tools with the `effect` http tool."""
+    url, _ = effects
+    tools = tmp_path / "tools.json"
+    sample = json.loads((ROOT / "tools.json").read_text())["tools"]
+    tools.write_text(json.dumps({"tools": sample + [{
+        "name": "effect", "description": "applies an effect once per Idempotency-Key", "kind": "http",
+        "http": {"method": "POST", "url": url + "/effect?delay={{ delay }}", "allow_hosts": ["localhost"]},
+        "timeout": 30, "parameters": {"type": "object", "properties": {"delay": {"type": "number"}}}}]}))
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    return {**keep, "DATABASE_URL": runs_settings.DATABASE_URL.get_secret_value(),
+            "REDIS_URL": runs_settings.REDIS_URL.get_secret_value(), "REDIS_DB": "1",
+            "ORCHESITY_TOOLS_FILE": str(tools), "ORCHESITY_TOOL_MODULES": TEST_MODULES,
+            "RUN_LEASE_SECONDS": "2", "WORKER_POLL_SECONDS": "0.1", "LOG_LEVEL": "INFO"}
+
+
+@contextmanager
+def worker(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen([ORCHESITY, "worker"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def submit_runs(env: dict[str, str], bodies: list[dict[str, Any]]) -> tuple[Any, list[uuid.UUID]]:
+    """Open services as the workers do and queue `bodies` as runs; (services, run ids)."""
+    from core.runs.submit import RunRequest, submit
+    from core.services import Services
+    from core.settings import load_settings
+
+    svc = await Services.open(load_settings(_env_file=None, **{k: v for k, v in env.items() if k in Settings.model_fields}))
+    ids = [(await submit(svc, RunRequest.model_validate(body), caller="test", delivery_id=None)).id for body in bodies]
+    return svc, ids
+
+
+async def wait_ended(svc: Any, run_ids: list[uuid.UUID], timeout: float) -> dict[uuid.UUID, dict[str, Any]]:
+    from core.runs import views
+
+    end = time.monotonic() + timeout
+    while True:
+        shown = {run_id: await views.describe(svc, await views.run_row(svc, run_id)) for run_id in run_ids}
+        if all(run["status"] in views.FINISHED for run in shown.values()) or time.monotonic() > end:
+            return shown
+        await asyncio.sleep(0.1)
+
+
+def effect_step(step_id: str, delay: float, **fields: Any) -> dict[str, Any]:
+    return {"id": step_id, "kind": "tool", "tool": "effect", "arguments": {"delay": delay}, **fields}
+
+
+async def test_a_worker_killed_mid_step_is_taken_over_and_the_side_effect_lands_once(
+        worker_env: dict[str, str], effects: tuple[str, dict[str, Any]]) -> None:
+    _, seen = effects
+    body = {"pipeline": {"steps": [python("before", "shout", arguments={"text": "x"}),
+                                   effect_step("charge", 2.0, needs=["before"]),
+                                   python("after", "shout", arguments={"text": "y"}, needs=["charge"])]}}
+    svc, [run_id] = await submit_runs(worker_env, [body])
+    try:
+        key = f"{run_id}:charge"
+        with worker(worker_env) as first:
+            end = time.monotonic() + 30
+            while not any(r["key"] == key for r in seen["requests"]):
+                assert first.poll() is None and time.monotonic() < end, "the first worker never reached the step"
+                await asyncio.sleep(0.02)
+            first.kill()  # SIGKILL, mid-request: no release, no checkpoint
+            first.wait()
+        killed = time.monotonic()
+        with worker(worker_env):
+            shown = (await wait_ended(svc, [run_id], timeout=30))[run_id]
+        from core.progress import events_after
+
+        events = await events_after(svc.db, svc.kv, run_id)
+    finally:
+        await svc.close()
+    assert shown["status"] == "succeeded", shown
+    requests = [r for r in seen["requests"] if r["key"] == key]
+    assert len(requests) == 2 and seen["applied"][key] == 1  # sent again with the same key: applied once
+    assert requests[1]["start"] - killed < float(worker_env["RUN_LEASE_SECONDS"]) + 3  # once the lease ran out
+    started = [e.data["step"] for e in events if e.type == "step.started"]
+    assert started == ["before", "charge", "charge", "after"]  # only the interrupted step ran again
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert next(s for s in shown["steps"] if s["id"] == "charge")["attempts"] == 2
+
+
+async def test_two_workers_never_run_the_same_step(worker_env: dict[str, str],
+                                                   effects: tuple[str, dict[str, Any]]) -> None:
+    _, seen = effects
+    body = {"pipeline": {"steps": [effect_step("one", 0.05), effect_step("two", 0.05, needs=["one"]),
+                                   effect_step("three", 0.05, needs=["one"])]}}
+    svc, run_ids = await submit_runs(worker_env, [body] * 20)
+    try:
+        with worker(worker_env), worker(worker_env):
+            shown = await wait_ended(svc, run_ids, timeout=60)
+    finally:
+        await svc.close()
+    assert all(run["status"] == "succeeded" for run in shown.values()), shown
+    keys = [r["key"] for r in seen["requests"]]
+    wanted = {f"{run_id}:{step}" for run_id in run_ids for step in ("one", "two", "three")}
+    assert sorted(keys) == sorted(wanted)  # every step requested exactly once, by one worker
+
+
+async def test_redis_stopped_mid_run_progress_goes_on_through_postgres_and_sse_sees_every_event_once(
+        runs_settings: Settings, tmp_path: Path) -> None:
+    from tests.servers import RedisProcess
+
+    redis = RedisProcess(tmp_path)
+    redis.start()
+    steps = [python("s0", "slow", arguments={"seconds": 0.3})]
+    steps += [python(f"s{i}", "slow", arguments={"seconds": 0.3}, needs=[f"s{i - 1}"]) for i in range(1, 6)]
+    try:
+        with gateway(runs_settings, REDIS_URL=SecretStr(redis.url), REDIS_DB=0) as client:
+            run = (await start_run(client, {"pipeline": {"steps": steps}})).json()
+            streamed = []
+            async with asyncio.timeout(40):
+                async for event in sse(client, run["stream_url"]):
+                    streamed.append(event["data"])
+                    if event["event"] == "step.completed" and event["data"]["data"]["step"] == "s1":
+                        redis.kill()
+            ended = await finished(client, run["status_url"])
+            polled = await long_poll(client, run["events_url"])
+    finally:
+        redis.kill()
+    assert ended["status"] == "succeeded"
+    assert [e["seq"] for e in streamed] == list(range(1, len(streamed) + 1))
+    assert streamed == polled and streamed[-1]["type"] == "run.succeeded"
+    assert len([e for e in streamed if e["type"] == "step.completed"]) == 6
+
+
+def test_orchesity_run_starts_a_run_and_follows_it_to_its_end(worker_env: dict[str, str], tmp_path: Path) -> None:
+    pipeline = tmp_path / "pipeline.json"
+    pipeline.write_text(json.dumps({"steps": [python("loud", "shout", arguments={"text": "{{ inputs.text }}"}),
+                                              python("fail", "broken", needs=["loud"])]}))
+    good = subprocess.run([ORCHESITY, "run", "--pipeline", "summarize", "--input", "text=one two three"],
+                          env=worker_env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run([ORCHESITY, "run", "--pipeline", str(pipeline), "--input", "text=hello"],
+                         env=worker_env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    refused = subprocess.run([ORCHESITY, "run", "--pipeline", "no_such_pipeline"],
+                             env=worker_env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0 and good.stdout.startswith("succeeded"), good.stdout + good.stderr
+    assert "summary_stats" in good.stderr  # the live step list
+    assert bad.returncode == 1 and bad.stdout.startswith("failed: failed at step 'fail'"), bad.stdout
+    assert "the tool fell over" in bad.stdout + bad.stderr
+    assert refused.returncode != 0 and "no pipeline named 'no_such_pipeline'" in refused.stderr
