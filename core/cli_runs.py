@@ -202,7 +202,14 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(min=1, help="Runs advanced at once (WORKER_CONCURRENCY).")] = None,
 ) -> None:
     """Advance runs until stopped (SIGTERM or Ctrl-C: the running steps end, the runs are released)."""
+    import logging
+
     from core.runs.worker import work
+
+    settings = _settings()
+    # a worker's only output is its log: Orchesity's records, at LOG_LEVEL, on stderr
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("orchesity").setLevel(settings.LOG_LEVEL.value)
 
     async def loop(services: Any) -> int:
         stop = asyncio.Event()
@@ -210,5 +217,5 @@ def worker(
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
         return await work(services, stop, concurrency=concurrency or services.settings.WORKER_CONCURRENCY)
 
-    advances = _run(_with_services(_settings(), loop))
+    advances = _run(_with_services(settings, loop))
     typer.echo(f"worker stopped after {advances} advances", err=True)

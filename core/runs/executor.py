@@ -24,10 +24,13 @@ attempt already caused lands once. Events go to Redis after each commit (core/pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -43,6 +46,7 @@ log = logging.getLogger("orchesity.runs")
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled", "timed_out")
 DONE_STEPS = ("succeeded", "failed", "cancelled")
+HOLD_SECONDS = 0.05  # an advance keeps its connection while its steps end within this
 
 
 class LeaseLost(RuntimeError):
@@ -77,6 +81,7 @@ class RunState:
     caller: str | None
     deadline: float
     cancel_requested: bool
+    calls_back: bool  # it has a callback_url, called once it ends
     steps: dict[str, StepState] = field(default_factory=dict)
 
     def progress(self) -> float:
@@ -106,41 +111,73 @@ WHERE id = (SELECT id FROM runs WHERE status IN ('queued', 'running')
             ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
 RETURNING id"""
 
-# Moves the lease on and reserves :n event numbers, only for the owner that still holds it.
-_FENCE = """
-UPDATE runs SET lease_until = now() + make_interval(secs => :ttl), event_seq = event_seq + :n, updated_at = now()
-WHERE id = :run AND lease_owner = :owner AND lease_until > now()
-RETURNING event_seq, cancel_requested"""
-
-_RELEASE = """
-UPDATE runs SET lease_owner = NULL, lease_until = NULL, wake_at = :wake
-WHERE id = :run AND lease_owner = :owner"""
+# One checkpoint, one statement (atomic on its own, so it runs in autocommit: one round
+# trip): the lease moved on and n event numbers reserved, only for the owner that still
+# holds it; then, only if that matched, the steps' rows and the events. `steps` and
+# `events` are JSON arrays; each event carries its index `i` (1..n) among the reserved
+# numbers. In psycopg's own placeholders: it runs on the driver's connection (below).
+_CHECKPOINT = """
+WITH fence AS (
+  UPDATE runs SET lease_until = now() + make_interval(secs => %(ttl)s), event_seq = event_seq + %(n)s, updated_at = now()
+    {finish}
+  WHERE id = %(run)s AND lease_owner = %(owner)s AND lease_until > now()
+  RETURNING event_seq, cancel_requested
+), steps AS (
+  INSERT INTO run_steps (run_id, index, name, status, output, attempts, failures, next_attempt_at, error,
+                         started_at, finished_at)
+  SELECT %(run)s, s.index, s.name, s.status, s.output, s.attempts, s.failures, to_timestamp(s.next_at), s.error,
+         CASE WHEN s.status = 'running' THEN now() END,
+         CASE WHEN s.status IN ('succeeded', 'failed', 'cancelled') THEN now() END
+  FROM fence, jsonb_to_recordset(%(steps)s::jsonb) AS s(index int, name text, status text, output jsonb,
+                                                             attempts int, failures int, next_at float8, error jsonb)
+  ON CONFLICT (run_id, name) DO UPDATE SET status = excluded.status, output = excluded.output,
+    attempts = excluded.attempts, failures = excluded.failures, next_attempt_at = excluded.next_attempt_at,
+    error = excluded.error, started_at = coalesce(excluded.started_at, run_steps.started_at),
+    finished_at = excluded.finished_at
+), made AS (
+  INSERT INTO events (run_id, seq, timestamp, event_type, message, progress_percentage, data)
+  SELECT %(run)s, fence.event_seq - %(n)s + e.i, to_timestamp(e.at), e.type, e.message, e.progress, e.data
+  FROM fence, jsonb_to_recordset(%(events)s::jsonb) AS e(i int, at float8, type text, message text,
+                                                              progress float8, data jsonb)
+)
+SELECT event_seq, cancel_requested FROM fence"""
 
 # The run's status moved on (running, or its end); an ending makes its callback due.
-_FINISH = """
-UPDATE runs SET status = CAST(:status AS text), result = CAST(:result AS jsonb), error = CAST(:error AS jsonb),
-  started_at = coalesce(started_at, now()),
-  finished_at = CASE WHEN CAST(:status AS text) IN ('succeeded', 'failed', 'cancelled', 'timed_out') THEN now() END,
-  callback_status = CASE WHEN callback_url IS NOT NULL
-                         AND CAST(:status AS text) IN ('succeeded', 'failed', 'cancelled', 'timed_out') THEN 'pending' END,
-  callback_next_at = CASE WHEN callback_url IS NOT NULL
-                          AND CAST(:status AS text) IN ('succeeded', 'failed', 'cancelled', 'timed_out') THEN now() END
-WHERE id = :run"""
+_FINISH = """, status = %(status)s::text, result = %(result)s::jsonb, error = %(error)s::jsonb,
+    started_at = coalesce(started_at, now()),
+    finished_at = CASE WHEN %(status)s::text IN ('succeeded', 'failed', 'cancelled', 'timed_out') THEN now() END,
+    callback_status = CASE WHEN callback_url IS NOT NULL
+                           AND %(status)s::text IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+                           THEN 'pending' END,
+    callback_next_at = CASE WHEN callback_url IS NOT NULL
+                            AND %(status)s::text IN ('succeeded', 'failed', 'cancelled', 'timed_out')
+                            THEN now() END"""
 
 EVENT_SQL = """
 INSERT INTO events (run_id, seq, timestamp, event_type, message, progress_percentage, data)
 VALUES (:run, :seq, to_timestamp(:at), :type, :message, :progress, CAST(:data AS jsonb))"""
 
-_STEP = """
-INSERT INTO run_steps (run_id, index, name, status, output, attempts, failures, next_attempt_at, error,
-                       started_at, finished_at)
-VALUES (:run, :index, :name, CAST(:status AS text), CAST(:output AS jsonb), :attempts, :failures, to_timestamp(:next_at),
-        CAST(:error AS jsonb), CASE WHEN CAST(:status AS text) = 'running' THEN now() END,
-        CASE WHEN CAST(:status AS text) IN ('succeeded', 'failed', 'cancelled') THEN now() END)
-ON CONFLICT (run_id, name) DO UPDATE SET status = excluded.status, output = excluded.output,
-  attempts = excluded.attempts, failures = excluded.failures, next_attempt_at = excluded.next_attempt_at,
-  error = excluded.error, started_at = coalesce(excluded.started_at, run_steps.started_at),
-  finished_at = excluded.finished_at"""
+
+@functools.cache
+def _statement(finishing: bool) -> str:
+    """The checkpoint statement (with the run's end, or without)."""
+    return _CHECKPOINT.format(finish=_FINISH if finishing else "")
+
+
+@contextlib.asynccontextmanager
+async def autocommit(svc: Services) -> AsyncIterator[Any]:
+    """psycopg's own connection, checked out of SQLAlchemy's pool, in autocommit. The
+    checkpoints run on it: measured (bench/runs), SQLAlchemy's execution path and the
+    pool's pre-ping cost more than the statement itself."""
+    async with svc.db.engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield (await conn.get_raw_connection()).driver_connection
+
+
+async def _fenced(driver: Any, finishing: bool, params: dict[str, Any]) -> tuple[int, bool] | None:
+    async with driver.cursor() as cursor:
+        await cursor.execute(_statement(finishing), params)
+        return await cursor.fetchone()
 
 
 async def _shielded(work: Any) -> Any:
@@ -208,7 +245,7 @@ class Executor:
         finally:
             if state.status in ACTIVE:  # let go now, so another owner need not wait the lease out
                 await _shielded(self._release(run_id, wake))
-        if state.status in FINISHED:
+        if state.status in FINISHED and state.calls_back:
             await self._after_finish(state)
         return state.status
 
@@ -224,14 +261,15 @@ class Executor:
 
         async with self.svc.db.engine.connect() as conn:
             run = (await conn.execute(text(
-                "SELECT pipeline, inputs, status, caller, deadline, cancel_requested FROM runs WHERE id = :id"),
+                "SELECT pipeline, inputs, status, caller, deadline, cancel_requested, callback_url IS NOT NULL AS calls_back "
+                "FROM runs WHERE id = :id"),
                 {"id": run_id})).one()
             rows = (await conn.execute(text(
                 "SELECT name, status, output, attempts, failures, next_attempt_at, error FROM run_steps "
                 "WHERE run_id = :id"), {"id": run_id})).all()
         pipeline = Pipeline.model_validate(run.pipeline)
         state = RunState(run_id, pipeline, run.inputs, run.status, run.caller, run.deadline.timestamp(),
-                         run.cancel_requested, {step.id: StepState() for step in pipeline.steps})
+                         run.cancel_requested, run.calls_back, {step.id: StepState() for step in pipeline.steps})
         for row in rows:
             # a step found "running" was interrupted (its owner is gone): it runs again
             status = "pending" if row.status == "running" else row.status
@@ -240,45 +278,42 @@ class Executor:
         return state
 
     async def checkpoint(self, state: RunState, events: list[tuple[str, str, dict[str, Any]]], *,
-                         step: Step | None = None, finish: dict[str, Any] | None = None) -> None:
-        """One fenced transaction: the lease moved on, the step's row (and the run's end)
+                         steps: Sequence[str] = (), finish: dict[str, Any] | None = None,
+                         connection: Any = None) -> None:
+        """One fenced statement: the lease moved on, the rows of `steps` (and the run's end)
         written, the events numbered and stored; then the events go to Redis. A checkpoint
-        under way is finished even if its caller is cancelled (a worker stopping)."""
-        await _shielded(self._checkpoint(state, events, step, finish))
+        under way is finished even if its caller is cancelled (a worker stopping).
+        `connection`: psycopg's connection to use, in autocommit (else one from the pool)."""
+        await _shielded(self._checkpoint(state, events, steps, finish, connection))
 
     async def _checkpoint(self, state: RunState, events: list[tuple[str, str, dict[str, Any]]],
-                          step: Step | None, finish: dict[str, Any] | None) -> None:
-        from sqlalchemy import text
-
-        async with self.svc.db.engine.begin() as conn:
-            fenced = (await conn.execute(text(_FENCE), {"run": state.id, "owner": self.owner, "ttl": self.ttl,
-                                                         "n": len(events)})).first()
-            if fenced is None:
-                raise LeaseLost(str(state.id))
-            state.cancel_requested = state.cancel_requested or fenced.cancel_requested
-            # the step's row; at the run's end, those of the steps it cancelled too
-            written = [step.id] if step is not None else []
-            if finish is not None:
-                written += [name for name, s in state.steps.items() if s.status == "cancelled"]
-            if written:
-                order = [x.id for x in state.pipeline.steps]
-                await conn.execute(text(_STEP), [{
-                    "run": state.id, "index": order.index(name), "name": name, "status": s.status,
-                    "output": json_text(s.output), "attempts": s.attempts, "failures": s.failures,
-                    "next_at": s.next_attempt_at, "error": json_text(s.error)}
-                    for name in written for s in (state.steps[name],)])
-            if finish is not None:
-                await conn.execute(text(_FINISH),
-                    {"run": state.id, "status": finish["status"], "result": json_text(finish.get("result")),
-                     "error": json_text(finish.get("error"))})
-                state.status = finish["status"]
-            first = fenced.event_seq - len(events) + 1
-            at = progress.now()
-            made = [progress.Event(first + i, kind, message, at, state.progress(), data)
-                    for i, (kind, message, data) in enumerate(events)]
-            if made:
-                await conn.execute(text(EVENT_SQL), [event_row(state.id, e) for e in made])
-        await progress.publish(self.svc.kv, state.id, made, {"status": state.status, "progress": state.progress()})
+                          steps: Sequence[str], finish: dict[str, Any] | None, connection: Any) -> None:
+        status = finish["status"] if finish is not None else state.status
+        at, percent = progress.now(), state.progress()
+        order = state.pipeline.index()
+        rows = [{"index": order[name], "name": name, "status": s.status, "output": s.output, "attempts": s.attempts,
+                 "failures": s.failures, "next_at": s.next_attempt_at, "error": s.error}
+                for name in steps for s in (state.steps[name],)]
+        params = {"run": state.id, "owner": self.owner, "ttl": self.ttl, "n": len(events), "steps": json_text(rows),
+                  "events": json_text([{"i": i + 1, "at": at, "type": kind, "message": message, "progress": percent,
+                                        "data": data} for i, (kind, message, data) in enumerate(events)])}
+        if finish is not None:
+            params.update(status=finish["status"], result=json_text(finish.get("result")),
+                          error=json_text(finish.get("error")))
+        if connection is not None:
+            fenced = await _fenced(connection, finish is not None, params)
+        else:
+            async with autocommit(self.svc) as driver:
+                fenced = await _fenced(driver, finish is not None, params)
+        if fenced is None:
+            raise LeaseLost(str(state.id))
+        event_seq, cancel_requested = fenced
+        state.status = status
+        state.cancel_requested = state.cancel_requested or cancel_requested
+        first = event_seq - len(events) + 1
+        made = [progress.Event(first + i, kind, message, at, percent, data)
+                for i, (kind, message, data) in enumerate(events)]
+        await progress.publish(self.svc.kv, state.id, made, {"status": state.status, "progress": percent})
 
     async def renew(self, state: RunState) -> bool:
         """Keep the lease while steps run; False once it is lost or the run is to cancel."""
@@ -358,23 +393,60 @@ class Executor:
 
 
 class _Advance:
-    """One `advance`: its loop, its running steps, its lease renewer."""
+    """One `advance`: its loop, its running steps, its lease renewer.
+
+    What changed since the last checkpoint (steps that ended, steps about to start, their
+    events) waits in `changed` and `events` and goes out in one checkpoint, so a step
+    ending and the step it unblocks starting cost one round trip between them, not two."""
 
     def __init__(self, executor: Executor, state: RunState, end: float, stop: asyncio.Event | None) -> None:
         self.ex, self.state, self.end = executor, state, end
         self.stop = stop or asyncio.Event()
         self.running: dict[str, asyncio.Task[Any]] = {}
+        self.changed: list[str] = []
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.status_change: dict[str, Any] | None = None  # the run's, for the next checkpoint
+        self.held: contextlib.AsyncExitStack | None = None  # a connection kept while steps end quickly
+        self.driver: Any = None
 
     def _budget_left(self) -> float:
         return 0.0 if self.stop.is_set() else self.end - time.monotonic()
+
+    def _note(self, step_id: str | None, kind: str, message: str, data: dict[str, Any]) -> None:
+        if step_id is not None and step_id not in self.changed:
+            self.changed.append(step_id)
+        self.events.append((kind, message, data))
+
+    async def _flush(self, finish: dict[str, Any] | None = None) -> None:
+        """Checkpoint what changed (with the run's end, when given)."""
+        finish = finish or self.status_change
+        if not self.events and finish is None:
+            return
+        events, changed = self.events, self.changed
+        self.events, self.changed, self.status_change = [], [], None
+        if self.held is None:
+            self.held = contextlib.AsyncExitStack()
+            self.driver = await self.held.enter_async_context(autocommit(self.ex.svc))
+        try:
+            await self.ex.checkpoint(self.state, events, steps=changed, finish=finish, connection=self.driver)
+        except BaseException:
+            await self._let_go()  # a connection that failed goes back to the pool, which checks it
+            raise
+
+    async def _let_go(self) -> None:
+        """Back to the pool with the connection (when steps take a while, and at the end)."""
+        held, self.held, self.driver = self.held, None, None
+        if held is not None:
+            await _shielded(held.aclose())
 
     async def run(self) -> float | None:
         """Advance until the run ends or the budget does; when to wake it next (a retry)."""
         state = self.state
         if await self._stopped():
             return None
-        if state.status == "queued":
-            await self.ex.checkpoint(state, [("run.started", "started", {})], finish={"status": "running"})
+        if state.status == "queued":  # goes out with its first steps' start
+            self._note(None, "run.started", "started", {})
+            self.status_change = {"status": "running"}
         renewer = asyncio.create_task(self._renew())
         try:
             while True:
@@ -387,11 +459,18 @@ class _Advance:
                         await self._finish()
                         return None
                     if wait_until - time.time() > budget_left:
+                        await self._flush()
                         return min(wait_until, state.deadline)  # a retry after this budget: wake then
-                if budget_left > 0:
-                    for step in ready:
-                        await self._start(step)
-                elif not self.running:
+                starting = ready if budget_left > 0 else []
+                for step in starting:
+                    s = state.steps[step.id]
+                    s.status, s.attempts = "running", s.attempts + 1
+                    self._note(step.id, "step.started", f"{step.id}: started (attempt {s.attempts})",
+                               {"step": step.id, "attempt": s.attempts, "kind": step.kind})
+                await self._flush()  # the steps that ended and the ones they let start, at once
+                for step in starting:
+                    self.running[step.id] = asyncio.create_task(self.ex.execute(state, step))
+                if not self.running and budget_left <= 0:
                     return wait_until or time.time()
                 await self._wait(wait_until)
         finally:
@@ -400,6 +479,7 @@ class _Advance:
             for task in self.running.values():
                 task.cancel()
             await asyncio.gather(*self.running.values(), return_exceptions=True)
+            await self._let_go()
 
     def _ready(self) -> tuple[list[Step], float | None]:
         """Steps that may start now, and the earliest time a waiting retry may."""
@@ -422,17 +502,10 @@ class _Advance:
     def _continues(self, step_id: str) -> bool:
         return self.state.pipeline.by_id()[step_id].on_error == "continue"
 
-    async def _start(self, step: Step) -> None:
-        s = self.state.steps[step.id]
-        s.status, s.attempts = "running", s.attempts + 1
-        await self.ex.checkpoint(self.state, [("step.started", f"{step.id}: started (attempt {s.attempts})",
-                                               {"step": step.id, "attempt": s.attempts, "kind": step.kind})], step=step)
-        self.running[step.id] = asyncio.create_task(self.ex.execute(self.state, step))
-
     async def _wait(self, wait_until: float | None) -> None:
         """Until a running step ends, a retry is due, the budget ends or the deadline
-        comes; then checkpoint each step that ended. Past the budget, the steps already
-        running are waited for (their timeouts and the deadline bound that)."""
+        comes; then note each step that ended. Past the budget, the steps already running
+        are waited for (their timeouts and the deadline bound that)."""
         now = time.time()
         limits = [self.state.deadline - now]
         budget_left = self._budget_left()
@@ -445,16 +518,21 @@ class _Advance:
         timeout = max(0.0, min(limits))
         stopping = asyncio.ensure_future(self.stop.wait())
         try:
-            done, _ = await asyncio.wait([*self.running.values(), stopping], timeout=timeout,
+            waiting = [*self.running.values(), stopping]
+            done, _ = await asyncio.wait(waiting, timeout=min(timeout, HOLD_SECONDS),
                                          return_when=asyncio.FIRST_COMPLETED)
+            if not done and timeout > HOLD_SECONDS:  # a slow step: nobody else need wait for this connection
+                await self._let_go()
+                done, _ = await asyncio.wait(waiting, timeout=timeout - HOLD_SECONDS,
+                                             return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopping.cancel()
         for step_id, task in list(self.running.items()):
             if task in done:
                 del self.running[step_id]
-                await self._ended(self.state.pipeline.by_id()[step_id], task)
+                self._ended(self.state.pipeline.by_id()[step_id], task)
 
-    async def _ended(self, step: Step, task: asyncio.Task[Any]) -> None:
+    def _ended(self, step: Step, task: asyncio.Task[Any]) -> None:
         s = self.state.steps[step.id]
         if task.cancelled():
             s.status = "pending"  # stopped by a cancel or a lost lease: decided elsewhere
@@ -462,7 +540,7 @@ class _Advance:
         error = task.exception()
         if error is None:
             s.status, s.output, s.error, s.next_attempt_at = "succeeded", task.result(), None, None
-            await self.ex.checkpoint(self.state, [("step.completed", f"{step.id}: done", {"step": step.id})], step=step)
+            self._note(step.id, "step.completed", f"{step.id}: done", {"step": step.id})
             return
         failure = error if isinstance(error, StepFailed) else StepFailed("internal_error", type(error).__name__)
         if not isinstance(error, StepFailed):
@@ -472,13 +550,11 @@ class _Advance:
         if s.failures <= step.retries:
             delay = step.backoff_seconds * 2 ** (s.failures - 1) * random.uniform(0.5, 1.5)
             s.status, s.next_attempt_at = "retrying", time.time() + delay
-            await self.ex.checkpoint(self.state, [("step.retrying", f"{step.id}: {failure.message[:200]}; retrying "
-                                                   f"in {delay:.2f}s", {"step": step.id, "error": s.error,
-                                                                         "delay_s": round(delay, 3)})], step=step)
+            self._note(step.id, "step.retrying", f"{step.id}: {failure.message[:200]}; retrying in {delay:.2f}s",
+                       {"step": step.id, "error": s.error, "delay_s": round(delay, 3)})
             return
         s.status = "failed"
-        await self.ex.checkpoint(self.state, [("step.failed", f"{step.id}: {failure.message[:200]}",
-                                               {"step": step.id, "error": s.error})], step=step)
+        self._note(step.id, "step.failed", f"{step.id}: {failure.message[:200]}", {"step": step.id, "error": s.error})
 
     async def _renew(self) -> None:
         while True:
@@ -499,32 +575,35 @@ class _Advance:
             return True
         return False
 
+    def _cancel_the_rest(self) -> None:
+        for step in self.state.pipeline.steps:
+            s = self.state.steps[step.id]
+            if s.status in ("pending", "running", "retrying"):
+                s.status = "cancelled"
+                if step.id not in self.changed:
+                    self.changed.append(step.id)
+
     async def _halt(self, status: str, event: str, message: str) -> None:
         for task in self.running.values():
             task.cancel()
         await asyncio.gather(*self.running.values(), return_exceptions=True)
         self.running.clear()
-        for step in self.state.pipeline.steps:
-            if self.state.steps[step.id].status in ("pending", "running", "retrying"):
-                self.state.steps[step.id].status = "cancelled"
-        await self.ex.checkpoint(self.state, [(event, message, {})],
-                                 finish={"status": status, "error": {"type": status, "message": message}})
+        self._cancel_the_rest()
+        self._note(None, event, message, {})
+        await self._flush({"status": status, "error": {"type": status, "message": message}})
 
     async def _finish(self) -> None:
         state = self.state
         failed = [step.id for step in state.pipeline.steps
                   if state.steps[step.id].status == "failed" and not self._continues(step.id)]
         outputs = {name: s.output for name, s in state.steps.items()}
-        last = state.pipeline.steps[-1].id
         if failed:
             error = {"type": "step_failed", "step": failed[0], **(state.steps[failed[0]].error or {})}
-            for step in state.pipeline.steps:  # what could not run after the failure
-                if state.steps[step.id].status == "pending":
-                    state.steps[step.id].status = "cancelled"
-            await self.ex.checkpoint(state, [("run.failed", f"failed at step {failed[0]!r}: "
-                                                           f"{error.get('message', '')[:200]}", {"error": error})],
-                                     finish={"status": "failed", "error": error, "result": {"steps": outputs}})
+            self._cancel_the_rest()  # what could not run after the failure
+            self._note(None, "run.failed", f"failed at step {failed[0]!r}: {error.get('message', '')[:200]}",
+                       {"error": error})
+            await self._flush({"status": "failed", "error": error, "result": {"steps": outputs}})
         else:
-            await self.ex.checkpoint(state, [("run.succeeded", "succeeded", {})],
-                                     finish={"status": "succeeded",
-                                             "result": {"output": outputs[last], "steps": outputs}})
+            self._note(None, "run.succeeded", "succeeded", {})
+            await self._flush({"status": "succeeded",
+                               "result": {"output": outputs[state.pipeline.steps[-1].id], "steps": outputs}})

@@ -101,6 +101,10 @@ class Pipeline(BaseModel):
     def by_id(self) -> dict[str, Step]:
         return {step.id: step for step in self.steps}
 
+    def index(self) -> dict[str, int]:
+        """Each step's position in the pipeline, by id."""
+        return {step.id: i for i, step in enumerate(self.steps)}
+
     def order(self) -> list[str]:
         """The step ids in an order where every step comes after what it depends on."""
         steps, done, order = self.by_id(), set(), []

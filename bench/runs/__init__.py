@@ -1,0 +1,1 @@
+"""What a run step costs in Orchesity's executor, against DBOS Transact (see __main__.py)."""
