@@ -6,10 +6,11 @@ why not DBOS itself):
   step's output is stored under (run, step) once it has one;
 - `advance(run_id, budget)` claims the run's lease (only if nobody holds it, or it
   expired), runs the steps that are ready, concurrently, and ends at its budget;
-- every checkpoint (a step started, a step's output or error, the run's end) is one
-  transaction, fenced on the lease: it first moves the lease on, and only if this owner
-  still holds it, then writes the step row and its events. An owner that lost its lease
-  writes nothing, ever;
+- every checkpoint (steps started, a step's output or error, the run's end) is one
+  statement, fenced on the lease: it moves the lease on, and only if this owner still
+  holds it writes the step rows and their events. An owner that lost its lease writes
+  nothing, ever. What happens at once goes in one checkpoint (a step's end and the start
+  of the steps it unblocks), so a chain of steps costs one round trip per step;
 - while a step runs, a renewer keeps the lease; if it cannot (the run was taken over),
   or the run was asked to cancel, it cancels the running steps;
 - cancellation and the deadline are checked at every step boundary.
