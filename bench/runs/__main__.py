@@ -103,7 +103,7 @@ async def _ended(svc: Any, ids: list[uuid.UUID], timeout: float) -> None:
                                             "('queued', 'running')"), {"ids": ids})).scalar_one()
         if left == 0:
             return
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
     raise RuntimeError(f"{left} runs did not end within {timeout:.0f}s")
 
 

@@ -97,20 +97,27 @@ class RunState:
 
 # --- SQL ----------------------------------------------------------------------------------
 
+# A claim takes the lease and answers with what the executor needs of the run: its row
+# and its steps' rows, in the same round trip (on psycopg's connection, in autocommit).
+_LOADED = """
+RETURNING id, pipeline, inputs, status, caller, deadline, cancel_requested, callback_url IS NOT NULL,
+  (SELECT coalesce(jsonb_agg(jsonb_build_object('name', s.name, 'status', s.status, 'output', s.output,
+                                                'attempts', s.attempts, 'failures', s.failures, 'error', s.error,
+                                                'next_at', extract(epoch FROM s.next_attempt_at))), '[]'::jsonb)
+   FROM run_steps s WHERE s.run_id = runs.id)"""
+
 _CLAIM = """
-UPDATE runs SET lease_owner = :owner, lease_until = now() + make_interval(secs => :ttl),
-  attempt = attempt + CASE WHEN lease_owner IS DISTINCT FROM :owner THEN 1 ELSE 0 END
-WHERE id = :run AND status IN ('queued', 'running')
-  AND (lease_until IS NULL OR lease_until < now() OR lease_owner = :owner)
-RETURNING id"""
+UPDATE runs SET lease_owner = %(owner)s, lease_until = now() + make_interval(secs => %(ttl)s),
+  attempt = attempt + CASE WHEN lease_owner IS DISTINCT FROM %(owner)s THEN 1 ELSE 0 END
+WHERE id = %(run)s AND status IN ('queued', 'running')
+  AND (lease_until IS NULL OR lease_until < now() OR lease_owner = %(owner)s)""" + _LOADED
 
 _CLAIM_NEXT = """
-UPDATE runs SET lease_owner = :owner, lease_until = now() + make_interval(secs => :ttl), attempt = attempt + 1
+UPDATE runs SET lease_owner = %(owner)s, lease_until = now() + make_interval(secs => %(ttl)s), attempt = attempt + 1
 WHERE id = (SELECT id FROM runs WHERE status IN ('queued', 'running')
               AND (lease_until IS NULL OR lease_until < now())
             AND (wake_at IS NULL OR wake_at <= now() OR deadline <= now())
-            ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)
-RETURNING id"""
+            ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)""" + _LOADED
 
 # One checkpoint, one statement (atomic on its own, so it runs in autocommit: one round
 # trip): the lease moved on and n event numbers reserved, only for the owner that still
@@ -195,8 +202,18 @@ def json_text(value: Any) -> str | None:
     return None if value is None else fastjson.dumps(value).decode()
 
 
-def _epoch(value: datetime | None) -> float | None:
-    return value.timestamp() if value is not None else None
+def _state(row: tuple[Any, ...]) -> RunState:
+    """A run's state from a claim's answer (_LOADED)."""
+    run_id, pipeline_json, inputs, status, caller, deadline, cancel_requested, calls_back, steps = row
+    pipeline = Pipeline.model_validate(pipeline_json)
+    state = RunState(run_id, pipeline, inputs, status, caller, deadline.timestamp(), cancel_requested, calls_back,
+                     {step.id: StepState() for step in pipeline.steps})
+    for step in steps:
+        # a step found "running" was interrupted (its owner is gone): it runs again
+        state.steps[step["name"]] = StepState("pending" if step["status"] == "running" else step["status"],
+                                              step["output"], step["attempts"], step["failures"], step["next_at"],
+                                              step["error"])
+    return state
 
 
 def event_row(run_id: uuid.UUID, event: progress.Event) -> dict[str, Any]:
@@ -215,37 +232,40 @@ class Executor:
         self.owner = owner or f"{svc.settings.redis_backend or 'pg'}:{uuid.uuid4().hex[:12]}"
         self.ttl = svc.settings.RUN_LEASE_SECONDS
 
-    async def claim_next(self) -> uuid.UUID | None:
-        """Take the lease of the oldest run that is ready and held by nobody."""
-        from sqlalchemy import text
+    async def claim_next(self) -> RunState | None:
+        """Take the lease of the oldest run that is ready and held by nobody; its state."""
+        return await self._claim(_CLAIM_NEXT, {"owner": self.owner, "ttl": self.ttl})
 
-        async with self.svc.db.engine.begin() as conn:
-            return (await conn.execute(text(_CLAIM_NEXT), {"owner": self.owner, "ttl": self.ttl})).scalar()
+    async def _claim(self, statement: str, params: dict[str, Any]) -> RunState | None:
+        async with autocommit(self.svc) as driver, driver.cursor() as cursor:
+            await cursor.execute(statement, params)
+            row = await cursor.fetchone()
+        return None if row is None else _state(row)
 
-    async def advance(self, run_id: uuid.UUID, budget: float, *, claimed: bool = False,
+    async def advance(self, run: uuid.UUID | RunState, budget: float, *,
                       stop: asyncio.Event | None = None) -> str | None:
-        """Run what is ready of `run_id` for up to `budget` seconds (or until `stop` is
-        set: no step starts after it, the running ones end); its status after, or None if
-        another owner holds it (or it has ended)."""
-        from sqlalchemy import text
-
-        if not claimed:
-            async with self.svc.db.engine.begin() as conn:
-                if (await conn.execute(text(_CLAIM), {"run": run_id, "owner": self.owner, "ttl": self.ttl})).first() is None:
-                    return None
-        state = await self._load(run_id)
+        """Run what is ready of `run` (an id, or the state `claim_next` gave) for up to
+        `budget` seconds (or until `stop` is set: no step starts after it, the running
+        ones end); its status after, or None if another owner holds it (or it has ended)."""
+        if isinstance(run, RunState):
+            state = run
+        else:
+            claimed = await self._claim(_CLAIM, {"run": run, "owner": self.owner, "ttl": self.ttl})
+            if claimed is None:
+                return None
+            state = claimed
         wake: float | None = None
         try:
             wake = await _Advance(self, state, time.monotonic() + budget, stop).run()
         except LeaseLost:
-            log.warning("run %s: lease lost to another owner; stopping", run_id)
+            log.warning("run %s: lease lost to another owner; stopping", state.id)
             return None
         except Exception:
             wake = time.time() + self.ttl  # Postgres away, or a defect: not again at once
             raise
         finally:
             if state.status in ACTIVE:  # let go now, so another owner need not wait the lease out
-                await _shielded(self._release(run_id, wake))
+                await _shielded(self._release(state.id, wake))
         if state.status in FINISHED and state.calls_back:
             await self._after_finish(state)
         return state.status
@@ -256,27 +276,6 @@ class Executor:
         async with self.svc.db.engine.begin() as conn:
             await conn.execute(text(_RELEASE), {"run": run_id, "owner": self.owner,
                                                 "wake": datetime.fromtimestamp(wake, UTC) if wake else None})
-
-    async def _load(self, run_id: uuid.UUID) -> RunState:
-        from sqlalchemy import text
-
-        async with self.svc.db.engine.connect() as conn:
-            run = (await conn.execute(text(
-                "SELECT pipeline, inputs, status, caller, deadline, cancel_requested, callback_url IS NOT NULL AS calls_back "
-                "FROM runs WHERE id = :id"),
-                {"id": run_id})).one()
-            rows = (await conn.execute(text(
-                "SELECT name, status, output, attempts, failures, next_attempt_at, error FROM run_steps "
-                "WHERE run_id = :id"), {"id": run_id})).all()
-        pipeline = Pipeline.model_validate(run.pipeline)
-        state = RunState(run_id, pipeline, run.inputs, run.status, run.caller, run.deadline.timestamp(),
-                         run.cancel_requested, run.calls_back, {step.id: StepState() for step in pipeline.steps})
-        for row in rows:
-            # a step found "running" was interrupted (its owner is gone): it runs again
-            status = "pending" if row.status == "running" else row.status
-            state.steps[row.name] = StepState(status, row.output, row.attempts, row.failures,
-                                              _epoch(row.next_attempt_at), row.error)
-        return state
 
     async def checkpoint(self, state: RunState, events: list[tuple[str, str, dict[str, Any]]], *,
                          steps: Sequence[str] = (), finish: dict[str, Any] | None = None,

@@ -20,7 +20,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from core.runs.callbacks import deliver_due
-from core.runs.executor import Executor
+from core.runs.executor import Executor, RunState
 
 if TYPE_CHECKING:
     from core.services import Services
@@ -34,10 +34,10 @@ async def sweep(svc: Services, *, budget: float = 20.0) -> dict[str, Any]:
     end = time.monotonic() + budget
     advanced: dict[str, str | None] = {}
     while time.monotonic() < end:
-        run_id = await executor.claim_next()
-        if run_id is None:
+        run = await executor.claim_next()
+        if run is None:
             break
-        advanced[str(run_id)] = await executor.advance(run_id, max(0.0, end - time.monotonic()), claimed=True)
+        advanced[str(run.id)] = await executor.advance(run, max(0.0, end - time.monotonic()))
     return {"advanced": len(advanced), "runs": advanced, "callbacks_delivered": await deliver_due(svc)}
 
 
@@ -52,12 +52,12 @@ async def work(svc: Services, stop: asyncio.Event, *, budget: float = 30.0, conc
     log.info("worker %s: advancing runs, %d at a time", executor.owner, concurrency)
     while not stop.is_set():
         await slots.acquire()
-        run_id = None
+        run = None
         try:
-            run_id = await executor.claim_next()
+            run = await executor.claim_next()
         except Exception as exc:  # noqa: BLE001 - Postgres away: try again, do not die
             log.warning("worker: cannot claim a run (%s: %s)", type(exc).__name__, exc)
-        if run_id is None:  # nothing ready: look again in a moment
+        if run is None:  # nothing ready: look again in a moment
             slots.release()
             try:
                 await asyncio.wait_for(stop.wait(), poll)
@@ -66,11 +66,11 @@ async def work(svc: Services, stop: asyncio.Event, *, budget: float = 30.0, conc
             continue
         advances += 1
 
-        async def advance(run: uuid.UUID = run_id) -> None:
+        async def advance(claimed: RunState = run) -> None:
             try:
-                await executor.advance(run, budget, claimed=True, stop=stop)
+                await executor.advance(claimed, budget, stop=stop)
             except Exception:  # noqa: BLE001 - one run's trouble must not stop the worker
-                log.exception("worker: advancing run %s failed", run)
+                log.exception("worker: advancing run %s failed", claimed.id)
             finally:
                 slots.release()
 
