@@ -480,3 +480,61 @@ def test_orchesity_run_starts_a_run_and_follows_it_to_its_end(worker_env: dict[s
     assert bad.returncode == 1 and bad.stdout.startswith("failed: failed at step 'fail'"), bad.stdout
     assert "the tool fell over" in bad.stdout + bad.stderr
     assert refused.returncode != 0 and "no pipeline named 'no_such_pipeline'" in refused.stderr
+
+
+async def test_a_callback_is_signed_retried_after_a_failure_and_delivered_once(
+        runs_settings: Settings, db: Any) -> None:
+    from sqlalchemy import text
+    from standardwebhooks.webhooks import Webhook
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    async def hook(request: Request) -> Response:
+        received.append((dict(request.headers), await request.body()))
+        return Response(status_code=503 if len(received) == 1 else 204)  # down once, then up
+
+    with serve(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as hook_url:
+        callback = hook_url.replace("127.0.0.1", "localhost") + "/hook"
+        body = {"pipeline": {"steps": [python("a", "shout", arguments={"text": "done"})]}, "callback_url": callback}
+        with gateway(runs_settings, CALLBACK_ALLOW_HOSTS="localhost", CRON_SECRET=SecretStr("c" * 40),
+                     OPEN_ACCESS=False) as client:
+            run = (await start_run(client, body)).json()
+            await finished(client, run["status_url"])
+            end = time.monotonic() + 10
+            while time.monotonic() < end:  # the first attempt, made by the advance that finished the run
+                async with db.engine.begin() as conn:  # then its retry's time has come (it was 5 s away)
+                    row = (await conn.execute(text(
+                        "UPDATE runs SET callback_next_at = now() WHERE id = :id AND callback_attempts = 1 "
+                        "RETURNING callback_status, callback_attempts, callback_error"), {"id": run["id"]})).first()
+                if row is not None:
+                    break
+                await asyncio.sleep(0.05)
+            swept = await client.post("/api/cron/sweep-runs", headers={"authorization": "Bearer " + "c" * 40})
+            again = await client.post("/api/cron/sweep-runs", headers={"authorization": "Bearer " + "c" * 40})
+        async with db.engine.connect() as conn:
+            final = (await conn.execute(text("SELECT callback_status, callback_attempts FROM runs WHERE id = :id"),
+                                        {"id": run["id"]})).one()
+    assert (row.callback_status, row.callback_attempts, row.callback_error) == ("pending", 1, "HTTP 503")
+    assert swept.status_code == 200 and swept.json()["callbacks_delivered"] == 1, swept.text
+    assert again.json()["callbacks_delivered"] == 0 and len(received) == 2  # delivered once
+    assert tuple(final) == ("delivered", 2)
+    headers, payload = received[-1]
+    Webhook(SECRET).verify(payload, headers)  # raises unless signed with the deployment's secret
+    assert headers["webhook-id"] == received[0][0]["webhook-id"] == f"run_{run['id']}"  # stable: dedupe by it
+    assert json.loads(payload) == {"type": "run.succeeded", "data": {
+        "id": run["id"], "status": "succeeded", "error": None,
+        "result": {"output": {"text": "DONE"}, "steps": {"a": {"text": "DONE"}}}}}
+
+
+async def test_a_callback_that_could_not_be_signed_is_refused_up_front(runs_settings: Settings) -> None:
+    body = {"pipeline": {"steps": [python("a", "shout", arguments={"text": "x"})]},
+            "callback_url": "https://hooks.example.com/done"}
+    with gateway(runs_settings, WEBHOOK_SECRETS=None) as client:
+        answer = await client.post("/api/runs", json=body)
+    assert answer.status_code == 422
+    assert answer.json()["error"]["details"] == [
+        "callback_url: callbacks are signed with WEBHOOK_SECRETS, which this deployment does not set"]

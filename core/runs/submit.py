@@ -98,10 +98,14 @@ async def submit(svc: Services, request: RunRequest, *, caller: str,
 
 
 def _check_callback(settings: Settings, url: str) -> None:
-    """Refuse a callback written to a private address now, not at its first attempt
-    (a name is checked by the guard when it is resolved, at every attempt)."""
+    """Refuse a callback that could not be signed, or written to a private address, now,
+    not at its first attempt (a name is checked by the guard when it is resolved, at
+    every attempt)."""
     from core.outbound import literal_refusal
 
+    if not settings.webhook_secrets:
+        raise RunInvalid(["callback_url: callbacks are signed with WEBHOOK_SECRETS, which this deployment "
+                          "does not set"])
     host = urlsplit(url).hostname or ""
     refusal = None if host in settings.callback_allow_hosts else literal_refusal(host)
     if refusal:
