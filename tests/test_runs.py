@@ -538,3 +538,28 @@ async def test_a_callback_that_could_not_be_signed_is_refused_up_front(runs_sett
     assert answer.status_code == 422
     assert answer.json()["error"]["details"] == [
         "callback_url: callbacks are signed with WEBHOOK_SECRETS, which this deployment does not set"]
+
+
+async def test_a_run_outliving_the_inline_budget_is_released_and_the_cron_sweep_finishes_it(
+        runs_settings: Settings, db: Any) -> None:
+    from sqlalchemy import text
+
+    steps = [python("a", "slow", arguments={"seconds": 0.6}), python("b", "shout", arguments={"text": "x"}, needs=["a"])]
+    with gateway(runs_settings, RUN_INLINE_BUDGET_SECONDS=0.2, RUN_BACKGROUND_WORKER=False,
+                 CRON_SECRET=SecretStr("c" * 40), OPEN_ACCESS=False) as client:
+        run = (await start_run(client, {"pipeline": {"steps": steps}})).json()
+        end = time.monotonic() + 10
+        while time.monotonic() < end:  # the inline advance ends its budget once step a has ended
+            async with db.engine.connect() as conn:
+                held = (await conn.execute(text("SELECT status, lease_owner FROM runs WHERE id = :id"),
+                                           {"id": run["id"]})).one()
+            steps_done = (await client.get(run["status_url"])).json()["steps"]
+            if steps_done[0]["status"] == "succeeded" and held.lease_owner is None:
+                break
+            await asyncio.sleep(0.05)
+        swept = await client.post("/api/cron/sweep-runs", headers={"authorization": "Bearer " + "c" * 40})
+        ended = (await client.get(run["status_url"])).json()
+    assert held.status == "running" and held.lease_owner is None  # released at once, not left to expire
+    assert [s["status"] for s in steps_done] == ["succeeded", "pending"]
+    assert swept.status_code == 200 and swept.json()["runs"] == {run["id"]: "succeeded"}, swept.text
+    assert ended["status"] == "succeeded" and ended["steps"][0]["attempts"] == 1  # a was not run again

@@ -119,6 +119,10 @@ WHERE id = (SELECT id FROM runs WHERE status IN ('queued', 'running')
             AND (wake_at IS NULL OR wake_at <= now() OR deadline <= now())
             ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1)""" + _LOADED
 
+_RELEASE = """
+UPDATE runs SET lease_owner = NULL, lease_until = NULL, wake_at = :wake
+WHERE id = :run AND lease_owner = :owner"""
+
 # One checkpoint, one statement (atomic on its own, so it runs in autocommit: one round
 # trip): the lease moved on and n event numbers reserved, only for the owner that still
 # holds it; then, only if that matched, the steps' rows and the events. `steps` and
