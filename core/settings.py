@@ -54,6 +54,19 @@ class SettingsError(ValueError):
     """A setting has a value Orchesity cannot start with; the message names it."""
 
 
+def read_json_file(path: Path, where: str, error: type[SettingsError]) -> Any:
+    """The JSON document of a file a setting names; `error`, starting with `where`, if it
+    cannot be read or is not JSON."""
+    import json
+
+    try:
+        return json.loads(path.read_bytes())
+    except OSError as exc:
+        raise error(f"{where}: cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise error(f"{where}: not valid JSON: {exc}") from None
+
+
 DATABASE_SCHEMES = ("postgres", "postgresql", "postgresql+asyncpg", "postgresql+psycopg")
 
 

@@ -12,7 +12,6 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit
 
-import httpx2
 import pytest
 
 from core.providers.http_pool import ProviderTransport

@@ -42,7 +42,7 @@ from typing import Any
 
 import psutil
 
-from bench.overhead.procs import Service, Supervisor, free_port
+from bench.overhead.procs import Service, Supervisor, free_port, tree_cpu
 from bench.routing.sim import percentile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,20 +173,9 @@ def _owner(service: Service, timeout: float = 30) -> str:
     raise RuntimeError(f"{service.name} did not start: {service.log_tail()}")
 
 
-def _cpu_seconds(processes: list[Any]) -> float:
-    total = 0.0
-    for proc in processes:
-        try:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
-
-
 def _postgres() -> dict[int, float]:
     """CPU seconds so far of each Postgres process, by pid (backends come and go)."""
-    return {p.pid: _cpu_seconds([p]) for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"}
+    return {p.pid: tree_cpu([p]) for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"}
 
 
 async def runs_per_second(sup: Supervisor, svc: Any, env: dict[str, str], workers: int,
@@ -198,14 +187,14 @@ async def runs_per_second(sup: Supervisor, svc: Any, env: dict[str, str], worker
         _owner(service)
     procs = [p for service in started for p in service.processes()]
     pg, me = _postgres(), psutil.Process()
-    before = (_cpu_seconds(procs), _cpu_seconds([me]))
+    before = (tree_cpu(procs), tree_cpu([me]))
     began = time.perf_counter()
     await _release(svc, ids)
     await _ended(svc, ids, timeout=600)
     elapsed = time.perf_counter() - began
     postgres = sum(seconds - pg.get(pid, 0.0) for pid, seconds in _postgres().items())
-    cpu = {"elapsed_s": round(elapsed, 2), "workers_s": round(_cpu_seconds(procs) - before[0], 2),
-           "postgres_s": round(postgres, 2), "bench_s": round(_cpu_seconds([me]) - before[1], 2)}
+    cpu = {"elapsed_s": round(elapsed, 2), "workers_s": round(tree_cpu(procs) - before[0], 2),
+           "postgres_s": round(postgres, 2), "bench_s": round(tree_cpu([me]) - before[1], 2)}
     for service in started:
         sup.stop(service)
     return round(runs / elapsed, 1), cpu

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from core.providers.base import Usage, UsageSource
+from core.providers.base import Usage
 
 PER_MESSAGE = 3
 REPLY_PRIMING = 3

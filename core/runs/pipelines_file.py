@@ -9,11 +9,10 @@ a run starts, since registered tools change while the server runs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from core.runs.pipeline import Pipeline, RunInvalid, parse
-from core.settings import Settings, SettingsError
+from core.settings import Settings, SettingsError, read_json_file
 
 
 class PipelinesFileError(SettingsError):
@@ -22,12 +21,7 @@ class PipelinesFileError(SettingsError):
 
 def read_pipelines_file(path: Path) -> dict[str, Pipeline]:
     where = f"pipelines file {path}"
-    try:
-        document = json.loads(path.read_bytes())
-    except OSError as exc:
-        raise PipelinesFileError(f"{where}: cannot be read ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise PipelinesFileError(f"{where}: not valid JSON: {exc}") from None
+    document = read_json_file(path, where, PipelinesFileError)
     named = document.get("pipelines") if isinstance(document, dict) else None
     if not isinstance(named, dict) or set(document) - {"pipelines", "$schema"}:
         raise PipelinesFileError(f"{where}: expected {{\"pipelines\": {{\"<name>\": {{\"steps\": [...]}}}}}}")

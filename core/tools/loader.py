@@ -12,7 +12,6 @@ with the reason, and refused when called.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from core.settings import Settings, SettingsError
+from core.settings import Settings, SettingsError, read_json_file
 from core.tools.model import Tool
 
 
@@ -40,12 +39,7 @@ class Loaded:
 def read_tools_file(path: Path, settings: Settings, environ: Mapping[str, str] | None = None) -> list[Loaded]:
     """The tools of `path`, each checked; raises ToolsFileError listing every problem."""
     where = f"tools file {path}"
-    try:
-        document = json.loads(path.read_bytes())
-    except OSError as exc:
-        raise ToolsFileError(f"{where}: cannot be read ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise ToolsFileError(f"{where}: not valid JSON: {exc}") from None
+    document = read_json_file(path, where, ToolsFileError)
     entries = document.get("tools") if isinstance(document, dict) else document
     if isinstance(document, dict) and set(document) - {"tools", "$schema"}:
         unknown = ", ".join(sorted(set(document) - {"tools", "$schema"}))
