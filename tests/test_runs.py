@@ -563,3 +563,35 @@ async def test_a_run_outliving_the_inline_budget_is_released_and_the_cron_sweep_
     assert [s["status"] for s in steps_done] == ["succeeded", "pending"]
     assert swept.status_code == 200 and swept.json()["runs"] == {run["id"]: "succeeded"}, swept.text
     assert ended["status"] == "succeeded" and ended["steps"][0]["attempts"] == 1  # a was not run again
+
+
+async def test_sigterm_lets_the_running_step_checkpoint_then_releases_the_run(worker_env: dict[str, str]) -> None:
+    from sqlalchemy import text
+
+    from core.progress import events_after
+
+    body = {"pipeline": {"steps": [python("a", "slow", arguments={"seconds": 1.0}),
+                                   python("b", "shout", arguments={"text": "x"}, needs=["a"])]}}
+    svc, [run_id] = await submit_runs(worker_env, [body])
+    try:
+        with worker(worker_env) as first:
+            end = time.monotonic() + 30
+            while not any(e.type == "step.started" for e in await events_after(svc.db, svc.kv, run_id)):
+                assert time.monotonic() < end and first.poll() is None
+                await asyncio.sleep(0.02)
+            first.send_signal(signal.SIGTERM)
+            stopped = time.monotonic()
+            assert first.wait(20) == 0
+        took = time.monotonic() - stopped
+        async with svc.db.engine.connect() as conn:
+            left = (await conn.execute(text("SELECT status, lease_owner FROM runs WHERE id = :id"), {"id": run_id})).one()
+        paused = (await wait_ended(svc, [run_id], timeout=0))[run_id]
+        with worker(worker_env):
+            shown = (await wait_ended(svc, [run_id], timeout=30))[run_id]
+        events = await events_after(svc.db, svc.kv, run_id)
+    finally:
+        await svc.close()
+    assert took < 5 and left.status == "running" and left.lease_owner is None  # released, not left to expire
+    assert [s["status"] for s in paused["steps"]] == ["succeeded", "pending"]  # a's output was checkpointed
+    assert shown["status"] == "succeeded"
+    assert [e.data["step"] for e in events if e.type == "step.started"] == ["a", "b"]  # nothing ran twice
