@@ -55,7 +55,7 @@ def run(
 ) -> None:
     """Start a run and follow it live (a progress bar and the step list) until it ends."""
     from core.runs.pipeline import RunInvalid
-    from core.runs.submit import RunRequest, submit
+    from core.runs.submit import Caller, RunRequest, submit
 
     try:
         request = RunRequest(pipeline=_pipeline(pipeline), inputs=_inputs(inputs or []))
@@ -63,7 +63,7 @@ def run(
         raise _fail(str(exc)) from None
 
     async def work(services: Any) -> str:
-        submitted = await submit(services, request, caller="cli")
+        submitted = await submit(services, request, caller=Caller("cli"))
         if detach:
             return str(submitted.id)
         return await _follow(services, submitted.id)

@@ -68,6 +68,8 @@ class Run(SQLModel, table=True):
     result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
     caller: str | None = None  # whose it is: a key's id, "user:<sub>", "webhook", "open" (admins read all)
+    tenant: str | None = None  # whose response cache its LLM calls read (None: the shared one)
+    caller_limits: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))  # its key's, at the start
     read_token: str  # the capability in its status/events/stream URLs (a browser's EventSource sends no key)
     lease_owner: str | None = None
     lease_until: datetime | None = _moment()

@@ -39,7 +39,7 @@ from core.auth import Principal, Scope
 from core.db import load_driver
 from core.runs import views
 from core.runs.pipeline import RunInvalid
-from core.runs.submit import RunRequest, Submitted, submit
+from core.runs.submit import Caller, RunRequest, Submitted, submit
 from core.runs.webhooks import WebhookRefused, signed, verify
 from core.services import Services
 from functions.http import ApiError, JSONResponse, authenticate, create_app, entry_points, require, services
@@ -55,14 +55,15 @@ RunId = Annotated[uuid.UUID, Path(description="the run's id")]
 
 # --- who may start and read runs ---------------------------------------------------------------
 
-async def starter(request: Request, svc: Services = Depends(services)) -> tuple[str, str | None]:
-    """(whose run it is, its delivery id): a valid signed webhook, or a caller with `runs`."""
+async def starter(request: Request, svc: Services = Depends(services)) -> tuple[Caller, str | None]:
+    """(whose run it is, its delivery id): a valid signed webhook, or a caller with `runs`
+    (whose key's limits its LLM calls then count against)."""
     if signed(request.headers):
         try:
             delivery = verify(svc.settings, request.headers, await request.body())
         except WebhookRefused as exc:
             raise ApiError(401, str(exc), type="authentication_error", code="invalid_webhook_signature") from None
-        return "webhook", f"webhook:{delivery}"
+        return Caller("webhook"), f"webhook:{delivery}"
     caller = await authenticate(request, svc)
     if not caller.allows(Scope.runs):
         raise ApiError(403, "starting a run needs the 'runs' scope (or a signed webhook)",
@@ -71,7 +72,7 @@ async def starter(request: Request, svc: Services = Depends(services)) -> tuple[
     if key is not None and not (0 < len(key) <= 255 and key.isprintable()):
         raise ApiError(400, "Idempotency-Key must be 1 to 255 printable characters", param="Idempotency-Key",
                        code="invalid_idempotency_key")
-    return caller.id, f"key:{caller.id}:{key}" if key else None
+    return Caller(caller.id, caller.tenant, caller.limits), f"key:{caller.id}:{key}" if key else None
 
 
 starter.scope = Scope.runs  # type: ignore[attr-defined]  # its owner, for the route-owner test
@@ -104,7 +105,7 @@ def _owns(caller: Principal, row: Any) -> bool:
 @router.post("", status_code=202, openapi_extra={"requestBody": {
     "required": True, "content": {"application/json": {"schema": RunRequest.model_json_schema()}}}})
 async def start(request: Request, background: BackgroundTasks, svc: Services = Depends(services),
-                who: tuple[str, str | None] = Depends(starter)) -> JSONResponse:
+                who: tuple[Caller, str | None] = Depends(starter)) -> JSONResponse:
     caller, delivery = who
     try:
         body = RunRequest.model_validate_json(await request.body())

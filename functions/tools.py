@@ -46,7 +46,7 @@ def context(svc: Services, caller: Principal, *, idempotency_key: str | None = N
     """What a tool call by `caller` may use: llm tools route through this orchestrator."""
     return CallContext(settings=svc.settings, environ=os.environ, orchestrator=svc.orchestrator,
                        caller=None if caller.kind == "open" else caller.id, tenant=caller.tenant,
-                       idempotency_key=idempotency_key)
+                       limits=caller.limits, idempotency_key=idempotency_key)
 
 
 @router.get("", dependencies=[TOOLS])

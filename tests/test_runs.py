@@ -363,12 +363,12 @@ def worker(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
 
 async def submit_runs(env: dict[str, str], bodies: list[dict[str, Any]]) -> tuple[Any, list[uuid.UUID]]:
     """Open services as the workers do and queue `bodies` as runs; (services, run ids)."""
-    from core.runs.submit import RunRequest, submit
+    from core.runs.submit import Caller, RunRequest, submit
     from core.services import Services
     from core.settings import load_settings
 
     svc = await Services.open(load_settings(_env_file=None, **{k: v for k, v in env.items() if k in Settings.model_fields}))
-    ids = [(await submit(svc, RunRequest.model_validate(body), caller="test", delivery_id=None)).id for body in bodies]
+    ids = [(await submit(svc, RunRequest.model_validate(body), caller=Caller("test"), delivery_id=None)).id for body in bodies]
     return svc, ids
 
 
@@ -595,3 +595,27 @@ async def test_sigterm_lets_the_running_step_checkpoint_then_releases_the_run(wo
     assert [s["status"] for s in paused["steps"]] == ["succeeded", "pending"]  # a's output was checkpointed
     assert shown["status"] == "succeeded"
     assert [e.data["step"] for e in events if e.type == "step.started"] == ["a", "b"]  # nothing ran twice
+
+
+async def test_a_runs_llm_steps_count_against_the_limits_of_the_key_that_started_it(runs_settings: Settings) -> None:
+    from core.auth import create_key
+    from core.db import Database
+    from core.limits import Limits
+
+    database = Database.from_settings(runs_settings)
+    try:
+        key, _ = await create_key(database, name="one-a-minute", scopes=["runs"], created_by="test",
+                                  limits=Limits(requests_per_minute=1))
+    finally:
+        await database.close()
+    ask = [{"role": "user", "content": "{{ inputs.q }}"}]
+    body = {"pipeline": {"steps": [{"id": "first", "kind": "llm", "messages": ask},
+                                   {"id": "second", "kind": "llm", "messages": ask, "needs": ["first"]}]},
+            "inputs": {"q": "hello"}}
+    with gateway(runs_settings, OPEN_ACCESS=False) as client:
+        run = (await client.post("/api/runs", json=body, headers={"authorization": f"Bearer {key}"})).json()
+        ended = await finished(client, run["status_url"])
+    assert ended["status"] == "failed", ended
+    assert [s["status"] for s in ended["steps"]] == ["succeeded", "failed"]
+    assert ended["error"]["step"] == "second" and ended["error"]["type"] == "requests_per_minute"
+    assert ended["error"]["message"].startswith("rate limit reached: 1 requests per minute for this key")

@@ -76,9 +76,9 @@ async def _queue(svc: Any, pipeline: dict[str, Any], n: int, *, held: bool = Fal
     """`n` runs of `pipeline`, queued (held: not claimable until released)."""
     from sqlalchemy import text
 
-    from core.runs.submit import RunRequest, submit
+    from core.runs.submit import Caller, RunRequest, submit
 
-    ids = [(await submit(svc, RunRequest(pipeline=pipeline), caller="bench", delivery_id=None)).id for _ in range(n)]
+    ids = [(await submit(svc, RunRequest(pipeline=pipeline), caller=Caller("bench"), delivery_id=None)).id for _ in range(n)]
     if held:
         async with svc.db.engine.begin() as conn:
             await conn.execute(text("UPDATE runs SET wake_at = now() + interval '1 day' WHERE id = ANY(:ids)"),

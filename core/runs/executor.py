@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from core import fastjson, progress, templates
+from core.limits import LimitExceeded, Limits
 from core.runs.pipeline import Pipeline, Step
 
 if TYPE_CHECKING:
@@ -80,6 +81,8 @@ class RunState:
     inputs: dict[str, Any]
     status: str
     caller: str | None
+    tenant: str | None
+    limits: Limits | None  # the starting key's: its LLM calls count against them
     deadline: float
     cancel_requested: bool
     calls_back: bool  # it has a callback_url, called once it ends
@@ -100,7 +103,8 @@ class RunState:
 # A claim takes the lease and answers with what the executor needs of the run: its row
 # and its steps' rows, in the same round trip (on psycopg's connection, in autocommit).
 _LOADED = """
-RETURNING id, pipeline, inputs, status, caller, deadline, cancel_requested, callback_url IS NOT NULL,
+RETURNING id, pipeline, inputs, status, caller, tenant, caller_limits, deadline, cancel_requested,
+  callback_url IS NOT NULL,
   (SELECT coalesce(jsonb_agg(jsonb_build_object('name', s.name, 'status', s.status, 'output', s.output,
                                                 'attempts', s.attempts, 'failures', s.failures, 'error', s.error,
                                                 'next_at', extract(epoch FROM s.next_attempt_at))), '[]'::jsonb)
@@ -208,10 +212,10 @@ def json_text(value: Any) -> str | None:
 
 def _state(row: tuple[Any, ...]) -> RunState:
     """A run's state from a claim's answer (_LOADED)."""
-    run_id, pipeline_json, inputs, status, caller, deadline, cancel_requested, calls_back, steps = row
+    run_id, pipeline_json, inputs, status, caller, tenant, limits, deadline, cancel_requested, calls_back, steps = row
     pipeline = Pipeline.model_validate(pipeline_json)
-    state = RunState(run_id, pipeline, inputs, status, caller, deadline.timestamp(), cancel_requested, calls_back,
-                     {step.id: StepState() for step in pipeline.steps})
+    state = RunState(run_id, pipeline, inputs, status, caller, tenant, Limits(**limits) if limits else None,
+                     deadline.timestamp(), cancel_requested, calls_back, {step.id: StepState() for step in pipeline.steps})
     for step in steps:
         # a step found "running" was interrupted (its owner is gone): it runs again
         state.steps[step["name"]] = StepState("pending" if step["status"] == "running" else step["status"],
@@ -369,8 +373,11 @@ class Executor:
         request = LLMRequest(chat=ChatRequest(messages=messages, max_tokens=step.max_tokens,
                                               temperature=step.temperature),
                              targets=None if step.model == "auto" else [step.model], endpoint="run",
-                             caller=state.caller, tenant=state.caller, timeout=step.timeout)
-        orchestration = await self.svc.orchestrator.complete(request)
+                             caller=state.caller, tenant=state.tenant, limits=state.limits, timeout=step.timeout)
+        try:
+            orchestration = await self.svc.orchestrator.complete(request)
+        except LimitExceeded as exc:
+            raise StepFailed(exc.verdict.limit or "rate_limited", str(exc)) from None
         result = orchestration.results[0]
         if not result.ok:
             error = result.error or {}
@@ -386,7 +393,7 @@ class Executor:
         try:
             entry = await self.svc.tools.get(step.tool or "")
             ctx = CallContext(settings=self.svc.settings, environ=os.environ, orchestrator=self.svc.orchestrator,
-                              caller=state.caller, tenant=state.caller, idempotency_key=key)
+                              caller=state.caller, tenant=state.tenant, limits=state.limits, idempotency_key=key)
             outcome = await invoke(entry, arguments, ctx, kv=self.svc.kv, db=self.svc.db)
         except (ArgumentsInvalid, ToolUnavailable) as exc:
             raise StepFailed("tool_refused", str(exc)) from None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -28,6 +28,7 @@ from core.runs.pipeline import Pipeline, RunInvalid, check, parse
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
+    from core.limits import Limits
     from core.services import Services
     from core.settings import Settings
 
@@ -49,6 +50,16 @@ class RunRequest(BaseModel):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL")
         return url
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Whose run it is: its LLM calls are logged under `id`, read `tenant`'s cache and count
+    against `limits` (its key's, as they were when the run started)."""
+
+    id: str
+    tenant: str | None = None
+    limits: Limits | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,7 @@ async def pin(svc: Services, pipeline: Pipeline) -> Pipeline:
     return pipeline.model_copy(update={"steps": steps})
 
 
-async def submit(svc: Services, request: RunRequest, *, caller: str,
+async def submit(svc: Services, request: RunRequest, *, caller: Caller,
                  delivery_id: str | None = None) -> Submitted:
     """Check, pin and store a run (RunInvalid, naming each problem, stores nothing)."""
     if delivery_id is not None:
@@ -123,7 +134,7 @@ async def _receipt(conn: AsyncConnection, delivery_id: str) -> Submitted | None:
     return Submitted(row.id, False, row.read_token, row.status) if row else None
 
 
-async def create_run(svc: Services, pipeline: Pipeline, inputs: Mapping[str, Any], *, caller: str,
+async def create_run(svc: Services, pipeline: Pipeline, inputs: Mapping[str, Any], *, caller: Caller,
                      spec: Mapping[str, Any], deadline_seconds: float | None = None,
                      callback_url: str | None = None, delivery_id: str | None = None) -> Submitted:
     """Store a queued run and its run.queued event (then published to Redis)."""
@@ -145,13 +156,14 @@ async def create_run(svc: Services, pipeline: Pipeline, inputs: Mapping[str, Any
                 assert seen is not None  # committed by the other delivery, with its run
                 return seen
         await conn.execute(text(
-            "INSERT INTO runs (id, spec, status, pipeline, pipeline_name, pipeline_digest, inputs, caller, "
-            "read_token, deadline, callback_url, event_seq) VALUES (:id, CAST(:spec AS jsonb), 'queued', "
-            "CAST(:pipeline AS jsonb), :name, :digest, CAST(:inputs AS jsonb), :caller, :token, :deadline, "
-            ":callback, 1)"),
+            "INSERT INTO runs (id, spec, status, pipeline, pipeline_name, pipeline_digest, inputs, caller, tenant, "
+            "caller_limits, read_token, deadline, callback_url, event_seq) VALUES (:id, CAST(:spec AS jsonb), "
+            "'queued', CAST(:pipeline AS jsonb), :name, :digest, CAST(:inputs AS jsonb), :caller, :tenant, "
+            "CAST(:limits AS jsonb), :token, :deadline, :callback, 1)"),
             {"id": run_id, "spec": json_text(dict(spec)),
              "pipeline": json_text(pipeline.model_dump(mode="json", exclude_none=True)), "name": pipeline.name,
-             "digest": pipeline.digest, "inputs": json_text(dict(inputs)), "caller": caller,
+             "digest": pipeline.digest, "inputs": json_text(dict(inputs)), "caller": caller.id,
+             "tenant": caller.tenant, "limits": json_text(asdict(caller.limits)) if caller.limits else None,
              "token": token, "deadline": deadline, "callback": callback_url})
         await conn.execute(text(EVENT_SQL), event_row(run_id, queued))
     await progress.publish(svc.kv, run_id, [queued], {"status": "queued", "progress": 0.0})

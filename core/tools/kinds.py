@@ -21,6 +21,7 @@ from core.tools.loader import setting_value
 from core.tools.model import Tool
 
 if TYPE_CHECKING:
+    from core.limits import Limits
     from core.orchestrator import Orchestrator
     from core.settings import Settings
 
@@ -42,6 +43,7 @@ class CallContext:
     orchestrator: Orchestrator | None = None  # for llm tools
     caller: str | None = None                 # who called: the request log of llm tools
     tenant: str | None = None                 # whose cache llm tools read
+    limits: Limits | None = None              # the caller's, which llm tools count against
     idempotency_key: str | None = None        # sent by http tools as Idempotency-Key
     timeout: float = 30.0                     # seconds left for the call
 
@@ -136,6 +138,7 @@ async def call_python(tool: Tool, arguments: Mapping[str, Any], ctx: CallContext
 
 
 async def call_llm(tool: Tool, arguments: Mapping[str, Any], ctx: CallContext) -> tuple[Any, bool]:
+    from core.limits import LimitExceeded
     from core.orchestrator import LLMRequest
     from core.providers.base import ChatRequest
 
@@ -148,8 +151,11 @@ async def call_llm(tool: Tool, arguments: Mapping[str, Any], ctx: CallContext) -
     request = LLMRequest(
         chat=ChatRequest(messages=messages, max_tokens=config.max_tokens, temperature=config.temperature),
         targets=None if config.model == "auto" else [config.model], endpoint="tool", caller=ctx.caller,
-        tenant=ctx.tenant, timeout=ctx.timeout)
-    orchestration = await ctx.orchestrator.complete(request)
+        tenant=ctx.tenant, limits=ctx.limits, timeout=ctx.timeout)
+    try:
+        orchestration = await ctx.orchestrator.complete(request)
+    except LimitExceeded as exc:
+        raise ToolFailed(exc.verdict.limit or "rate_limited", str(exc)) from None
     result = orchestration.results[0]
     if not result.ok:
         error = result.error or {}

@@ -32,6 +32,8 @@ def upgrade() -> None:
         sa.Column("inputs", _json, nullable=False),
         sa.Column("error", _json, nullable=True),
         sa.Column("caller", _text(), nullable=True),
+        sa.Column("tenant", _text(), nullable=True),
+        sa.Column("caller_limits", _json, nullable=True),
         sa.Column("read_token", _text(), nullable=False),
         sa.Column("lease_owner", _text(), nullable=True),
         sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
@@ -104,5 +106,5 @@ def downgrade() -> None:
     op.execute("ALTER TABLE runs RESET (fillfactor)")
     for name in ("callback_error", "callback_next_at", "callback_attempts", "callback_status", "callback_url", "finished_at",
                  "started_at", "event_seq", "attempt", "cancel_requested", "deadline", "wake_at", "lease_until",
-                 "lease_owner", "read_token", "caller", "error", "inputs", "pipeline_digest", "pipeline_name", "pipeline"):
+                 "lease_owner", "read_token", "caller_limits", "tenant", "caller", "error", "inputs", "pipeline_digest", "pipeline_name", "pipeline"):
         op.drop_column("runs", name)
