@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -619,3 +619,55 @@ async def test_a_runs_llm_steps_count_against_the_limits_of_the_key_that_started
     assert [s["status"] for s in ended["steps"]] == ["succeeded", "failed"]
     assert ended["error"]["step"] == "second" and ended["error"]["type"] == "requests_per_minute"
     assert ended["error"]["message"].startswith("rate limit reached: 1 requests per minute for this key")
+
+
+async def test_with_postgres_down_runs_answer_503_naming_it(open_gateway: Any) -> None:
+    dead = SecretStr("postgresql://nobody:hunter2@127.0.0.1:9/none")
+    body = json.dumps({"pipeline": {"steps": [python("a", "shout", arguments={"text": "x"})]}})
+    async with open_gateway(DATABASE_URL=dead, WEBHOOK_SECRETS=SecretStr(SECRET),
+                            ORCHESITY_TOOL_MODULES=TEST_MODULES) as gw:
+        started = await gw.client.post("/api/runs", content=body, headers=sign(body))
+        listed = await gw.client.get("/api/runs")
+        one = await gw.client.get(f"/api/runs/{uuid.uuid4()}")
+    for answer in (started, listed, one):
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "database_unavailable" and "hunter2" not in answer.text
+
+
+async def test_postgres_killed_mid_run_the_worker_waits_it_out_and_finishes_the_run(
+        worker_env: dict[str, str], tmp_path: Path) -> None:
+    from core.db import Database
+    from core.embedded import start_postgres
+    from core.migrate import upgrade
+    from core.progress import events_after
+
+    server = start_postgres(tmp_path)  # the test's own, to kill
+    database = Database(server.url)
+    await upgrade(database)
+    await database.close()
+    env = {**worker_env, "DATABASE_URL": server.url}
+    steps = [python("s0", "slow", arguments={"seconds": 0.3})]
+    steps += [python(f"s{i}", "slow", arguments={"seconds": 0.3}, needs=[f"s{i - 1}"]) for i in range(1, 5)]
+    svc, [run_id] = await submit_runs(env, [{"pipeline": {"steps": steps}}])
+    try:
+        with worker(env) as running:
+            end = time.monotonic() + 30
+            while sum(e.type == "step.completed" for e in await events_after(svc.db, None, run_id)) < 2:
+                assert time.monotonic() < end
+                await asyncio.sleep(0.05)
+            pid = int((tmp_path / "pg" / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, signal.SIGKILL)  # Postgres dies mid-step, and stays away for a while
+            await asyncio.sleep(2.0)
+            assert running.poll() is None  # the worker outlives it
+            with suppress(Exception):
+                server.stop()  # pgserver forgets its handle of the dead server
+            server = start_postgres(tmp_path)
+            shown = (await wait_ended(svc, [run_id], timeout=60))[run_id]
+            events = await events_after(svc.db, None, run_id)
+    finally:
+        await svc.close()
+        server.stop()
+    assert shown["status"] == "succeeded", shown
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))  # nothing half-written
+    completed = [e.data["step"] for e in events if e.type == "step.completed"]
+    assert completed == [f"s{i}" for i in range(5)]  # each step's output recorded once
