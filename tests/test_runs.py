@@ -480,6 +480,17 @@ def test_orchesity_run_starts_a_run_and_follows_it_to_its_end(worker_env: dict[s
     assert bad.returncode == 1 and bad.stdout.startswith("failed: failed at step 'fail'"), bad.stdout
     assert "the tool fell over" in bad.stdout + bad.stderr
     assert refused.returncode != 0 and "no pipeline named 'no_such_pipeline'" in refused.stderr
+    run_id = good.stdout.split()[1]
+
+    def runs(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([ORCHESITY, "runs", *args], env=worker_env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+
+    shown, listed, cancel, unknown = runs("show", run_id), runs("list", "--limit", "200"), runs("cancel", run_id), \
+        runs("show", "not-a-run")
+    assert json.loads(shown.stdout)["status"] == "succeeded" and run_id[:8] in listed.stdout
+    assert cancel.stdout.strip() == f"{run_id}: succeeded"  # already ended: nothing to cancel
+    assert unknown.returncode != 0 and "'not-a-run' is not a run id" in unknown.stderr
 
 
 async def test_a_callback_is_signed_retried_after_a_failure_and_delivered_once(
