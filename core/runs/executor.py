@@ -286,12 +286,11 @@ class Executor:
                                                 "wake": datetime.fromtimestamp(wake, UTC) if wake else None})
 
     async def checkpoint(self, state: RunState, events: list[tuple[str, str, dict[str, Any]]], *,
-                         steps: Sequence[str] = (), finish: dict[str, Any] | None = None,
-                         connection: Any = None) -> None:
-        """One fenced statement: the lease moved on, the rows of `steps` (and the run's end)
-        written, the events numbered and stored; then the events go to Redis. A checkpoint
-        under way is finished even if its caller is cancelled (a worker stopping).
-        `connection`: psycopg's connection to use, in autocommit (else one from the pool)."""
+                         steps: Sequence[str], finish: dict[str, Any] | None, connection: Any) -> None:
+        """One fenced statement on `connection` (psycopg's, in autocommit: `autocommit`):
+        the lease moved on, the rows of `steps` (and the run's end) written, the events
+        numbered and stored; then the events go to Redis. A checkpoint under way is
+        finished even if its caller is cancelled (a worker stopping)."""
         await _shielded(self._checkpoint(state, events, steps, finish, connection))
 
     async def _checkpoint(self, state: RunState, events: list[tuple[str, str, dict[str, Any]]],
@@ -308,11 +307,7 @@ class Executor:
         if finish is not None:
             params.update(status=finish["status"], result=json_text(finish.get("result")),
                           error=json_text(finish.get("error")))
-        if connection is not None:
-            fenced = await _fenced(connection, finish is not None, params)
-        else:
-            async with autocommit(self.svc) as driver:
-                fenced = await _fenced(driver, finish is not None, params)
+        fenced = await _fenced(connection, finish is not None, params)
         if fenced is None:
             raise LeaseLost(str(state.id))
         event_seq, cancel_requested = fenced
