@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from core import fastjson, progress, templates
-from core.limits import LimitExceeded, Limits
+from core.limits import Limits
 from core.runs.pipeline import Pipeline, Step
 
 if TYPE_CHECKING:
@@ -361,22 +361,15 @@ class Executor:
             raise StepFailed("template", str(exc)) from None
 
     async def _llm(self, state: RunState, step: Step, context: dict[str, Any]) -> Any:
-        from core.orchestrator import LLMRequest
-        from core.providers.base import ChatRequest
+        from core.tools.kinds import ToolFailed, complete
 
-        messages = [{**m, "content": templates.render(m.get("content", ""), context)} for m in step.messages or []]
-        request = LLMRequest(chat=ChatRequest(messages=messages, max_tokens=step.max_tokens,
-                                              temperature=step.temperature),
-                             targets=None if step.model == "auto" else [step.model], endpoint="run",
-                             caller=state.caller, tenant=state.tenant, limits=state.limits, timeout=step.timeout)
         try:
-            orchestration = await self.svc.orchestrator.complete(request)
-        except LimitExceeded as exc:
-            raise StepFailed(exc.verdict.limit or "rate_limited", str(exc)) from None
-        result = orchestration.results[0]
-        if not result.ok:
-            error = result.error or {}
-            raise StepFailed("llm_error", f"{error.get('type')}: {error.get('message')}")
+            result = await complete(self.svc.orchestrator, step.messages or [], context, model=step.model,
+                                    max_tokens=step.max_tokens, temperature=step.temperature, endpoint="run",
+                                    caller=state.caller, tenant=state.tenant, limits=state.limits,
+                                    timeout=step.timeout)
+        except ToolFailed as exc:
+            raise StepFailed(exc.kind, exc.message) from None
         return result.text
 
     async def _tool(self, state: RunState, step: Step, arguments: Any, key: str) -> Any:

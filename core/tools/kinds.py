@@ -137,29 +137,39 @@ async def call_python(tool: Tool, arguments: Mapping[str, Any], ctx: CallContext
     return await call_entry(tool.python.entry, arguments), False
 
 
-async def call_llm(tool: Tool, arguments: Mapping[str, Any], ctx: CallContext) -> tuple[Any, bool]:
+async def complete(orchestrator: Orchestrator, prompt: list[dict[str, str]], values: Mapping[str, Any], *,
+                   model: str, max_tokens: int | None, temperature: float | None, endpoint: str,
+                   caller: str | None, tenant: str | None, limits: Limits | None, timeout: float) -> Any:
+    """One chat completion of the messages `prompt` (templates over `values`) through the
+    orchestrator, so the DWA routes it and the cache serves it, counted against `limits`:
+    its first result, or ToolFailed (a limit reached, every provider failing). The llm
+    tools and the llm steps of runs both call this."""
     from core.limits import LimitExceeded
     from core.orchestrator import LLMRequest
     from core.providers.base import ChatRequest
 
-    config = tool.llm
-    assert config is not None and ctx.orchestrator is not None
-    if isinstance(config.prompt, str):
-        messages = [{"role": "user", "content": templates.render(config.prompt, arguments)}]
-    else:
-        messages = [{**m, "content": templates.render(m.get("content", ""), arguments)} for m in config.prompt]
-    request = LLMRequest(
-        chat=ChatRequest(messages=messages, max_tokens=config.max_tokens, temperature=config.temperature),
-        targets=None if config.model == "auto" else [config.model], endpoint="tool", caller=ctx.caller,
-        tenant=ctx.tenant, limits=ctx.limits, timeout=ctx.timeout)
+    messages = [{**m, "content": templates.render(m.get("content", ""), values)} for m in prompt]
+    request = LLMRequest(chat=ChatRequest(messages=messages, max_tokens=max_tokens, temperature=temperature),
+                         targets=None if model == "auto" else [model], endpoint=endpoint, caller=caller,
+                         tenant=tenant, limits=limits, timeout=timeout)
     try:
-        orchestration = await ctx.orchestrator.complete(request)
+        orchestration = await orchestrator.complete(request)
     except LimitExceeded as exc:
         raise ToolFailed(exc.verdict.limit or "rate_limited", str(exc)) from None
     result = orchestration.results[0]
     if not result.ok:
         error = result.error or {}
         raise ToolFailed("llm_error", f"{error.get('type')}: {error.get('message')}")
+    return result
+
+
+async def call_llm(tool: Tool, arguments: Mapping[str, Any], ctx: CallContext) -> tuple[Any, bool]:
+    config = tool.llm
+    assert config is not None and ctx.orchestrator is not None
+    prompt = [{"role": "user", "content": config.prompt}] if isinstance(config.prompt, str) else config.prompt
+    result = await complete(ctx.orchestrator, prompt, arguments, model=config.model, max_tokens=config.max_tokens,
+                            temperature=config.temperature, endpoint="tool", caller=ctx.caller, tenant=ctx.tenant,
+                            limits=ctx.limits, timeout=ctx.timeout)
     usage = result.usage
     return {"text": result.text, "provider": result.provider, "model": result.model,
             "cached": result.cached, "tokens": usage.total_tokens if usage else 0}, False
