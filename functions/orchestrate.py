@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from core import fastjson
+from core import fastjson, openai_wire
 from core import limits as key_limits
 from core.auth import Principal, Scope
 from core.cache import DEFAULT_NAMESPACE, CachePolicy
@@ -247,35 +247,12 @@ async def orchestrate(body: OrchestrateBody, svc: Services = Depends(services), 
 # -- the OpenAI-compatible API ------------------------------------------------------------------
 
 
-def _openai_usage(result: Result) -> dict[str, int]:
-    usage = result.usage
-    if usage is None:
-        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
-
-
 def _completion_json(orchestration: Orchestration, result: Result, requested: str) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
-    if result.tool_calls:
-        message["tool_calls"] = result.tool_calls
-    return {
-        "id": _completion_id(orchestration),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": result.model or requested,
-        "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason or "stop",
-                     "logprobs": _openai_logprobs(result.logprobs)}],
-        "usage": _openai_usage(result),
-        "orchesity": {"provider": result.provider, "cached": result.cached,
-                      "dwa_score": result.dwa_score, "dwa_selection_reason": result.selection_reason,
-                      "request_id": orchestration.request_id, "cost": result.cost,
-                      "database_logged": orchestration.database_logged},
-    }
-
-
-def _openai_logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | None:
-    return {"content": content, "refusal": None} if content else None
+    return {**openai_wire.completion(result, requested, _completion_id(orchestration)),
+            "orchesity": {"provider": result.provider, "cached": result.cached,
+                          "dwa_score": result.dwa_score, "dwa_selection_reason": result.selection_reason,
+                          "request_id": orchestration.request_id, "cost": result.cost,
+                          "database_logged": orchestration.database_logged}}
 
 
 def _completion_id(orchestration: Orchestration) -> str:
@@ -400,7 +377,7 @@ def _openai_events(requested: str) -> EventWriter:
         if chunk.tool_calls:
             delta["tool_calls"] = chunk.tool_calls
         return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": chunk.finish_reason,
-                                          "logprobs": _openai_logprobs(chunk.logprobs)}]})
+                                          "logprobs": openai_wire.logprobs(chunk.logprobs)}]})
 
     return write
 

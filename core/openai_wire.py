@@ -1,0 +1,38 @@
+"""OpenAI's Chat Completions answer, built from a result: what `/v1/chat/completions`
+sends, and what the planner's in-process transport answers LangChain with."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.orchestrator import Result
+
+
+def usage(result: Result) -> dict[str, int]:
+    counted = result.usage
+    if counted is None:
+        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    return {"prompt_tokens": counted.prompt_tokens, "completion_tokens": counted.completion_tokens,
+            "total_tokens": counted.total_tokens}
+
+
+def logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    return {"content": content, "refusal": None} if content else None
+
+
+def completion(result: Result, requested: str, completion_id: str | None = None) -> dict[str, Any]:
+    """A chat.completion object of `result` (an answer to a request for model `requested`)."""
+    message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
+    if result.tool_calls:
+        message["tool_calls"] = result.tool_calls
+    return {
+        "id": completion_id or "chatcmpl-" + (result.completion_id or "local"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": result.model or requested,
+        "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason or "stop",
+                     "logprobs": logprobs(result.logprobs)}],
+        "usage": usage(result),
+    }
