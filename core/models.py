@@ -16,8 +16,6 @@ from sqlalchemy import BigInteger, Column, DateTime, ForeignKey, Index, UniqueCo
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TEXT
 from sqlmodel import Field, SQLModel
 
-EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 and friends
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -53,7 +51,9 @@ class Run(SQLModel, table=True):
     # the runs a worker may claim, oldest first; on no column a checkpoint changes, so the
     # fenced update of every checkpoint stays a HOT update (the table has room: fillfactor)
     __table_args__ = (Index("ix_runs_ready", "created_at", postgresql_where=text("status IN ('queued', 'running')")),
-                      Index("ix_runs_caller_created_at", "caller", "created_at"))
+                      Index("ix_runs_caller_created_at", "caller", "created_at"),
+                      Index("ix_runs_learned", "embedding_model", "finished_at",
+                            postgresql_where=text("status = 'succeeded'")))
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     created_at: datetime = Field(default_factory=_now, sa_column=Column(
@@ -85,11 +85,14 @@ class Run(SQLModel, table=True):
     callback_attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     callback_next_at: datetime | None = _moment()
     callback_error: str | None = None  # why the last attempt failed
-    feedback: str | None = None
-    quality_score: float | None = None
-    embedding: list[float] | None = Field(
-        default=None, sa_column=Column(Vector(EMBEDDING_DIM))
-    )
+    goal: str | None = None  # what it was for, in words (a planned run's, or its inputs.goal)
+    feedback: str | None = None  # the comment of its feedback
+    feedback_rating: int | None = None  # 1..5
+    judge_score: float | None = None  # 0..1, from its evaluate step
+    quality_score: float | None = None  # 0..1, from the two above: how the knowledge base ranks it
+    # its goal, pipeline and outcome embedded (any dimension: per-model HNSW indexes, core/runs/knowledge.py)
+    embedding: list[float] | None = Field(default=None, sa_column=Column(Vector()))
+    embedding_model: str | None = None
 
 
 class RunStep(SQLModel, table=True):

@@ -41,7 +41,12 @@ from core.limits import Limits
 from core.runs.pipeline import Pipeline, Step
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from core.services import Services
+
+    # How a running step checkpoints its progress: save(partial output, message, event data).
+    Save = Callable[[Any, str, dict[str, Any]], Awaitable[None]]
 
 log = logging.getLogger("orchesity.runs")
 
@@ -160,6 +165,7 @@ SELECT event_seq, cancel_requested FROM fence"""
 
 # The run's status moved on (running, or its end); an ending makes its callback due.
 _FINISH = """, status = %(status)s::text, result = %(result)s::jsonb, error = %(error)s::jsonb,
+    judge_score = %(judge)s::float8, quality_score = %(judge)s::float8,
     started_at = coalesce(started_at, now()),
     finished_at = CASE WHEN %(status)s::text IN ('succeeded', 'failed', 'cancelled', 'timed_out') THEN now() END,
     callback_status = CASE WHEN callback_url IS NOT NULL
@@ -306,7 +312,7 @@ class Executor:
                                         "data": data} for i, (kind, message, data) in enumerate(events)])}
         if finish is not None:
             params.update(status=finish["status"], result=json_text(finish.get("result")),
-                          error=json_text(finish.get("error")))
+                          error=json_text(finish.get("error")), judge=finish.get("judge"))
         fenced = await _fenced(connection, finish is not None, params)
         if fenced is None:
             raise LeaseLost(str(state.id))
@@ -338,14 +344,22 @@ class Executor:
         await deliver_due(self.svc, run_id=state.id)
 
     # -- running one step --------------------------------------------------------------------
-    async def execute(self, state: RunState, step: Step) -> Any:
-        """The step's output, or StepFailed."""
+    async def execute(self, state: RunState, step: Step, save: Save) -> Any:
+        """The step's output, or StepFailed. `save(partial, message, data)` checkpoints a
+        step's progress while it runs (an agent's turns and tool calls): `partial` is
+        stored as its output, and given back in `state` when the step is run again."""
         context = state.context()
         key = f"{state.id}:{step.id}"
         try:
             async with asyncio.timeout(step.timeout):
                 if step.kind == "llm":
                     return await self._llm(state, step, context)
+                if step.kind in ("agent", "aggregate", "evaluate"):
+                    from core.runs import steps
+
+                    rendered = templates.render_value(step.template(), context)
+                    run = {"agent": steps.agent, "aggregate": steps.aggregate, "evaluate": steps.evaluate}[step.kind]
+                    return await run(self, state, step, rendered, save)
                 arguments = templates.render_value(step.arguments, context)
                 if step.kind == "tool":
                     return await self._tool(state, step, arguments, key)
@@ -360,29 +374,40 @@ class Executor:
         except templates.TemplateError as exc:
             raise StepFailed("template", str(exc)) from None
 
-    async def _llm(self, state: RunState, step: Step, context: dict[str, Any]) -> Any:
-        from core.tools.kinds import ToolFailed, complete
+    async def chat(self, state: RunState, step: Step, messages: list[dict[str, Any]], **fields: Any) -> Any:
+        """One model call of `step` through the gateway's orchestrator (the DWA routes it),
+        logged under the run's caller and counted against its key's limits."""
+        from core.tools.kinds import ToolFailed, chat
 
         try:
-            result = await complete(self.svc.orchestrator, step.messages or [], context, model=step.model,
-                                    max_tokens=step.max_tokens, temperature=step.temperature, endpoint="run",
-                                    caller=state.caller, tenant=state.tenant, limits=state.limits,
-                                    timeout=step.timeout)
+            return await chat(self.svc.orchestrator, messages, model=step.model, max_tokens=step.max_tokens,
+                              temperature=step.temperature, endpoint="run", caller=state.caller,
+                              tenant=state.tenant, limits=state.limits, timeout=step.timeout, **fields)
         except ToolFailed as exc:
             raise StepFailed(exc.kind, exc.message) from None
-        return result.text
 
-    async def _tool(self, state: RunState, step: Step, arguments: Any, key: str) -> Any:
+    async def _llm(self, state: RunState, step: Step, context: dict[str, Any]) -> Any:
+        messages = [{**m, "content": templates.render(m.get("content", ""), context)} for m in step.messages or []]
+        return (await self.chat(state, step, messages)).text
+
+    async def invoke_tool(self, state: RunState, entry: Any, arguments: Any, key: str) -> Any:
+        """A registry tool called for the run (ArgumentsInvalid, ToolUnavailable, or its
+        Outcome), with `key` as its idempotency key."""
         import os
 
-        from core.tools.invoke import ArgumentsInvalid, ToolUnavailable, invoke
+        from core.tools.invoke import invoke
         from core.tools.kinds import CallContext
+
+        ctx = CallContext(settings=self.svc.settings, environ=os.environ, orchestrator=self.svc.orchestrator,
+                          caller=state.caller, tenant=state.tenant, limits=state.limits, idempotency_key=key)
+        return await invoke(entry, arguments, ctx, kv=self.svc.kv, db=self.svc.db)
+
+    async def _tool(self, state: RunState, step: Step, arguments: Any, key: str) -> Any:
+        from core.tools.invoke import ArgumentsInvalid, ToolUnavailable
 
         try:
             entry = await self.svc.tools.get(step.tool or "")
-            ctx = CallContext(settings=self.svc.settings, environ=os.environ, orchestrator=self.svc.orchestrator,
-                              caller=state.caller, tenant=state.tenant, limits=state.limits, idempotency_key=key)
-            outcome = await invoke(entry, arguments, ctx, kv=self.svc.kv, db=self.svc.db)
+            outcome = await self.invoke_tool(state, entry, arguments, key)
         except (ArgumentsInvalid, ToolUnavailable) as exc:
             raise StepFailed("tool_refused", str(exc)) from None
         if outcome.status != "ok":
@@ -407,6 +432,8 @@ class _Advance:
         self.status_change: dict[str, Any] | None = None  # the run's, for the next checkpoint
         self.held: contextlib.AsyncExitStack | None = None  # a connection kept while steps end quickly
         self.driver: Any = None
+        self.using = asyncio.Lock()  # the loop and running steps (their saves) share the connection
+        self.save_failed: BaseException | None = None  # a step's save could not checkpoint: the advance ends
 
     def _budget_left(self) -> float:
         return 0.0 if self.stop.is_set() else self.end - time.monotonic()
@@ -418,25 +445,42 @@ class _Advance:
 
     async def _flush(self, finish: dict[str, Any] | None = None) -> None:
         """Checkpoint what changed (with the run's end, when given)."""
-        finish = finish or self.status_change
-        if not self.events and finish is None:
-            return
-        events, changed = self.events, self.changed
-        self.events, self.changed, self.status_change = [], [], None
-        if self.held is None:
-            self.held = contextlib.AsyncExitStack()
-            self.driver = await self.held.enter_async_context(autocommit(self.ex.svc))
-        try:
-            await self.ex.checkpoint(self.state, events, steps=changed, finish=finish, connection=self.driver)
-        except BaseException:
-            await self._let_go()  # a connection that failed goes back to the pool, which checks it
-            raise
+        async with self.using:
+            finish = finish or self.status_change
+            if not self.events and finish is None:
+                return
+            events, changed = self.events, self.changed
+            self.events, self.changed, self.status_change = [], [], None
+            if self.held is None:
+                self.held = contextlib.AsyncExitStack()
+                self.driver = await self.held.enter_async_context(autocommit(self.ex.svc))
+            try:
+                await self.ex.checkpoint(self.state, events, steps=changed, finish=finish, connection=self.driver)
+            except BaseException:
+                await self._release_connection()  # a connection that failed goes back to the pool, which checks it
+                raise
 
     async def _let_go(self) -> None:
         """Back to the pool with the connection (when steps take a while, and at the end)."""
+        async with self.using:
+            await self._release_connection()
+
+    async def _release_connection(self) -> None:
         held, self.held, self.driver = self.held, None, None
         if held is not None:
             await _shielded(held.aclose())
+
+    def _saver(self, step_id: str) -> Save:
+        async def save(partial: Any, message: str, data: dict[str, Any]) -> None:
+            self.state.steps[step_id].output = partial
+            self._note(step_id, "step.progress", f"{step_id}: {message}", {"step": step_id, **data})
+            try:
+                await self._flush()
+            except BaseException as exc:
+                self.save_failed = exc
+                raise
+
+        return save
 
     async def run(self) -> float | None:
         """Advance until the run ends or the budget does; when to wake it next (a retry)."""
@@ -468,7 +512,7 @@ class _Advance:
                                {"step": step.id, "attempt": s.attempts, "kind": step.kind})
                 await self._flush()  # the steps that ended and the ones they let start, at once
                 for step in starting:
-                    self.running[step.id] = asyncio.create_task(self.ex.execute(state, step))
+                    self.running[step.id] = asyncio.create_task(self.ex.execute(state, step, self._saver(step.id)))
                 if not self.running and budget_left <= 0:
                     return wait_until or time.time()
                 await self._wait(wait_until)
@@ -536,6 +580,8 @@ class _Advance:
         if task.cancelled():
             s.status = "pending"  # stopped by a cancel or a lost lease: decided elsewhere
             return
+        if self.save_failed is not None:  # its checkpoint failed (the lease lost, Postgres away)
+            raise self.save_failed
         error = task.exception()
         if error is None:
             s.status, s.output, s.error, s.next_attempt_at = "succeeded", task.result(), None, None
@@ -552,7 +598,7 @@ class _Advance:
             self._note(step.id, "step.retrying", f"{step.id}: {failure.message[:200]}; retrying in {delay:.2f}s",
                        {"step": step.id, "error": s.error, "delay_s": round(delay, 3)})
             return
-        s.status = "failed"
+        s.status, s.output = "failed", None  # whatever it saved on the way is not an output
         self._note(step.id, "step.failed", f"{step.id}: {failure.message[:200]}", {"step": step.id, "error": s.error})
 
     async def _renew(self) -> None:
@@ -603,6 +649,11 @@ class _Advance:
                        {"error": error})
             await self._flush({"status": "failed", "error": error, "result": {"steps": outputs}})
         else:
-            self._note(None, "run.succeeded", "succeeded", {})
-            await self._flush({"status": "succeeded",
-                               "result": {"output": outputs[state.pipeline.steps[-1].id], "steps": outputs}})
+            judged = [state.steps[step.id].output for step in state.pipeline.steps if step.kind == "evaluate"]
+            judge = next((j["score"] for j in reversed(judged) if isinstance(j, dict)), None)
+            self._note(None, "run.succeeded", "succeeded" if judge is None else f"succeeded (judged {judge:.2f})",
+                       {} if judge is None else {"score": judge})
+            answer = next((step.id for step in reversed(state.pipeline.steps) if step.kind != "evaluate"),
+                          state.pipeline.steps[-1].id)  # the result is what was judged, not the judgement
+            await self._flush({"status": "succeeded", "judge": judge,
+                               "result": {"output": outputs[answer], "steps": outputs}})

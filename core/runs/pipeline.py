@@ -5,10 +5,19 @@
         {"id": "b", "kind": "tool", "tool": "text_stats", "arguments": {"text": "{{ steps.a.output.text }}"}}
     ]}
 
-Step kinds: `llm` (a messages template, routed through the gateway's orchestrator, so
-the DWA picks the provider), `tool` (a registry tool, `name` or `name@version`, with
-arguments), `python` (an entry point under ORCHESITY_TOOL_MODULES, called with the
-arguments). Arguments and messages are templates of core/templates.py over
+Step kinds:
+- `llm`: a messages template, routed through the gateway's orchestrator (the DWA picks);
+- `tool`: a registry tool (`name` or `name@version`) called with `arguments`;
+- `python`: an entry point under ORCHESITY_TOOL_MODULES, called with the `arguments`;
+- `agent`: a tool-calling loop: `instructions` (the system prompt) and `input` (the
+  task; the run's inputs as JSON without it), the registry `tools` it may call, at most
+  `max_iterations` model turns; every turn and every tool call is checkpointed, so a
+  resumed agent never repeats a call that finished;
+- `aggregate`: one answer combined by an LLM from the outputs of the steps it `needs`;
+- `evaluate`: an LLM judge scores the outputs of the steps it `needs` against the goal
+  (`instructions`, or the run's `inputs.goal`): `{"score": 0..1, "reason": …}`, which
+  becomes the run's quality score.
+Arguments, messages, instructions and input are templates of core/templates.py over
 `{"inputs": …, "steps": {id: {"output": …}}}`: no code runs in them. A step runs once
 every step it `needs` (or refers to) has ended; independent steps run concurrently.
 Each step has a `timeout`, `retries` (exponential backoff from `backoff_seconds`, with
@@ -16,7 +25,7 @@ jitter) and `on_error`: `fail` ends the run, `continue` lets the steps after it 
 (its output is then null).
 
 `check(pipeline, registry)` refuses, with every problem naming the step and the field:
-a reference to a step that does not exist, a cycle, an unknown tool, a python entry
+a reference to a step that does not exist, a cycle, an unknown tool (of a tool or an agent step), a python entry
 point outside the allowed modules, a tool pair the tools' compatibility rule refuses.
 """
 
@@ -37,21 +46,34 @@ if TYPE_CHECKING:
 STEP_ID = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 
 
+Kind = Literal["llm", "tool", "python", "agent", "aggregate", "evaluate"]
+# What each kind needs, and which kinds take each field (any other kind refusing it).
+_NEEDED = {"llm": "messages", "tool": "tool", "python": "entry", "agent": "tools", "aggregate": "needs",
+           "evaluate": "needs"}
+_TAKEN_BY = {"messages": ("llm",), "tool": ("tool",), "entry": ("python",), "tools": ("agent",),
+             "input": ("agent",), "instructions": ("agent", "aggregate", "evaluate")}
+
+
 class Step(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(pattern=STEP_ID)
-    kind: Literal["llm", "tool", "python"]
+    id: str = Field(pattern=STEP_ID, examples=["step_1"])
+    kind: Kind
     needs: list[str] = Field(default_factory=list)
     timeout: float = Field(default=120.0, gt=0, le=3600)
     retries: int = Field(default=0, ge=0, le=10)
     backoff_seconds: float = Field(default=1.0, ge=0, le=600)
     on_error: Literal["fail", "continue"] = "fail"
-    # llm
+    # the kinds that call a model (llm, agent, aggregate, evaluate)
     messages: list[dict[str, str]] | None = None
     model: str = "auto"
     max_tokens: int | None = Field(default=None, ge=1, le=100_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
+    instructions: str | None = Field(default=None, max_length=20_000)
+    # agent
+    tools: list[str] | None = Field(default=None, max_length=32)
+    input: str | None = Field(default=None, max_length=20_000)
+    max_iterations: int = Field(default=8, ge=1, le=50)
     # tool / python
     tool: str | None = None
     entry: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$")
@@ -59,18 +81,27 @@ class Step(BaseModel):
 
     @model_validator(mode="after")
     def _fields_of_its_kind(self) -> Step:
-        wanted = {"llm": "messages", "tool": "tool", "python": "entry"}[self.kind]
+        wanted = _NEEDED[self.kind]
         if getattr(self, wanted) in (None, []):
             raise ValueError(f"{wanted}: a step of kind {self.kind!r} needs it")
-        for field, kinds in (("messages", ("llm",)), ("tool", ("tool",)), ("entry", ("python",))):
-            if getattr(self, field) is not None and self.kind not in kinds:
-                raise ValueError(f"{field}: a step of kind {self.kind!r} takes no {field}")
-        if self.arguments and self.kind == "llm":
-            raise ValueError("arguments: an llm step takes messages, not arguments")
+        for name, kinds in _TAKEN_BY.items():
+            if getattr(self, name) is not None and self.kind not in kinds:
+                raise ValueError(f"{name}: a step of kind {self.kind!r} takes no {name}")
+        if self.arguments and self.kind not in ("tool", "python"):
+            raise ValueError(f"arguments: a step of kind {self.kind!r} takes no arguments")
         return self
 
     def template(self) -> Any:
-        return self.messages if self.kind == "llm" else self.arguments
+        """What is rendered over the run's context before the step runs."""
+        if self.kind == "llm":
+            return self.messages
+        if self.kind in ("tool", "python"):
+            return self.arguments
+        return {"instructions": self.instructions, "input": self.input}
+
+    def template_field(self) -> str:
+        """The field `template` comes from, for error messages."""
+        return {"llm": "messages", "tool": "arguments", "python": "arguments"}.get(self.kind, "instructions")
 
     def referenced_steps(self) -> set[str]:
         """The steps this step's templates read (`steps.<id>…`)."""
@@ -155,7 +186,8 @@ def parse(document: Any) -> Pipeline:
 
 async def check(pipeline: Pipeline, registry: ToolRegistry, settings: Settings) -> dict[str, Entry]:
     """Every problem that would stop the pipeline, at once (RunInvalid); else the
-    registry entries its tool steps resolve to, by step id."""
+    registry entries its tool steps resolve to, by step id (an agent's i-th tool under
+    "<step id>.tools[i]")."""
     from core.tools.compat import check as compatible
     from core.tools.registry import ToolNotFound
 
@@ -174,7 +206,7 @@ async def check(pipeline: Pipeline, registry: ToolRegistry, settings: Settings) 
         try:
             paths = list(templates.references(step.template()))
         except templates.TemplateError as exc:
-            problems.append(f"{label}: {'messages' if step.kind == 'llm' else 'arguments'}: {exc}")
+            problems.append(f"{label}: {step.template_field()}: {exc}")
             paths = []
         for path in paths:
             head, _, rest = path.partition(".")
@@ -192,6 +224,11 @@ async def check(pipeline: Pipeline, registry: ToolRegistry, settings: Settings) 
                 entries[step.id] = await registry.get(step.tool or "")
             except ToolNotFound as exc:
                 problems.append(f"{label}: tool: {exc}")
+        for index, ref in enumerate(step.tools or []):
+            try:
+                entries[f"{step.id}.tools[{index}]"] = await registry.get(ref)
+            except ToolNotFound as exc:
+                problems.append(f"{label}: tools[{index}]: {exc}")
         if step.kind == "python":
             module = (step.entry or "").partition(":")[0]
             allowed = settings.tool_module_prefixes
@@ -203,6 +240,8 @@ async def check(pipeline: Pipeline, registry: ToolRegistry, settings: Settings) 
         if cycle:
             problems.append(f"{labels[cycle[0]]}: needs: the steps {' -> '.join(cycle)} depend on each other in a cycle")
     for step_id, entry in entries.items():  # the seed's rule, for each tool step fed by another
+        if step_id not in steps:
+            continue  # an agent's tool: the model, not a template, feeds it
         for upstream_id in steps[step_id].referenced_steps():
             upstream = entries.get(upstream_id)
             if upstream is not None:

@@ -139,17 +139,30 @@ async def call_python(tool: Tool, arguments: Mapping[str, Any], ctx: CallContext
 
 async def complete(orchestrator: Orchestrator, prompt: list[dict[str, str]], values: Mapping[str, Any], *,
                    model: str, max_tokens: int | None, temperature: float | None, endpoint: str,
-                   caller: str | None, tenant: str | None, limits: Limits | None, timeout: float) -> Any:
-    """One chat completion of the messages `prompt` (templates over `values`) through the
-    orchestrator, so the DWA routes it and the cache serves it, counted against `limits`:
-    its first result, or ToolFailed (a limit reached, every provider failing). The llm
-    tools and the llm steps of runs both call this."""
+                   caller: str | None, tenant: str | None, limits: Limits | None, timeout: float,
+                   tools: list[dict[str, Any]] | None = None,
+                   response_format: dict[str, Any] | None = None) -> Any:
+    """One chat completion of the messages `prompt` (templates over `values`: see `chat`)."""
+    messages = [{**m, "content": templates.render(m.get("content", ""), values)} for m in prompt]
+    return await chat(orchestrator, messages, model=model, max_tokens=max_tokens, temperature=temperature,
+                      endpoint=endpoint, caller=caller, tenant=tenant, limits=limits, timeout=timeout,
+                      tools=tools, response_format=response_format)
+
+
+async def chat(orchestrator: Orchestrator, messages: list[dict[str, Any]], *, model: str,
+               max_tokens: int | None, temperature: float | None, endpoint: str, caller: str | None,
+               tenant: str | None, limits: Limits | None, timeout: float,
+               tools: list[dict[str, Any]] | None = None, response_format: dict[str, Any] | None = None) -> Any:
+    """One chat completion of `messages` through the orchestrator, so the DWA routes it
+    and the cache serves it, counted against `limits`: its first result, or ToolFailed (a
+    limit reached, every provider failing). The llm tools and the model-calling steps of
+    runs (llm, agent, aggregate, evaluate) all call this."""
     from core.limits import LimitExceeded
     from core.orchestrator import LLMRequest
     from core.providers.base import ChatRequest
 
-    messages = [{**m, "content": templates.render(m.get("content", ""), values)} for m in prompt]
-    request = LLMRequest(chat=ChatRequest(messages=messages, max_tokens=max_tokens, temperature=temperature),
+    request = LLMRequest(chat=ChatRequest(messages=messages, max_tokens=max_tokens, temperature=temperature,
+                                          tools=tools, response_format=response_format),
                          targets=None if model == "auto" else [model], endpoint=endpoint, caller=caller,
                          tenant=tenant, limits=limits, timeout=timeout)
     try:
