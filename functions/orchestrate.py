@@ -256,7 +256,9 @@ def _openai_usage(result: Result) -> dict[str, int]:
 
 
 def _completion_json(orchestration: Orchestration, result: Result, requested: str) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
+    # A reply that is only tool calls has no content (null, as OpenAI sends it).
+    content = None if result.tool_calls and not result.text else result.text
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
     if result.tool_calls:
         message["tool_calls"] = result.tool_calls
     return {
