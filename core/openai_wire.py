@@ -24,7 +24,9 @@ def logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | None:
 
 def completion(result: Result, requested: str, completion_id: str | None = None) -> dict[str, Any]:
     """A chat.completion object of `result` (an answer to a request for model `requested`)."""
-    message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
+    # a reply that is only tool calls has no content (null, as OpenAI sends it)
+    content = None if result.tool_calls and not result.text else result.text
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
     if result.tool_calls:
         message["tool_calls"] = result.tool_calls
     return {

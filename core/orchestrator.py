@@ -257,12 +257,15 @@ class Orchestrator:
                      stream: AsyncIterator[Chunk], first: Chunk, started: float) -> AsyncIterator[Chunk]:
         parts: list[str] = []
         logprobs: list[Any] = []
+        calls: dict[int, dict[str, Any]] = {}
         chunk = first
         recorded = False
         try:
             while True:
                 if chunk.text:
                     parts.append(chunk.text)
+                if chunk.tool_calls:
+                    _add_tool_deltas(calls, chunk.tool_calls)
                 if chunk.logprobs:
                     logprobs.extend(chunk.logprobs)
                 if chunk.finish_reason:
@@ -274,6 +277,7 @@ class Orchestrator:
                     result.model = chunk.model or result.model
                     result.text = "".join(parts)
                     result.logprobs = logprobs or None
+                    result.tool_calls = [calls[i] for i in sorted(calls)] or None
                     self._succeeded(plan, result, adapter, started)
                     orchestration.provider_time = result.provider_time
                     await self._finish(plan, orchestration)
@@ -638,11 +642,32 @@ async def _first_chunk(adapter: Adapter, chat: ChatRequest,
 
 
 async def _replay(result: Result) -> AsyncIterator[Chunk]:
-    """A cached answer as a stream: the text in one chunk, then the final chunk."""
-    if result.text or result.logprobs:
-        yield Chunk(text=result.text or "", logprobs=result.logprobs)
+    """A cached answer as a stream: the text (and tool calls) in one chunk, then the final chunk."""
+    calls = [{"index": i, **call} for i, call in enumerate(result.tool_calls or ())] or None
+    if result.text or result.logprobs or calls:
+        yield Chunk(text=result.text or "", logprobs=result.logprobs, tool_calls=calls)
     yield Chunk(finish_reason=result.finish_reason or "stop", usage=result.usage or Usage(0, 0, 0),
                 model=result.model)
+
+
+def _add_tool_deltas(calls: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
+    """Fold a stream's tool-call deltas into whole calls (OpenAI's shape), by `index`:
+    the first delta of a call carries its id and name, later ones pieces of arguments."""
+    for delta in deltas:
+        if not isinstance(delta, dict):
+            continue
+        index = delta.get("index", len(calls))
+        call = calls.setdefault(index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        if delta.get("id"):
+            call["id"] = delta["id"]
+        if delta.get("type"):
+            call["type"] = delta["type"]
+        function = delta.get("function")
+        if isinstance(function, dict):
+            if function.get("name"):
+                call["function"]["name"] += function["name"]
+            if function.get("arguments"):
+                call["function"]["arguments"] += function["arguments"]
 
 
 async def _empty() -> AsyncIterator[Chunk]:

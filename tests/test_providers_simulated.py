@@ -1,11 +1,18 @@
-"""The simulated provider: deterministic, realistic enough, failing on demand, instant on a virtual clock."""
+"""The simulated provider: deterministic, realistic enough, failing on demand, instant on a virtual clock;
+structured output (its schema instance generator) and tool calls."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import datetime
+import enum
+import json
+import uuid
+from typing import Annotated, Any, Literal, Optional, Union
 
+import jsonschema
 import pytest
+from pydantic import BaseModel, Field, HttpUrl
 
 from core.providers import (
     ChatRequest,
@@ -23,6 +30,7 @@ from core.providers import (
     build_adapter,
     tokens,
 )
+from core.providers.schema_instance import instance
 from core.providers.simulated import SimulatedAdapter, VirtualClock
 
 PROMPT = [{"role": "user", "content": "Explain how response caching works in an LLM gateway."}]
@@ -214,3 +222,208 @@ async def test_max_concurrency_queues_then_reports_busy() -> None:
 async def test_no_time_left() -> None:
     with pytest.raises(ProviderTimeout):
         await adapter().complete(request(), timeout=0)
+
+
+# --- structured output: the schema instance generator ------------------------------------------
+
+class Status(str, enum.Enum):
+    open = "open"
+    closed = "closed"
+
+
+class Address(BaseModel):
+    street: str
+    city: str = Field(min_length=2, max_length=12)
+    zip: str = Field(pattern=r"^\d{5}$")
+
+
+class Cat(BaseModel):
+    kind: Literal["cat"]
+    lives: int = Field(ge=1, le=9)
+
+
+class Dog(BaseModel):
+    kind: Literal["dog"]
+    good: bool = True
+
+
+class Node(BaseModel):
+    name: str
+    children: list["Node"]
+
+
+class Ticket(BaseModel):
+    """Nested models, an enum, Literal, optional fields, bounded lists, a discriminated union."""
+
+    title: str
+    summary: str = Field(description="one line")
+    status: Status
+    priority: Literal["low", "high"]
+    owner: Optional[str] = None
+    tags: list[str] = Field(min_length=2, max_length=5)
+    home: Address
+    offices: list[Address] = Field(min_length=1)
+    pet: Annotated[Union[Cat, Dog], Field(discriminator="kind")]
+    due: datetime.datetime
+    id: uuid.UUID
+    site: HttpUrl
+    score: float = Field(gt=0, lt=1)
+    count: int = Field(ge=10, multiple_of=5)
+    tree: Node
+
+
+class Step(BaseModel):
+    action: str = Field(examples=["fetch the page"])
+    tool: Optional[Literal["search", "fetch"]]
+    retries: int = Field(default=2, ge=0)
+
+
+class Plan(BaseModel):
+    goal: str
+    steps: list[Step] = Field(min_length=3)
+
+
+def valid(schema: dict[str, Any]) -> Any:
+    value = instance(schema)
+    jsonschema.validators.validator_for(schema)(schema, format_checker=jsonschema.FormatChecker()).validate(value)
+    assert instance(schema) == value  # deterministic
+    return value
+
+
+@pytest.mark.parametrize("model", [Ticket, Plan, Address, Node])
+def test_instances_of_pydantic_models_validate(model: type[BaseModel]) -> None:
+    value = valid(model.model_json_schema())
+    model.model_validate(value)
+
+
+def test_instances_read_as_text_and_honour_the_constraints() -> None:
+    ticket = valid(Ticket.model_json_schema())
+    assert ticket["summary"] == "simulated summary" and ticket["status"] == "open"
+    assert "owner" not in ticket  # optional: left out
+    assert len(ticket["tags"]) == 2 and len(set(ticket["tags"])) == 2
+    assert ticket["home"]["zip"] == "00000" and ticket["pet"]["kind"] == "cat"
+    assert ticket["count"] == 10 and 0 < ticket["score"] < 1
+    assert ticket["tree"]["children"] == [{"name": "simulated name", "children": []}]  # recursion ends
+    plan = valid(Plan.model_json_schema())
+    assert len(plan["steps"]) == 3 and plan["steps"][0] == {"action": "fetch the page", "tool": "search"}
+
+
+def test_openai_strict_schema_from_the_sdk() -> None:
+    from openai.lib._pydantic import to_strict_json_schema
+
+    value = valid(to_strict_json_schema(Ticket))
+    Ticket.model_validate(value)
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "additionalProperties": False, "minProperties": 2,
+     "properties": {"a": {"type": "string"}, "b": {"type": "integer", "exclusiveMinimum": 3}}},
+    {"type": "object", "minProperties": 2, "additionalProperties": {"type": "number", "multipleOf": 0.5}},
+    {"allOf": [{"type": "object", "properties": {"x": {"type": "integer", "maximum": -4}}, "required": ["x"]},
+               {"properties": {"y": {"const": "fixed"}}, "required": ["y"]}]},
+    {"type": ["null", "string"], "minLength": 30, "maxLength": 32},
+    {"type": "string", "pattern": r"^[A-Z]{3}-\d{4}(-[a-z]+)?$"},
+    {"type": "array", "prefixItems": [{"type": "boolean"}, {"type": "null"}], "items": False, "minItems": 2},
+    {"type": "array", "items": {"enum": ["red", "green", "blue"]}, "minItems": 3, "uniqueItems": True},
+    {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 5}, "minItems": 4, "uniqueItems": True},
+    {"type": "array", "maxItems": 0},
+    {"oneOf": [{"type": "integer", "multipleOf": 2}, {"type": "integer", "multipleOf": 3}], "minimum": 3},
+    {"anyOf": [{"type": "string", "maxLength": 2, "minLength": 5}, {"type": "number", "exclusiveMaximum": 0}]},
+    {"type": "string", "format": "email"}, {"type": "string", "format": "date"},
+    {"type": "string", "format": "uri"}, {"type": "string", "format": "uuid"},
+    {"type": "integer", "default": "not an integer", "examples": [-1, 7], "minimum": 0},
+    {"$defs": {"n": {"type": "number", "minimum": 0.25, "maximum": 0.75}}, "$ref": "#/$defs/n"},
+    {"definitions": {"s": {"type": "string"}}, "type": "object", "required": ["s"],
+     "properties": {"s": {"$ref": "#/definitions/s"}}},
+])
+def test_instances_of_handwritten_schemas_validate(schema: dict[str, Any]) -> None:
+    valid(schema)
+
+
+# --- structured output and tools in the adapter -------------------------------------------------
+
+FORMAT = {"type": "json_schema", "json_schema": {"name": "Plan", "schema": Plan.model_json_schema(), "strict": False}}
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                      "parameters": {"type": "object", "required": ["city", "unit"],
+                                                     "properties": {"city": {"type": "string"},
+                                                                    "unit": {"enum": ["c", "f"]}},
+                                                     "additionalProperties": False}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]}}},
+]
+
+
+async def test_response_format_json_schema_gives_a_valid_document_and_the_same_in_a_stream() -> None:
+    a = adapter(seed=3)
+    completion = await a.complete(request(response_format=FORMAT), timeout=5)
+    document = json.loads(completion.text)
+    Plan.model_validate(document)
+    assert completion.finish_reason == "stop" and completion.tool_calls is None
+    assert completion.usage.completion_tokens == tokens.count_text(completion.text, "orchesity-simulated-1")
+    chunks = [c async for c in a.stream(request(response_format=FORMAT), timeout=5)]
+    assert len(chunks) > 3 and "".join(c.text for c in chunks) == completion.text
+    assert chunks[-1].usage == completion.usage
+
+    cut = await a.complete(request(response_format=FORMAT, max_tokens=5), timeout=5)
+    assert cut.finish_reason == "length" and cut.usage.completion_tokens <= 5
+
+
+async def test_response_format_json_object() -> None:
+    completion = await adapter().complete(request(response_format={"type": "json_object"}), timeout=5)
+    document = json.loads(completion.text)
+    assert isinstance(document, dict) and "caching" in document["answer"]
+
+
+def conversation_turn(completion: Completion, result: str) -> list[dict[str, Any]]:
+    call = completion.tool_calls[0]
+    return [{"role": "assistant", "content": None, "tool_calls": completion.tool_calls},
+            {"role": "tool", "tool_call_id": call["id"], "content": result}]
+
+
+async def test_tool_loop_calls_each_tool_once_then_answers() -> None:
+    a = adapter(seed=5)
+    messages = [{"role": "user", "content": "Weather and time in Paris?"}]
+    first = await a.complete(request(messages=messages, tools=TOOLS), timeout=5)
+    assert first.finish_reason == "tool_calls" and first.text == ""
+    (call,) = first.tool_calls
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"]["name"] == "get_weather"
+    arguments = json.loads(call["function"]["arguments"])
+    jsonschema.validate(arguments, TOOLS[0]["function"]["parameters"])
+    assert first.usage.completion_tokens > 0
+
+    messages += conversation_turn(first, "18 degrees and sunny")
+    second = await a.complete(request(messages=messages, tools=TOOLS), timeout=5)
+    assert second.tool_calls[0]["function"]["name"] == "get_time"
+    assert second.tool_calls[0]["id"] != call["id"]
+
+    messages += conversation_turn(second, '{"time": "14:05"}')
+    final = await a.complete(request(messages=messages, tools=TOOLS), timeout=5)
+    assert final.tool_calls is None and final.finish_reason == "stop"
+    assert "get_weather and get_time" in final.text and "18 degrees and sunny" in final.text
+
+    # the same request, the same call
+    again = await a.complete(request(messages=messages[:1], tools=TOOLS), timeout=5)
+    assert again.tool_calls == first.tool_calls
+
+
+async def test_tool_choice_forces_a_function_or_none() -> None:
+    a = adapter()
+    forced = {"type": "function", "function": {"name": "get_time"}}
+    completion = await a.complete(request(tools=TOOLS, extra={"tool_choice": forced}), timeout=5)
+    assert completion.tool_calls[0]["function"]["name"] == "get_time"
+    text = await a.complete(request(tools=TOOLS, extra={"tool_choice": "none"}), timeout=5)
+    assert text.tool_calls is None and text.text
+
+
+async def test_streamed_tool_call_is_name_first_then_argument_pieces() -> None:
+    a = adapter()
+    whole = await a.complete(request(tools=TOOLS), timeout=5)
+    chunks = [c async for c in a.stream(request(tools=TOOLS), timeout=5)]
+    head = chunks[0].tool_calls[0]
+    assert head["index"] == 0 and head["function"] == {"name": "get_weather", "arguments": ""}
+    assert head["id"] == whole.tool_calls[0]["id"]
+    arguments = "".join(c.tool_calls[0]["function"]["arguments"] for c in chunks[1:-1])
+    assert arguments == whole.tool_calls[0]["function"]["arguments"]
+    assert chunks[-1].finish_reason == "tool_calls" and chunks[-1].usage == whole.usage

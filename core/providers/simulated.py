@@ -5,8 +5,30 @@ Its behaviour comes from the deployment's `SimulationSpec`: latency to the first
 plus a cost per generated token, with jitter; a failure rate and a failure mode (the
 same failures a real provider produces, raised as the same `ProviderError` classes).
 
+What it answers, in order:
+
+- Tools (`tools` offered and `tool_choice` not "none"): one tool call, OpenAI's shape,
+  `finish_reason="tool_calls"`, its `arguments` a valid instance of the tool's
+  `parameters` (`core.providers.schema_instance`). With `tool_choice` naming a function
+  (or "required") a call is always made, as OpenAI does. Otherwise ("auto") each offered
+  tool is called once, in order, across the conversation: a tool some earlier assistant
+  message already called is not called again, and once all have been, the answer is
+  one of the kinds below. So offered [a, b]: call a, (tool result), call b, (tool
+  result), final answer.
+- `response_format` json_schema: a JSON document valid against the schema, the same for
+  the same schema; json_object: a small JSON object about the prompt.
+- Right after tool results (the last message is a `tool` one): a short text naming the
+  tools called and quoting the start of what each returned.
+- Otherwise: generic, plausible prose about the prompt's keywords.
+
+A text reply, JSON included, is cut at `max_tokens` (finish_reason "length") as a real
+model's would be; a tool call is not. Usage is counted from the reply (a tool call:
+its name and arguments).
+A stream delivers the same text, or the same tool call (name first, then the arguments
+in pieces), in chunks.
+
 Determinism: with a seed, the n-th call of an adapter always has the same latency and
-outcome, and a given prompt always gets the same reply text, whatever ran before it.
+outcome, and a given request always gets the same reply, whatever ran before it.
 
 Time is injected: `sleep` and `clock` default to asyncio.sleep and time.monotonic;
 `VirtualClock` provides both without real waiting, so a benchmark can run thousands of
@@ -17,11 +39,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.providers import tokens
 from core.providers.base import (
@@ -104,9 +128,10 @@ class _Plan:
     failure: str | None
     first_token_s: float
     per_token_s: float
-    words: list[str]
+    words: list[str]  # the reply text in stream pieces, or a tool call's arguments
     finish_reason: str
     number: int  # the adapter's call count: the reply id
+    tool_call: dict[str, Any] | None = None  # OpenAI's shape, with the whole arguments
 
 
 class SimulatedAdapter:
@@ -146,10 +171,33 @@ class SimulatedAdapter:
             failure = rng.choice(_MIXED) if sim.failure_mode == "mixed" else sim.failure_mode
         jitter = 1.0 + sim.jitter * (2.0 * rng.random() - 1.0)
         length = max(1, round(sim.reply_tokens * (0.5 + rng.random())))
-        words, finish = self._reply(request, length)
-        return _Plan(
-            failure, sim.latency_ms / 1000.0 * jitter, sim.ms_per_token / 1000.0 * jitter, words, finish, self._calls
-        )
+        first_token_s, per_token_s = sim.latency_ms / 1000.0 * jitter, sim.ms_per_token / 1000.0 * jitter
+        tool = _next_tool(request)
+        if tool is not None:
+            call = self._tool_call(request, tool)
+            pieces = _pieces(call["function"]["arguments"])
+            return _Plan(failure, first_token_s, per_token_s, pieces, "tool_calls", self._calls, call)
+        structured = _structured_text(request)
+        if structured is not None:
+            words, finish = _cut(_pieces(structured), request.max_tokens)
+        elif request.messages and request.messages[-1].get("role") == "tool" and _called_tools(request.messages):
+            words, finish = _cut(_summary(request.messages), request.max_tokens)
+        else:
+            words, finish = self._reply(request, length)
+        return _Plan(failure, first_token_s, per_token_s, words, finish, self._calls)
+
+    def _tool_call(self, request: ChatRequest, function: dict[str, Any]) -> dict[str, Any]:
+        """A call of `function` (a tool's `function` object): the same for the same request."""
+        from core.providers.schema_instance import instance
+
+        name = str(function.get("name") or "")
+        parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        arguments = json.dumps(instance(parameters, name=name), ensure_ascii=False, separators=(",", ":"))
+        digest = hashlib.blake2b(
+            f"{self.simulation.seed}|{self.spec.name}|{len(request.messages)}|{name}".encode(errors="surrogatepass"),
+            digest_size=12,
+        ).hexdigest()
+        return {"id": f"call_{digest}", "type": "function", "function": {"name": name, "arguments": arguments}}
 
     def _reply(self, request: ChatRequest, target_tokens: int) -> tuple[list[str], str]:
         """Reply words (each but the first with its leading space): same prompt, same words."""
@@ -182,6 +230,12 @@ class SimulatedAdapter:
         while finish == "length" and len(words) > 1 and tokens.count_text(" ".join(words)) > budget:
             words.pop()  # a reply cut by max_tokens never reports more than max_tokens
         return [w if i == 0 else " " + w for i, w in enumerate(words)], finish
+
+    def _plan_usage(self, request: ChatRequest, plan: _Plan) -> Usage:
+        if plan.tool_call is not None:
+            function = plan.tool_call["function"]
+            return self._usage(request, function["name"] + function["arguments"])
+        return self._usage(request, "".join(plan.words))
 
     def _usage(self, request: ChatRequest, text: str) -> Usage:
         prompt = tokens.count_messages(request.messages, self.spec.model)
@@ -237,8 +291,8 @@ class SimulatedAdapter:
             if plan.failure == "stream_cut":  # for a plain call: the connection dropped
                 await self._sleep(min(plan.first_token_s, budget))
                 raise ProviderUnavailable("connection failed (RemoteProtocolError, simulated)", deployment=spec.name)
-            text = "".join(plan.words)
-            usage = self._usage(request, text)
+            text = "" if plan.tool_call is not None else "".join(plan.words)
+            usage = self._plan_usage(request, plan)
             duration = plan.first_token_s + plan.per_token_s * usage.completion_tokens
             if duration > budget:
                 await self._sleep(budget)
@@ -252,6 +306,7 @@ class SimulatedAdapter:
             finish_reason=plan.finish_reason,
             usage=usage,
             id=f"simcmpl-{plan.number:08d}",
+            tool_calls=[plan.tool_call] if plan.tool_call is not None else None,
         )
 
     async def stream(self, request: ChatRequest, *, timeout: float | None = None) -> AsyncIterator[Chunk]:
@@ -265,19 +320,25 @@ class SimulatedAdapter:
                 await self._sleep(budget)
                 raise ProviderTimeout(f"no first token within {budget:g}s (simulated)", deployment=spec.name)
             await self._sleep(plan.first_token_s)
+            call = plan.tool_call
             cut_at = max(1, len(plan.words) // 2) if plan.failure == "stream_cut" else None
+            if call is not None:  # as OpenAI streams one: id and name first, then the arguments
+                yield Chunk(tool_calls=[{"index": 0, "id": call["id"], "type": "function",
+                                         "function": {"name": call["function"]["name"], "arguments": ""}}])
             for index, word in enumerate(plan.words):
                 if index == cut_at:
                     raise ProviderStreamCut(
                         f"stream broke after {index} chunks (simulated)", deployment=spec.name
                     )
-                if index:
+                if index or call is not None:
                     await self._sleep(plan.per_token_s * tokens.count_text(word))
-                yield Chunk(text=word)
-            text = "".join(plan.words)
+                if call is not None:
+                    yield Chunk(tool_calls=[{"index": 0, "function": {"arguments": word}}])
+                else:
+                    yield Chunk(text=word)
             yield Chunk(
                 finish_reason=plan.finish_reason,
-                usage=self._usage(request, text),
+                usage=self._plan_usage(request, plan),
                 model=spec.model,
                 id=f"simcmpl-{plan.number:08d}",
             )
@@ -294,3 +355,109 @@ def _last_user_text(messages: list[dict]) -> str:
             if isinstance(content, list):
                 return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
     return ""
+
+
+# --- tools and structured output --------------------------------------------------------------
+
+
+def _functions(request: ChatRequest) -> list[dict[str, Any]]:
+    """The `function` objects of the offered tools, in order."""
+    offered = []
+    for tool in request.tools or ():
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and function.get("name"):
+            offered.append(function)
+    return offered
+
+
+def _called_tools(messages: list[dict]) -> list[str]:
+    """The names of the tools earlier assistant messages called, in order."""
+    names = []
+    for message in messages:
+        if message.get("role") != "assistant":
+            continue
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and function.get("name"):
+                names.append(str(function["name"]))
+    return names
+
+
+def _next_tool(request: ChatRequest) -> dict[str, Any] | None:
+    """The tool this turn calls, or None for an answer in text (see the module docstring)."""
+    offered = _functions(request)
+    choice = request.extra.get("tool_choice", "auto")
+    if not offered or choice == "none":
+        return None
+    if isinstance(choice, dict):
+        named = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+        named = named or choice.get("name")  # the Responses API's flat shape
+        return next((f for f in offered if f.get("name") == named), None)
+    called = set(_called_tools(request.messages))
+    pending = next((f for f in offered if f.get("name") not in called), None)
+    if pending is None and choice == "required":
+        return offered[0]
+    return pending
+
+
+def _structured_text(request: ChatRequest) -> str | None:
+    """The JSON a `response_format` asks for, or None when it asks for text."""
+    response_format = request.response_format
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_schema":
+        from core.providers.schema_instance import instance
+
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        name = spec.get("name") if isinstance(spec, dict) else None
+        return json.dumps(instance(schema if schema is not None else {"type": "object"}, name=name or "value"),
+                          ensure_ascii=False)
+    if kind == "json_object":
+        prompt = _last_user_text(request.messages)
+        topic = " ".join(prompt.split()[:12]) or "this"
+        return json.dumps({"answer": f"A simulated answer about {topic}.", "simulated": True}, ensure_ascii=False)
+    return None
+
+
+def _summary(messages: list[dict]) -> list[str]:
+    """The final answer of a tool loop: which tools were called and what they returned."""
+    names = {}  # tool_call_id -> the tool's name
+    for message in messages:
+        if message.get("role") == "assistant":
+            for call in message.get("tool_calls") or ():
+                if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                    names[call.get("id")] = call["function"].get("name")
+    called = list(dict.fromkeys(_called_tools(messages)))
+    parts = [f"I called {_and(called)}."]
+    for message in messages:
+        if message.get("role") == "tool":
+            content = message.get("content")
+            if isinstance(content, list):
+                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            text = " ".join(str(content or "").split())
+            if len(text) > 120:
+                text = text[:117].rstrip() + "..."
+            name = names.get(message.get("tool_call_id")) or message.get("name") or "a tool"
+            parts.append(f"{name} returned: {text or '(nothing)'}")
+    parts.append("That is everything needed to answer.")
+    words = " ".join(parts).split()
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _pieces(text: str) -> list[str]:
+    """`text` in stream-sized pieces (each with its leading whitespace) that join back to it."""
+    return re.findall(r"\s*\S{1,16}|\s+$", text) or [text]
+
+
+def _cut(pieces: list[str], limit: int | None) -> tuple[list[str], str]:
+    """`pieces` cut to at most `limit` tokens, and the finish_reason that says whether they were."""
+    if not limit or tokens.count_text("".join(pieces)) <= limit:
+        return pieces, "stop"
+    pieces = list(pieces)
+    while len(pieces) > 1 and tokens.count_text("".join(pieces)) > limit:
+        pieces.pop()
+    return pieces, "length"
