@@ -569,7 +569,7 @@ class Orchestrator:
         result.response_time = elapsed
         result.provider_time += elapsed
         result.cost = adapter.spec.cost(usage)
-        result.attempts.append(Attempt(adapter.name, adapter.spec.model, elapsed))
+        result.attempts.append(Attempt(adapter.name, _model(plan.request, adapter), elapsed))
         plan.outcomes.append(Outcome(adapter.name, OutcomeKind.SUCCESS, elapsed, time.time(),
                                      usage.prompt_tokens, usage.completion_tokens, ttft_s=result.ttft))
         self._log_result(plan, result, elapsed)
@@ -585,7 +585,8 @@ class Orchestrator:
         """
         elapsed = time.perf_counter() - started
         error_class = "deadline_exceeded" if deadline_cut else exc.error_class
-        result.attempts.append(Attempt(adapter.name, adapter.spec.model, elapsed, error_class,
+        model = _model(plan.request, adapter)
+        result.attempts.append(Attempt(adapter.name, model, elapsed, error_class,
                                        exc.message, exc.status))
         if deadline_cut:
             self.store.finish(adapter.name)
@@ -607,7 +608,7 @@ class Orchestrator:
             message = f"the request's deadline passed before {adapter.name} answered"
         result.error = {"type": error_class, "message": message, "status": status, "provider": adapter.name}
         log.debug("%s failed after %.3fs: %s", adapter.name, elapsed, exc)
-        self._log(plan, status="error", provider=adapter.name, model=adapter.spec.model,
+        self._log(plan, status="error", provider=adapter.name, model=model,
                   error_class=error_class, error=(exc.message or "")[:500],
                   latency_ms=elapsed * 1000.0, final=False,
                   selection_reason=decision.reason if decision else None,
@@ -690,6 +691,11 @@ class Orchestrator:
                 self.postgres_outage.recovered()
                 orchestration.database_logged = True
         orchestration.total_time = time.perf_counter() - plan.started
+
+
+def _model(request: LLMRequest, adapter: Adapter) -> str:
+    """The model a request asks of a deployment (a simulated one names its embedding model apart)."""
+    return adapter.spec.model if request.embedding is None else adapter.spec.embedding_model
 
 
 async def _complete(adapter: Adapter, request: LLMRequest, timeout: float) -> Completion:
