@@ -1,7 +1,8 @@
 """One LLM request: cache -> route -> call (failover) -> record.
 
-The request flow lives in `Orchestrator.complete` (and `stream` for SSE). With Redis it
-costs two round trips whatever the number of providers:
+The request flow lives in `Orchestrator.complete` (and `stream` for SSE; `embed` is the
+same flow for embeddings, among the deployments that serve them). With Redis it costs
+two round trips whatever the number of providers:
 
 1. read: the cache entry and every candidate's DWA state, in one pipeline;
 2. record: the DWA outcome of every attempt, the cache write, the hit/miss count and the
@@ -39,6 +40,8 @@ from core.providers.base import (
     ChatRequest,
     Chunk,
     Completion,
+    EmbeddingRequest,
+    Embeddings,
     ProviderClientError,
     ProviderError,
     ProviderRateLimited,
@@ -46,7 +49,7 @@ from core.providers.base import (
     ProviderTimeout,
     Usage,
 )
-from core.providers.config import enable_hint
+from core.providers.config import Capability, enable_hint
 from core.providers.registry import ProviderRegistry
 from core.requestlog import LogEntry, append_command
 from core.requestlog import write as write_log
@@ -61,7 +64,7 @@ log = logging.getLogger("orchesity.orchestrator")
 
 T = TypeVar("T")
 # One provider call as the attempt loop makes it: (adapter, request, seconds left) -> T.
-Call = Callable[[Adapter, ChatRequest, float], Awaitable[T]]
+Call = Callable[[Adapter, "LLMRequest", float], Awaitable[T]]
 
 
 class UnknownProvider(ValueError):
@@ -73,11 +76,31 @@ class UnknownProvider(ValueError):
         self.name = name
 
 
+class NotServed(UnknownProvider):
+    """A requested deployment or model exists but does not serve what was asked for."""
+
+    def __init__(self, name: str, capability: Capability, serving: Sequence[str]) -> None:
+        ValueError.__init__(self, f"{name!r} does not serve {capability} (see `serves` in the providers file); "
+                                  f"deployments serving {capability}: {', '.join(serving) or 'none'}")
+        self.name = name
+
+
+class NoDeployment(LookupError):
+    """No configured deployment serves what a request asks for (chat or embeddings)."""
+
+    def __init__(self, capability: Capability, configured: Sequence[str]) -> None:
+        super().__init__(
+            f"no configured deployment serves {capability} (configured: {', '.join(configured)}); give one "
+            f'`serves = ["{capability}"]` in ORCHESITY_PROVIDERS_FILE, or use a simulated deployment')
+        self.capability = capability
+
+
 @dataclass(slots=True)
 class LLMRequest:
     """A request as the functions hand it over, whatever API it came in through."""
 
-    chat: ChatRequest
+    chat: ChatRequest | None = None     # a chat completion, or
+    embedding: EmbeddingRequest | None = None  # embeddings (exactly one of the two is set)
     targets: list[str] | None = None   # provider/deployment names; None: the DWA picks
     mode: str = "all"                   # several targets: "all" results, or "race"
     strategy: RoutingStrategy | None = None
@@ -87,6 +110,11 @@ class LLMRequest:
     tenant: str | None = None           # whose cache it reads and writes (None: the shared one)
     limits: Limits | None = None        # the caller's rate limits and budgets
     timeout: float | None = None        # overall deadline, seconds
+
+    @property
+    def serves(self) -> Capability:
+        """What the deployments routed to must serve."""
+        return "chat" if self.embedding is None else "embeddings"
 
 
 @dataclass(slots=True)
@@ -110,6 +138,7 @@ class Result:
     tool_calls: list[dict[str, Any]] | None = None
     logprobs: list[dict[str, Any]] | None = None  # the choice's logprobs.content, when asked for
     usage: Usage | None = None
+    vectors: list[list[float]] | None = None  # embeddings, one per input
     cost: float = 0.0
     response_time: float = 0.0          # seconds, the successful call
     provider_time: float = 0.0          # seconds waiting on providers, every attempt
@@ -127,6 +156,10 @@ class Result:
 
     def to_cache(self) -> dict[str, Any]:
         usage = self.usage
+        if self.vectors is not None:
+            return {"provider": self.provider, "model": self.model, "vectors": self.vectors,
+                    "usage": [usage.prompt_tokens, usage.completion_tokens, usage.total_tokens] if usage else None,
+                    "response_time": self.response_time, "dwa_score": self.dwa_score}
         return {
             "provider": self.provider, "model": self.model, "text": self.text,
             "finish_reason": self.finish_reason, "tool_calls": self.tool_calls, "logprobs": self.logprobs,
@@ -140,7 +173,8 @@ class Result:
         return cls(
             provider=entry.get("provider"), model=entry.get("model"), text=entry.get("text"),
             finish_reason=entry.get("finish_reason"), tool_calls=entry.get("tool_calls"),
-            logprobs=entry.get("logprobs"), usage=Usage(*usage) if usage else None, response_time=0.0, cached=True,
+            logprobs=entry.get("logprobs"), usage=Usage(*usage) if usage else None, vectors=entry.get("vectors"),
+            response_time=0.0, cached=True,
             dwa_score=entry.get("dwa_score"), selection_reason="cache_hit",
         )
 
@@ -187,8 +221,9 @@ class _Plan:
 class Orchestrator:
     def __init__(self, *, registry: ProviderRegistry, router: Router, store: DWAStore,
                  kv: KV | None, db: Database, cache_ttl: int, default_timeout: float,
-                 cache_mode: CacheMode = CacheMode.deterministic) -> None:
+                 cache_mode: CacheMode = CacheMode.deterministic, embedding_model: str = "auto") -> None:
         self.registry = registry
+        self.embedding_model = embedding_model  # EMBEDDING_MODEL: what embed_texts asks for by default
         self.router = router
         self.store = store
         self.kv = kv
@@ -224,6 +259,13 @@ class Orchestrator:
         await self._finish(plan, orchestration)
         return orchestration
 
+    async def embed(self, request: LLMRequest) -> Orchestration:
+        """Embeddings: `complete`'s flow — cache, the DWA's pick among the deployments
+        that serve embeddings, failover, limits, record — for a request with `embedding`."""
+        if request.embedding is None:
+            raise ValueError("embed() needs a request with `embedding` set")
+        return await self.complete(request)
+
     async def stream(self, request: LLMRequest) -> tuple[Orchestration, AsyncIterator[Chunk]]:
         """Start a streamed answer for a single-target request.
 
@@ -232,6 +274,8 @@ class Orchestrator:
         status. The iterator yields the chunks; a failure after the first token ends it
         with a ProviderError; recording happens when it is exhausted or closed.
         """
+        if request.chat is None:
+            raise ValueError("only a chat request streams")
         plan = await self._prepare(request)
         strategy = request.strategy or self.router.strategy
         if plan.hit is not None:
@@ -327,8 +371,11 @@ class Orchestrator:
         round_robin = strategy is RoutingStrategy.round_robin
         policy = request.cache
         key = None
-        if (self.kv is not None and not (policy.no_cache and policy.no_store)
-                and cache.applies(self.cache_mode, request.chat.temperature, request.chat.seed)):
+        chat = request.chat
+        # Embeddings are deterministic: kept unless CACHE_MODE is off.
+        cacheable = (self.cache_mode is not CacheMode.off if chat is None
+                     else cache.applies(self.cache_mode, chat.temperature, chat.seed))
+        if self.kv is not None and not (policy.no_cache and policy.no_store) and cacheable:
             key = cache.cache_key(self._cache_identity(request), namespace=policy.namespace,
                                   tenant=request.tenant)
         now = time.time()
@@ -369,19 +416,33 @@ class Orchestrator:
                      snapshot, key, hit if hit and hit.get("results") else None, verdict)
 
     def _slots(self, request: LLMRequest) -> list[list[Adapter]]:
+        """The candidates of each target, among the deployments serving what it asks for."""
+        capability = request.serves
+        registry = self.registry
         if not request.targets:
-            return [list(self.registry)]
+            serving = registry.serving(capability)
+            if not serving:
+                raise NoDeployment(capability, registry.names)
+            return [serving]
         slots = []
         for name in request.targets:
-            adapters = self.registry.resolve(name)
+            adapters = registry.resolve(name, capability)
             if not adapters:
-                raise UnknownProvider(name, self.registry.names, enable_hint(name))
+                serving = [a.name for a in registry.serving(capability)]
+                if registry.resolve(name):
+                    raise NotServed(name, capability, serving)
+                raise UnknownProvider(name, serving, enable_hint(name))
             slots.append(adapters)
         return slots
 
     @staticmethod
     def _cache_identity(request: LLMRequest) -> dict[str, Any]:
+        embedding = request.embedding
+        if embedding is not None:  # its own key shape: never the key of a chat request
+            return {"embeddings": embedding.input, "targets": request.targets or "auto",
+                    "dimensions": embedding.dimensions}
         chat = request.chat
+        assert chat is not None
         return {
             "messages": chat.messages, "targets": request.targets or "auto",
             "mode": request.mode if request.targets and len(request.targets) > 1 else None,
@@ -436,7 +497,7 @@ class Orchestrator:
             budget = self._remaining(plan)
             started = time.perf_counter()
             try:
-                value = await call(adapter, plan.request.chat, budget)
+                value = await call(adapter, plan.request, budget)
             except asyncio.CancelledError:  # lost a race, or the caller left: not an outcome
                 self.store.finish(adapter.name)
                 result.provider_time += time.perf_counter() - started
@@ -452,6 +513,14 @@ class Orchestrator:
 
     async def _complete_slot(self, plan: _Plan, slot: list[Adapter]) -> Result:
         result = Result(provider=None, model=None)
+        if plan.request.embedding is not None:
+            embedded = await self._attempt(plan, slot, result, _embed)
+            if embedded is not None:
+                adapter, embeddings, started = embedded
+                result.provider, result.model = adapter.name, embeddings.model or adapter.spec.embedding_model
+                result.vectors, result.usage = embeddings.vectors, embeddings.usage
+                self._succeeded(plan, result, adapter, started)
+            return result
         attempt = await self._attempt(plan, slot, result, _complete)
         if attempt is not None:
             adapter, completion, started = attempt
@@ -504,7 +573,7 @@ class Orchestrator:
         result.response_time = elapsed
         result.provider_time += elapsed
         result.cost = adapter.spec.cost(usage)
-        result.attempts.append(Attempt(adapter.name, adapter.spec.model, elapsed))
+        result.attempts.append(Attempt(adapter.name, _model(plan.request, adapter), elapsed))
         plan.outcomes.append(Outcome(adapter.name, OutcomeKind.SUCCESS, elapsed, time.time(),
                                      usage.prompt_tokens, usage.completion_tokens, ttft_s=result.ttft))
         self._log_result(plan, result, elapsed)
@@ -520,7 +589,8 @@ class Orchestrator:
         """
         elapsed = time.perf_counter() - started
         error_class = "deadline_exceeded" if deadline_cut else exc.error_class
-        result.attempts.append(Attempt(adapter.name, adapter.spec.model, elapsed, error_class,
+        model = _model(plan.request, adapter)
+        result.attempts.append(Attempt(adapter.name, model, elapsed, error_class,
                                        exc.message, exc.status))
         if deadline_cut:
             self.store.finish(adapter.name)
@@ -542,7 +612,7 @@ class Orchestrator:
             message = f"the request's deadline passed before {adapter.name} answered"
         result.error = {"type": error_class, "message": message, "status": status, "provider": adapter.name}
         log.debug("%s failed after %.3fs: %s", adapter.name, elapsed, exc)
-        self._log(plan, status="error", provider=adapter.name, model=adapter.spec.model,
+        self._log(plan, status="error", provider=adapter.name, model=model,
                   error_class=error_class, error=(exc.message or "")[:500],
                   latency_ms=elapsed * 1000.0, final=False,
                   selection_reason=decision.reason if decision else None,
@@ -627,14 +697,23 @@ class Orchestrator:
         orchestration.total_time = time.perf_counter() - plan.started
 
 
-async def _complete(adapter: Adapter, chat: ChatRequest, timeout: float) -> Completion:
-    return await adapter.complete(chat, timeout=timeout)
+def _model(request: LLMRequest, adapter: Adapter) -> str:
+    """The model a request asks of a deployment (a simulated one names its embedding model apart)."""
+    return adapter.spec.model if request.embedding is None else adapter.spec.embedding_model
 
 
-async def _first_chunk(adapter: Adapter, chat: ChatRequest,
+async def _complete(adapter: Adapter, request: LLMRequest, timeout: float) -> Completion:
+    return await adapter.complete(request.chat, timeout=timeout)  # type: ignore[arg-type]
+
+
+async def _embed(adapter: Adapter, request: LLMRequest, timeout: float) -> Embeddings:
+    return await adapter.embed(request.embedding, timeout=timeout)  # type: ignore[arg-type]
+
+
+async def _first_chunk(adapter: Adapter, request: LLMRequest,
                        timeout: float) -> tuple[AsyncIterator[Chunk], Chunk]:
     """Open a stream and wait for its first chunk: until then a failure can fail over."""
-    stream = adapter.stream(chat, timeout=timeout)
+    stream = adapter.stream(request.chat, timeout=timeout)  # type: ignore[arg-type]
     try:
         return stream, await stream.__anext__()
     except StopAsyncIteration:
@@ -702,4 +781,5 @@ def build_orchestrator(settings: Settings, db: Database, kv: KV | None, *,
     router = Router(store, strategy=settings.DWA_ROUTING_STRATEGY)
     return Orchestrator(registry=registry, router=router, store=store, kv=kv, db=db,
                         cache_ttl=settings.CACHE_EXPIRE_SECONDS, cache_mode=settings.CACHE_MODE,
-                        default_timeout=settings.REQUEST_TIMEOUT_SECONDS)
+                        default_timeout=settings.REQUEST_TIMEOUT_SECONDS,
+                        embedding_model=settings.EMBEDDING_MODEL)

@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     SIMULATED_MS_PER_TOKEN: float = Field(default=4.0, ge=0)
     SIMULATED_FAILURE_RATE: float = Field(default=0.0, ge=0, le=1)
     SIMULATED_SEED: int | None = None
+    # The model core code embeds with when it names none (core.embeddings.embed_texts): a
+    # deployment, provider or model name, or "auto": the DWA's pick among every deployment
+    # whose `serves` includes "embeddings" (with no configuration, the simulated one).
+    EMBEDDING_MODEL: str = Field(default="auto", min_length=1)
 
     # --- Application ------------------------------------------------------------------
     REQUEST_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0, le=3600)

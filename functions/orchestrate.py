@@ -3,7 +3,8 @@
 POST /api/llm/orchestrate   seed v2 format: one or several providers, or the DWA's pick
 POST /v1/chat/completions    OpenAI's schema, `stream: true` as SSE; model = deployment,
                              provider, or "auto"
-GET  /v1/models              the deployments, and "auto"
+POST /v1/embeddings          OpenAI's schema; routed by the DWA among deployments serving embeddings
+GET  /v1/models              the deployments (and what each `serves`), and "auto"
 GET  /api/llm/providers      configured providers, model and status (never a key)
 
 Only HTTP concerns live here; the request flow is `core.orchestrator`.
@@ -24,8 +25,9 @@ from core import limits as key_limits
 from core.auth import Principal, Scope
 from core.cache import DEFAULT_NAMESPACE, CachePolicy
 from core.limits import LimitExceeded
-from core.orchestrator import LLMRequest, Orchestration, Result, UnknownProvider
-from core.providers.base import ChatRequest, Chunk, ProviderError
+from core.orchestrator import LLMRequest, NoDeployment, Orchestration, Result, UnknownProvider
+from core.providers.base import ChatRequest, Chunk, EmbeddingRequest, ProviderError
+from core.providers.vectors import encode_base64
 from core.services import Services
 from core.settings import RoutingStrategy
 from functions.http import ApiError, JSONResponse, create_app, entry_points, error_body, require, services
@@ -159,11 +161,19 @@ def _refused(request: LLMRequest, exc: UnknownProvider | LimitExceeded) -> ApiEr
                     code="unknown_provider")
 
 
+def _no_deployment(exc: NoDeployment) -> ApiError:
+    return ApiError(503, str(exc), type="service_unavailable", param="model", code="no_deployment")
+
+
 async def _run(svc: Services, request: LLMRequest) -> Orchestration:
     try:
+        if request.embedding is not None:
+            return await svc.orchestrator.embed(request)
         return await svc.orchestrator.complete(request)
     except (UnknownProvider, LimitExceeded) as exc:
         raise _refused(request, exc) from None
+    except NoDeployment as exc:
+        raise _no_deployment(exc) from None
 
 
 # -- the seed API --------------------------------------------------------------------------------
@@ -280,11 +290,87 @@ async def chat_completions(body: ChatCompletionBody, svc: Services = Depends(ser
     return JSONResponse(_completion_json(orchestration, result, body.model), headers=_headers(orchestration, request))
 
 
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's own limit per request
+
+
+class EmbeddingBody(BaseModel):
+    """OpenAI's CreateEmbeddingRequest, text inputs only; plus Orchesity's routing options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: list[str]  # a string is taken as a list of one
+    model: str = Field(min_length=1)
+    dimensions: Int | None = Field(default=None, ge=1, le=8192)
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+    strategy: RoutingStrategy | None = None
+    cache: CacheOptions | None = None
+    timeout: Float | None = Field(default=None, gt=0, le=600)
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _texts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ValueError("give a string or a list of strings")
+        if not value:
+            raise ValueError("input is empty")
+        if len(value) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs per request, got {len(value)}")
+        for index, item in enumerate(value):
+            if isinstance(item, (int, list)) and not isinstance(item, bool):
+                raise ValueError("token arrays are not supported: send the text itself")
+            if not isinstance(item, str):
+                raise ValueError(f"input[{index}] is {type(item).__name__}, not a string")
+            if not item:
+                raise ValueError(f"input[{index}] is an empty string")
+        return value
+
+
+def _embeddings_json(orchestration: Orchestration, result: Result, body: EmbeddingBody) -> dict[str, Any]:
+    vectors = result.vectors or []
+    if body.encoding_format == "base64":
+        data = [{"object": "embedding", "index": i, "embedding": encode_base64(v)} for i, v in enumerate(vectors)]
+    else:
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+    usage = result.usage
+    return {
+        "object": "list",
+        "data": data,
+        "model": result.model or body.model,
+        "usage": {"prompt_tokens": usage.prompt_tokens if usage else 0,
+                  "total_tokens": usage.total_tokens if usage else 0},
+        "orchesity": {"provider": result.provider, "cached": result.cached,
+                      "dwa_score": result.dwa_score, "dwa_selection_reason": result.selection_reason,
+                      "request_id": orchestration.request_id, "cost": result.cost,
+                      "database_logged": orchestration.database_logged},
+    }
+
+
+@router.post("/v1/embeddings")
+async def embeddings(body: EmbeddingBody, svc: Services = Depends(services), caller: Principal = LLM) -> Any:
+    embedding = EmbeddingRequest(input=body.input, model=body.model, dimensions=body.dimensions,
+                                 user=body.user, encoding_format=body.encoding_format)
+    request = _request(caller, embedding=embedding, targets=None if body.model == "auto" else [body.model],
+                       strategy=body.strategy, cache=body.cache.policy() if body.cache else CachePolicy(),
+                       endpoint="embeddings", timeout=body.timeout)
+    orchestration = await _run(svc, request)
+    headers = _headers(orchestration, request)
+    failure = _failure(orchestration.results)
+    if failure is not None:
+        status, error = failure
+        return JSONResponse({"error": error}, status_code=status, headers=headers)
+    return JSONResponse(_embeddings_json(orchestration, orchestration.results[0], body), headers=headers)
+
+
 @router.get("/v1/models", dependencies=[LLM])
 async def models(svc: Services = Depends(services)) -> dict[str, Any]:
     registry = svc.orchestrator.registry
-    data = [{"id": "auto", "object": "model", "created": 0, "owned_by": "orchesity"}]
-    data += [{"id": a.name, "object": "model", "created": 0, "owned_by": a.spec.provider} for a in registry]
+    data: list[dict[str, Any]] = [{"id": "auto", "object": "model", "created": 0, "owned_by": "orchesity"}]
+    # `serves` is ours: OpenAI's Model schema allows properties beyond its own.
+    data += [{"id": a.name, "object": "model", "created": 0, "owned_by": a.spec.provider,
+              "serves": list(a.spec.serves)} for a in registry]
     return {"object": "list", "data": data}
 
 
@@ -320,6 +406,8 @@ async def _stream(svc: Services, request: LLMRequest, events: EventWriter) -> An
         orchestration, chunks = await svc.orchestrator.stream(request)
     except (UnknownProvider, LimitExceeded) as exc:
         raise _refused(request, exc) from None
+    except NoDeployment as exc:
+        raise _no_deployment(exc) from None
     failure = _failure(orchestration.results)
     if failure is not None:  # failed before the first token: an ordinary error response
         status, error = failure

@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any
 
 ROOTS = [
-    # Chat Completions and Models, which the gateway serves today.
+    # Chat Completions, Embeddings and Models, which the gateway serves today.
     "CreateChatCompletionResponse",
     "CreateChatCompletionStreamResponse",
-    "ListModelsResponse",
-    # Embeddings and the Responses API, for the endpoints to come.
     "CreateEmbeddingResponse",
+    "ListModelsResponse",
+    # The Responses API, for the endpoint to come.
     "Response",
     "ResponseStreamEvent",
 ]

@@ -291,6 +291,7 @@ def test_describe_fields() -> None:
         "model": "grok-3-mini",
         "base_url": "https://api.x.ai/v1",
         "simulated": False,
+        "serves": ["chat"],
         "priority": 4,
         "timeout_seconds": 30.0,
         "max_concurrency": None,

@@ -1,6 +1,6 @@
 """LLM provider adapters: OpenAI-compatible APIs through the openai SDK, and `simulated`.
 
-    base.py           ChatRequest, Completion, Chunk, Usage, the Adapter protocol, errors
+    base.py           ChatRequest, Completion, Chunk, EmbeddingRequest, Embeddings, Usage, the Adapter protocol, errors
     config.py         DeploymentSpec; loading deployments from settings and a providers file
     openai_compat.py  the adapter for OpenAI, Anthropic, Gemini, Grok and any base URL
     simulated.py      the offline adapter with configurable latency and failures
@@ -15,6 +15,8 @@ from core.providers.base import (
     ChatRequest,
     Chunk,
     Completion,
+    EmbeddingRequest,
+    Embeddings,
     ProviderAuthError,
     ProviderBadResponse,
     ProviderBusy,
@@ -36,6 +38,8 @@ __all__ = [
     "Completion",
     "DeploymentConfigError",
     "DeploymentSpec",
+    "EmbeddingRequest",
+    "Embeddings",
     "ProviderAuthError",
     "ProviderBadResponse",
     "ProviderBusy",

@@ -1,7 +1,8 @@
 """What every provider adapter speaks: the request, the reply types, the errors.
 
 The orchestrator only ever sees these types. An adapter turns one `ChatRequest` into
-either a `Completion` or a stream of `Chunk`s, and every failure into one of the
+either a `Completion` or a stream of `Chunk`s, one `EmbeddingRequest` into `Embeddings`,
+and every failure into one of the
 `ProviderError` subclasses below, because failover is decided on the class alone:
 
     retryable (try the next deployment)     not retryable (back to the caller)
@@ -102,6 +103,30 @@ class Chunk:
         return self.usage is not None
 
 
+@dataclass(slots=True)
+class EmbeddingRequest:
+    """One embeddings request, provider-neutral (the OpenAI embeddings schema's fields).
+
+    `encoding_format` is how the caller wants the vectors on the wire; adapters always
+    hand back floats (the gateway encodes), so it never changes what a provider is asked.
+    """
+
+    input: list[str]
+    model: str | None = None            # what the caller asked for (routing resolved it already)
+    dimensions: int | None = None       # None: the model's own size
+    user: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+@dataclass(slots=True)
+class Embeddings:
+    """The vectors of one embeddings call, in the order of the request's `input`."""
+
+    vectors: list[list[float]]
+    model: str
+    usage: Usage  # completion_tokens is 0: embeddings only read
+
+
 @runtime_checkable
 class Adapter(Protocol):
     """A deployment the orchestrator can call. Built by `core.providers.registry`."""
@@ -122,6 +147,10 @@ class Adapter(Protocol):
 
     def stream(self, request: ChatRequest, *, timeout: float | None = None) -> AsyncIterator[Chunk]:
         """Streamed reply. `timeout` bounds the wait for the first byte and each gap after."""
+        ...
+
+    async def embed(self, request: EmbeddingRequest, *, timeout: float | None = None) -> Embeddings:
+        """One vector per input text. Only called on deployments whose spec serves embeddings."""
         ...
 
     async def aclose(self) -> None: ...
@@ -185,7 +214,7 @@ class ProviderRateLimited(ProviderError):
 
 
 class ProviderBadResponse(ProviderError):
-    """The provider answered 2xx with something that is not a chat completion."""
+    """The provider answered 2xx with something that is not a chat completion (or embeddings)."""
 
     error_class = "bad_response"
 

@@ -44,6 +44,12 @@ A providers file (TOML; the JSON form is `{"deployments": [{...}, ...]}` or just
     price_output_per_1k = 0.0006
 
     [[deployments]]
+    name = "embed-small"
+    provider = "openai"
+    model = "text-embedding-3-small"
+    serves = ["embeddings"]          # chat | embeddings; default ["chat"] (simulated: both)
+
+    [[deployments]]
     name = "sim-flaky"
     kind = "simulated"
     [deployments.simulation]         # see SimulationSpec
@@ -70,6 +76,9 @@ if TYPE_CHECKING:
 
 Kind = Literal["openai_compatible", "simulated"]
 Family = Literal["openai", "anthropic", "gemini", "grok", "custom", "simulated"]
+# What a deployment answers: chat completions, embeddings, or both. Chat routing only
+# ever picks deployments serving "chat", embeddings routing only "embeddings".
+Capability = Literal["chat", "embeddings"]
 FailureMode = Literal["mixed", "timeout", "rate_limited", "unavailable", "bad_response", "stream_cut", "client_error"]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,63}$"
@@ -140,9 +149,14 @@ KNOWN_PRICES: dict[str, tuple[float, float]] = {
     "gemini-2.5-pro": (0.00125, 0.01),
     "grok-3-mini": (0.0003, 0.0005),
     "grok-3": (0.003, 0.015),
+    # embedding models: input tokens only
+    "text-embedding-3-small": (0.00002, 0.0),
+    "text-embedding-3-large": (0.00013, 0.0),
+    "text-embedding-ada-002": (0.0001, 0.0),
 }
 
 SIMULATED_MODEL = "orchesity-simulated-1"
+SIMULATED_EMBEDDING_MODEL = "orchesity-simulated-embedding-1"
 
 
 class SimulationSpec(BaseModel):
@@ -158,6 +172,8 @@ class SimulationSpec(BaseModel):
     retry_after_seconds: float = Field(default=1.0, ge=0)  # sent with rate_limited
     reply_tokens: int = Field(default=60, ge=1)  # typical reply length (varies 0.5x-1.5x)
     seed: int | None = None  # same seed, same calls in the same order: same outcomes
+    embedding_model: str = Field(default=SIMULATED_EMBEDDING_MODEL, min_length=1)  # the model embeddings name
+    embedding_dimensions: int = Field(default=384, ge=1, le=8192)  # unless a request asks for `dimensions`
 
 
 class DeploymentSpec(BaseModel):
@@ -181,6 +197,8 @@ class DeploymentSpec(BaseModel):
     drop_params: list[str] = Field(default_factory=list)  # body params this endpoint refuses
     stream_usage: bool = True  # ask for the final usage chunk (stream_options.include_usage)
     enabled: bool = True
+    # Default ["chat"]; a simulated deployment serves both, so the quick start embeds offline.
+    serves: tuple[Capability, ...] = ("chat",)
     simulation: SimulationSpec | None = None
     # Read from the environment variable named by api_key_env; never serialised or shown.
     api_key: SecretStr | None = Field(default=None, exclude=True, repr=False)
@@ -196,6 +214,7 @@ class DeploymentSpec(BaseModel):
             data.setdefault("provider", "simulated")
             data.setdefault("model", SIMULATED_MODEL)
             data.setdefault("simulation", {})
+            data.setdefault("serves", ("chat", "embeddings"))
             return data
         family = FAMILIES.get(data.get("provider"))  # type: ignore[arg-type]
         if family is not None:
@@ -212,6 +231,10 @@ class DeploymentSpec(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> DeploymentSpec:
+        if not self.serves:
+            raise ValueError("serves: name at least one of 'chat', 'embeddings'")
+        if len(set(self.serves)) != len(self.serves):
+            raise ValueError("serves: each of 'chat', 'embeddings' at most once")
         if self.kind == "simulated":
             if self.provider != "simulated":
                 raise ValueError("provider: a simulated deployment has provider 'simulated'")
@@ -232,6 +255,11 @@ class DeploymentSpec(BaseModel):
     def simulated(self) -> bool:
         return self.kind == "simulated"
 
+    @property
+    def embedding_model(self) -> str:
+        """The model its embeddings come from: its `model`, or a simulated one's own name."""
+        return self.simulation.embedding_model if self.simulation is not None else self.model
+
     def cost(self, usage: Usage) -> float:
         """USD for one call, from the deployment's prices per 1k tokens."""
         return (
@@ -247,6 +275,7 @@ class DeploymentSpec(BaseModel):
             "model": self.model,
             "base_url": redact_url(self.base_url) if self.base_url else None,
             "simulated": self.simulated,
+            "serves": list(self.serves),
             "priority": self.priority,
             "timeout_seconds": self.timeout_seconds,
             "max_concurrency": self.max_concurrency,

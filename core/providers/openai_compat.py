@@ -47,10 +47,13 @@ import httpx2
 
 from core import fastjson, heap
 from core.providers import tokens
+from core.providers.vectors import decode_base64
 from core.providers.base import (
     ChatRequest,
     Chunk,
     Completion,
+    EmbeddingRequest,
+    Embeddings,
     ProviderAuthError,
     ProviderBadResponse,
     ProviderClientError,
@@ -70,6 +73,7 @@ if TYPE_CHECKING:
     from core.providers.config import DeploymentSpec
 
 CHAT_PATH = "/chat/completions"
+EMBEDDINGS_PATH = "/embeddings"
 # Only the bearer key: the SDK's default also adds OPENAI_ADMIN_KEY, which must never
 # travel to another provider.
 _SECURITY = {"bearer_auth": True}
@@ -87,7 +91,7 @@ class OpenAICompatAdapter:
         self._options: dict[str, Any] | None = None  # per-call request options, minus timeout
         # Set with the SDK client, on first use: every call's transport; the direct path's URL, headers.
         self._transport: httpx2.AsyncBaseTransport
-        self._url: httpx2.URL
+        self._urls: dict[str, httpx2.URL]
         self._headers = httpx2.Headers()
         self._drop = tuple(spec.drop_params)
 
@@ -131,7 +135,8 @@ class OpenAICompatAdapter:
             timeout=spec.timeout_seconds,
             http_client=http,
         )
-        self._url = httpx2.URL(str(client.base_url).rstrip("/") + CHAT_PATH)
+        base = str(client.base_url).rstrip("/")
+        self._urls = {path: httpx2.URL(base + path) for path in (CHAT_PATH, EMBEDDINGS_PATH)}
         self._transport = transport
         if spec.provider != "openai":
             # The SDK reads OPENAI_ORG_ID / OPENAI_PROJECT_ID / OPENAI_ADMIN_KEY from the
@@ -199,6 +204,24 @@ class OpenAICompatAdapter:
         return body
 
     async def complete(self, request: ChatRequest, *, timeout: float | None = None) -> Completion:
+        data = await self._post(CHAT_PATH, self._body(request, stream=False), timeout)
+        return self._completion(data, request)
+
+    async def embed(self, request: EmbeddingRequest, *, timeout: float | None = None) -> Embeddings:
+        """`POST {base_url}/embeddings`, always asking for floats (the gateway encodes base64
+        itself when its caller wants it, and caches floats)."""
+        spec = self.spec
+        body: dict[str, Any] = {"model": spec.model, "input": request.input, "encoding_format": "float"}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        if request.user is not None:
+            body["user"] = request.user
+        data = await self._post(EMBEDDINGS_PATH, body, timeout)
+        return self._embeddings(data, request)
+
+    async def _post(self, path: str, payload: dict[str, Any], timeout: float | None) -> Any:
+        """One JSON POST on the direct path (see the module docstring), in a slot, within
+        the call's budget: the decoded reply, or a ProviderError."""
         spec = self.spec
         budget = call_budget(spec, timeout)
         loop = asyncio.get_running_loop()
@@ -208,12 +231,12 @@ class OpenAICompatAdapter:
             if self._client is None:
                 self._get_client()
             remaining = deadline - loop.time()
-            body = fastjson.dumps(self._body(request, stream=False))
+            body = fastjson.dumps(payload)
             # The timeout extension bounds each phase (connect, each read); this bounds the call.
             phases = {"connect": remaining, "read": remaining, "write": remaining, "pool": remaining}
             async with asyncio.timeout(remaining):
                 response = await self._transport.handle_async_request(httpx2.Request(
-                    "POST", self._url, headers=self._headers, content=body,
+                    "POST", self._urls[path], headers=self._headers, content=body,
                     extensions={"timeout": phases}))
                 try:
                     await response.aread()
@@ -222,7 +245,7 @@ class OpenAICompatAdapter:
                 if response.status_code >= 400:
                     raise self._status_error(response.status_code, _json_or_text(response),
                                              response.headers) from None
-                data = fastjson.loads(response.content)
+                return fastjson.loads(response.content)
         except TimeoutError:
             raise ProviderTimeout(f"no reply within {budget:g}s", deployment=spec.name) from None
         except ProviderError:
@@ -231,7 +254,6 @@ class OpenAICompatAdapter:
             raise self._error(exc) from None
         finally:
             self._slots.release()
-        return self._completion(data, request)
 
     async def stream(self, request: ChatRequest, *, timeout: float | None = None) -> AsyncIterator[Chunk]:
         """Content chunks as they arrive, then one final chunk with usage.
@@ -384,6 +406,37 @@ class OpenAICompatAdapter:
             logprobs=_logprobs(choice),
         )
 
+    def _embeddings(self, data: Any, request: EmbeddingRequest) -> Embeddings:
+        spec = self.spec
+        if not isinstance(data, dict):
+            kind = "text" if isinstance(data, str) else type(data).__name__
+            raise ProviderBadResponse(f"expected a JSON object, got {kind}", deployment=spec.name)
+        items = data.get("data")
+        if not isinstance(items, list):
+            if data.get("error"):
+                raise self._stream_error(data["error"])
+            raise ProviderBadResponse("reply has no data", deployment=spec.name)
+        vectors: list[list[float] | None] = [None] * len(request.input)
+        for position, item in enumerate(items):
+            index = item.get("index", position) if isinstance(item, dict) else None
+            vector = _vector(item.get("embedding")) if isinstance(item, dict) else None
+            if not isinstance(index, int) or not 0 <= index < len(vectors) or vector is None:
+                raise ProviderBadResponse(f"reply data[{position}] is not an embedding of the input",
+                                          deployment=spec.name)
+            vectors[index] = vector
+        if any(v is None for v in vectors):
+            raise ProviderBadResponse(f"reply has {len(items)} embeddings for {len(vectors)} inputs",
+                                      deployment=spec.name)
+        raw = data.get("usage")
+        prompt = raw.get("prompt_tokens") if isinstance(raw, dict) else None
+        if isinstance(prompt, int):
+            total = raw.get("total_tokens")
+            usage = Usage(prompt, 0, total if isinstance(total, int) else prompt)
+        else:
+            usage = tokens.counted_input(request.input, spec.model)
+        return Embeddings(vectors=cast(list[list[float]], vectors), model=data.get("model") or spec.model,
+                          usage=usage)
+
     # --- errors ----------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
@@ -490,6 +543,19 @@ def _usage(raw: Any) -> Usage | None:
         return None
     total = raw.get("total_tokens")
     return Usage(prompt, completion, total if isinstance(total, int) else prompt + completion)
+
+
+def _vector(raw: Any) -> list[float] | None:
+    """An embedding as floats: a list of numbers, or base64 float32 (a server that ignored
+    encoding_format)."""
+    if isinstance(raw, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw):
+        return [float(x) for x in raw]
+    if isinstance(raw, str):
+        try:
+            return decode_base64(raw)
+        except ValueError:
+            return None
+    return None
 
 
 def _text(content: Any) -> str:

@@ -4,6 +4,7 @@
     adapter = registry["openai"]                # by deployment name
     for adapter in registry.resolve("gemini"):  # by deployment name, provider family or model
         ...
+    registry.serving("embeddings")              # the deployments whose spec serves embeddings
     await registry.aclose()                     # at shutdown
 
 Building adapters is cheap and does no I/O: the openai SDK is imported and its client
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from core.providers.base import Adapter
-from core.providers.config import DeploymentSpec, load_deployments
+from core.providers.config import Capability, DeploymentSpec, load_deployments
 
 if TYPE_CHECKING:
     import httpx2
@@ -53,6 +54,10 @@ class ProviderRegistry:
             if adapter.name in self._by_name:
                 raise ValueError(f"two deployments are named {adapter.name!r}")
             self._by_name[adapter.name] = adapter
+        # Built once: the chat hot path reads its candidates here on every request.
+        self._serving: dict[str, list[Adapter]] = {
+            capability: [a for a in self._by_name.values() if capability in a.spec.serves]
+            for capability in ("chat", "embeddings")}
 
     def __getitem__(self, name: str) -> Adapter:
         return self._by_name[name]
@@ -76,19 +81,31 @@ class ProviderRegistry:
     def names(self) -> list[str]:
         return list(self._by_name)
 
-    def resolve(self, name: str) -> list[Adapter]:
+    def serving(self, capability: Capability) -> list[Adapter]:
+        """Every deployment serving `capability`, in priority order (do not modify)."""
+        return self._serving[capability]
+
+    def resolve(self, name: str, capability: Capability | None = None) -> list[Adapter]:
         """A deployment by name, else every deployment of that provider family, else
-        every deployment serving that model.
+        every deployment serving that model; with `capability`, only deployments that
+        serve it (a name matching one that does not gives nothing).
 
         So a seed request's `providers: ["openai"]`, an OpenAI-style `model` that names
         a deployment, and one that names a model (`gpt-4o-mini`, served by deployments
         with other names) all work. Empty when nothing matches.
         """
+        candidates = self._by_name.values() if capability is None else self._serving[capability]
         adapter = self._by_name.get(name)
         if adapter is not None:
-            return [adapter]
-        family = [adapter for adapter in self._by_name.values() if adapter.spec.provider == name]
-        return family or [adapter for adapter in self._by_name.values() if adapter.spec.model == name]
+            return [adapter] if capability is None or capability in adapter.spec.serves else []
+        family = [adapter for adapter in candidates if adapter.spec.provider == name]
+        if family:
+            return family
+        if capability == "embeddings":  # a simulated deployment names its embedding model apart
+            return [adapter for adapter in candidates if adapter.spec.embedding_model == name]
+        if capability is None:
+            return [a for a in candidates if name in (a.spec.model, a.spec.embedding_model)]
+        return [adapter for adapter in candidates if adapter.spec.model == name]
 
     def describe(self) -> list[dict[str, Any]]:
         """Every deployment as shown to API callers, never a key."""

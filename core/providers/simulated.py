@@ -30,6 +30,11 @@ in pieces), in chunks.
 Determinism: with a seed, the n-th call of an adapter always has the same latency and
 outcome, and a given request always gets the same reply, whatever ran before it.
 
+Embeddings are a hashed bag of words (`embedding_vector`): the same text always gets the
+same unit vector, on every simulated deployment, and texts that share words are closer
+than texts that share none, which is enough for a knowledge-base search to make sense
+offline. It is not a language model: synonyms are as far apart as any two words.
+
 Time is injected: `sleep` and `clock` default to asyncio.sleep and time.monotonic;
 `VirtualClock` provides both without real waiting, so a benchmark can run thousands of
 simulated calls with their latencies accounted but not slept.
@@ -40,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import random
 import re
 import time
@@ -52,6 +58,8 @@ from core.providers.base import (
     ChatRequest,
     Chunk,
     Completion,
+    EmbeddingRequest,
+    Embeddings,
     ProviderBadResponse,
     ProviderClientError,
     ProviderError,
@@ -162,15 +170,20 @@ class SimulatedAdapter:
 
     # --- planning --------------------------------------------------------------------------
 
-    def _plan(self, request: ChatRequest) -> _Plan:
+    def _draw(self) -> tuple[str | None, float]:
+        """This call's failure (None: it succeeds) and latency factor."""
         sim = self.simulation
         rng = self._rng
         self._calls += 1
         failure = None
         if sim.failure_rate and rng.random() < sim.failure_rate:
             failure = rng.choice(_MIXED) if sim.failure_mode == "mixed" else sim.failure_mode
-        jitter = 1.0 + sim.jitter * (2.0 * rng.random() - 1.0)
-        length = max(1, round(sim.reply_tokens * (0.5 + rng.random())))
+        return failure, 1.0 + sim.jitter * (2.0 * rng.random() - 1.0)
+
+    def _plan(self, request: ChatRequest) -> _Plan:
+        sim = self.simulation
+        failure, jitter = self._draw()
+        length = max(1, round(sim.reply_tokens * (0.5 + self._rng.random())))
         first_token_s, per_token_s = sim.latency_ms / 1000.0 * jitter, sim.ms_per_token / 1000.0 * jitter
         tool = _next_tool(request)
         if tool is not None:
@@ -309,6 +322,31 @@ class SimulatedAdapter:
             tool_calls=[plan.tool_call] if plan.tool_call is not None else None,
         )
 
+    async def embed(self, request: EmbeddingRequest, *, timeout: float | None = None) -> Embeddings:
+        """One vector per text after the simulation's latency (no per-token time: an
+        embedding generates nothing); its failures as for chat."""
+        spec, sim = self.spec, self.simulation
+        budget = call_budget(spec, timeout)
+        await self._slots.acquire(budget, spec.name)
+        try:
+            failure, jitter = self._draw()
+            latency = sim.latency_ms / 1000.0 * jitter
+            await self._fail_before_reply(_Plan(failure, latency, 0.0, [], "stop", self._calls), budget)
+            if failure == "stream_cut":  # no stream here: the connection dropped
+                await self._sleep(min(latency, budget))
+                raise ProviderUnavailable("connection failed (RemoteProtocolError, simulated)", deployment=spec.name)
+            if latency > budget:
+                await self._sleep(budget)
+                raise ProviderTimeout(f"no reply within {budget:g}s (simulated)", deployment=spec.name)
+            await self._sleep(latency)
+        finally:
+            self._slots.release()
+        dimensions = request.dimensions or sim.embedding_dimensions
+        counted = tokens.counted_input(request.input, spec.model)
+        return Embeddings(vectors=[embedding_vector(text, dimensions) for text in request.input],
+                          model=sim.embedding_model,
+                          usage=Usage(counted.prompt_tokens, 0, counted.total_tokens))  # reported, as a provider would
+
     async def stream(self, request: ChatRequest, *, timeout: float | None = None) -> AsyncIterator[Chunk]:
         spec = self.spec
         budget = call_budget(spec, timeout)
@@ -344,6 +382,34 @@ class SimulatedAdapter:
             )
         finally:
             self._slots.release()
+
+
+_WORD = re.compile(r"\w+")
+_SPREAD = 3  # coordinates each word adds to: fewer exact collisions between two words
+
+
+def embedding_vector(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector for `text`: a hashed bag of its (lowercased) words.
+
+    Each word adds +/-1 at a few coordinates chosen by its hash, so texts sharing words
+    have a positive cosine and unrelated ones about zero. The whole text adds a smaller
+    term of its own, so two texts with the same words in another order still differ,
+    and a text without any word still gets a vector.
+    """
+    vector = [0.0] * dimensions
+    features = [(word, 1.0) for word in _WORD.findall(text.lower())]
+    features.append(("\x00" + text, 0.5))
+    for feature, weight in features:
+        digest = hashlib.blake2b(feature.encode(errors="surrogatepass"), digest_size=4 * _SPREAD + 1,
+                                 person=b"orch-embed").digest()
+        signs = digest[-1]
+        for k in range(_SPREAD):
+            index = int.from_bytes(digest[4 * k:4 * k + 4], "little") % dimensions
+            vector[index] += weight if (signs >> k) & 1 else -weight
+    norm = math.sqrt(sum(x * x for x in vector))
+    if norm == 0.0:  # every term cancelled out: possible only in very few dimensions
+        vector[0], norm = 1.0, 1.0
+    return [x / norm for x in vector]
 
 
 def _last_user_text(messages: list[dict]) -> str:

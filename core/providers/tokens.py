@@ -121,6 +121,13 @@ def counted_usage(
     return Usage(prompt, completion, prompt + completion, "tiktoken" if encoding is not None else "estimate")
 
 
+def counted_input(texts: Iterable[str], model: str | None = None) -> Usage:
+    """Usage of an embeddings call that came without one: the input's tokens."""
+    encoding = _encoding(_encoding_name(model))
+    prompt = sum(_count(text, encoding) for text in texts)
+    return Usage(prompt, 0, prompt, "tiktoken" if encoding is not None else "estimate")
+
+
 def _count(text: str, encoding: Any | None) -> int:
     if not text:
         return 0
