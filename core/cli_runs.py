@@ -49,21 +49,33 @@ def _pipeline(given: str) -> dict[str, Any] | str:
 
 @app.command("run")
 def run(
-    pipeline: Annotated[str, typer.Option(help="A pipeline file (JSON), or a named pipeline's name.")],
+    goal: Annotated[str | None, typer.Argument(help="What the run is for, in words: planned into a pipeline "
+                                                     "when no --pipeline is given.")] = None,
+    pipeline: Annotated[str | None, typer.Option(help="A pipeline file (JSON), or a named pipeline's name.")] = None,
     inputs: Annotated[list[str] | None, typer.Option("--input", help="key=value (repeat it); JSON values allowed.")] = None,
     detach: Annotated[bool, typer.Option(help="Print the run's id and leave it to a worker.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Show the (planned) pipeline; start nothing.")] = False,
 ) -> None:
-    """Start a run and follow it live (a progress bar and the step list) until it ends."""
+    """Start a run (planning GOAL into a pipeline when no --pipeline is given), show its
+    plan, and follow it live (a progress bar and the step list) until it ends."""
+    from pydantic import ValidationError
+
     from core.runs.pipeline import RunInvalid
-    from core.runs.submit import Caller, RunRequest, submit
+    from core.runs.submit import Caller, RunRequest, prepare, submit
 
     try:
-        request = RunRequest(pipeline=_pipeline(pipeline), inputs=_inputs(inputs or []))
-    except ValueError as exc:
-        raise _fail(str(exc)) from None
+        request = RunRequest(pipeline=_pipeline(pipeline) if pipeline else None, goal=goal,
+                             inputs=_inputs(inputs or []), dry_run=dry_run)
+    except ValidationError as exc:
+        raise _fail("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())) from None
 
     async def work(services: Any) -> str:
+        if dry_run:
+            prepared = await prepare(services, request, caller=Caller("cli"))
+            return json.dumps(prepared.pipeline.model_dump(mode="json", exclude_none=True), indent=2)
         submitted = await submit(services, request, caller=Caller("cli"))
+        if submitted.planned is not None:
+            _show_plan(submitted.planned)
         if detach:
             return str(submitted.id)
         return await _follow(services, submitted.id)
@@ -73,8 +85,26 @@ def run(
     except RunInvalid as exc:
         raise _fail("the run cannot start:\n  " + "\n  ".join(exc.problems)) from None
     typer.echo(outcome)
-    if not detach and not outcome.startswith("succeeded"):
+    if not detach and not dry_run and not outcome.startswith("succeeded"):
         raise typer.Exit(1)
+
+
+def _show_plan(planned: Any) -> None:
+    """The planned steps, on stderr (stdout keeps the outcome)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="plan" + (" (repaired once)" if planned.repaired else ""), title_justify="left")
+    for column in ("step", "kind", "needs", "does"):
+        table.add_column(column)
+    for step in planned.pipeline.steps:
+        does = step.tool or ", ".join(step.tools or []) or step.instructions or \
+            " ".join(m.get("content", "") for m in step.messages or [])
+        table.add_row(step.id, step.kind, ", ".join(sorted(step.dependencies())), does[:80])
+    console = Console(stderr=True)
+    console.print(table)
+    if planned.examples:
+        console.print(f"examples: {len(planned.examples)} similar past runs")
 
 
 async def _follow(services: Any, run_id: uuid.UUID) -> str:

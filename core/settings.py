@@ -163,6 +163,11 @@ class Settings(BaseSettings):
     WORKER_CONCURRENCY: int = Field(default=4, ge=1, le=256)  # runs one worker advances at once
     RUN_SWEEP_BUDGET_SECONDS: float = Field(default=20.0, gt=0, le=900)  # how long a cron sweep advances runs
     RUN_BACKGROUND_WORKER: bool = True  # the gateway and runs function advance runs too (under uvicorn)
+    # Runs that plan and learn (core/runs/planner.py, core/runs/knowledge.py)
+    PLANNER_MODEL: str = Field(default="auto", min_length=1)  # the chat model that plans a goal ("auto": the DWA picks)
+    PLANNER_EXAMPLES: int = Field(default=3, ge=0, le=20)  # similar successful runs shown to it as examples
+    # finished runs embedded per sweep; 0: no knowledge base (no run's content is embedded)
+    KNOWLEDGE_BATCH: int = Field(default=32, ge=0, le=1000)
     WEBHOOK_SECRETS: SecretStr | None = None  # comma-separated whsec_… (Standard Webhooks), several for rotation
     CALLBACK_ALLOW_HOSTS: str = ""  # comma-separated hosts a run's callback_url may reach on a private address
     ORCHESITY_PIPELINES_FILE: Path | None = Path("pipelines.json")  # core/runs/pipelines_file.py; absent: none

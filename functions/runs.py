@@ -1,9 +1,14 @@
 """The runs function: runs started by webhooks (or keys), watched live, cancelled.
 
-POST /api/runs                  {"pipeline", "inputs", "callback_url", "deadline_seconds"}
-                                -> 202 {"id", "status", "status_url", "events_url", "stream_url"}
-                                (a Standard Webhooks signature, or a key with `runs`)
+POST /api/runs                  {"pipeline" | "goal", "inputs", "callback_url", "deadline_seconds",
+                                 "dry_run"} -> 202 {"id", "status", "status_url", "events_url",
+                                "stream_url", "planned"} (a Standard Webhooks signature, or a key
+                                with `runs`); a goal without a pipeline is planned into one;
+                                dry_run: 200 with the (planned) pipeline, nothing started
 GET  /api/runs                  ?status=&limit=&before=: the caller's runs, newest first (runs)
+GET  /api/runs/similar          ?q=&limit=: the caller's succeeded runs most like q, with their
+                                pipelines, scores and feedback (runs; admins: everyone's)
+POST /api/runs/{id}/feedback    {"rating": 1..5, "comment"}: feeds the run's quality score (runs)
 GET  /api/runs/{id}             status, progress %, current steps, each step, result, error
 GET  /api/runs/{id}/events      ?after=SEQ&wait=SECONDS: the events after SEQ (a long poll)
 GET  /api/runs/{id}/stream      Server-Sent Events, `id:` = seq, resumable with Last-Event-ID
@@ -28,21 +33,24 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Path, Query, Request
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core import progress
 from core.auth import Principal, Scope
 from core.db import load_driver
 from core.runs import views
-from core.runs.pipeline import RunInvalid
-from core.runs.submit import Caller, RunRequest, Submitted, submit
+from core.runs.pipeline import Pipeline, RunInvalid
+from core.runs.submit import Caller, RunRequest, Submitted, prepare, submit
 from core.runs.webhooks import WebhookRefused, signed, verify
 from core.services import Services
 from functions.http import ApiError, JSONResponse, authenticate, create_app, entry_points, require, services
+
+if TYPE_CHECKING:
+    from core.runs.planner import Planned
 
 load_driver()  # every request here reaches Postgres: load its stack at import
 RUNS = Depends(require(Scope.runs))
@@ -112,6 +120,10 @@ async def start(request: Request, background: BackgroundTasks, svc: Services = D
     except ValidationError as exc:
         raise _invalid_body(exc) from None
     try:
+        if body.dry_run:
+            prepared = await prepare(svc, body, caller=caller)
+            return JSONResponse({"dry_run": True, "pipeline": _pipeline_json(prepared.pipeline),
+                                 "planned": _planned_json(prepared.planned)})
         run = await submit(svc, body, caller=caller, delivery_id=delivery)
     except RunInvalid as exc:
         param = exc.problems[0].split(":")[0] if exc.problems else None
@@ -152,7 +164,17 @@ def _started(svc: Services, request: Request, run: Submitted) -> dict[str, Any]:
     query = f"?token={run.read_token}"
     return {"id": str(run.id), "status": run.status, "replayed": not run.new,
             "status_url": base + query, "events_url": f"{base}/events{query}", "stream_url": f"{base}/stream{query}",
-            "cancel_url": f"{base}/cancel"}
+            "cancel_url": f"{base}/cancel", **({"planned": _planned_json(run.planned)} if run.planned else {})}
+
+
+def _pipeline_json(pipeline: Pipeline) -> dict[str, Any]:
+    return pipeline.model_dump(mode="json", exclude_none=True)
+
+
+def _planned_json(planned: Planned | None) -> dict[str, Any] | None:
+    if planned is None:
+        return None
+    return {"pipeline": _pipeline_json(planned.pipeline), "examples": planned.examples, "repaired": planned.repaired}
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -164,6 +186,24 @@ async def listed(status: Literal["queued", "running", "succeeded", "failed", "ca
     owner = None if caller.allows(Scope.admin) else caller.id
     runs = await views.list_runs(svc, owned_by=owner, status=status, limit=limit, before=before)
     return {"runs": runs, "count": len(runs)}
+
+
+@router.get("/similar")
+async def similar(q: Annotated[str, Query(min_length=1, max_length=4000, description="a goal, in words")],
+                  limit: Annotated[int, Query(ge=1, le=50)] = 5,
+                  svc: Services = Depends(services), caller: Principal = RUNS) -> dict[str, Any]:
+    from core.runs.knowledge import KnowledgeUnavailable, similar
+
+    if not q.strip():
+        raise ApiError(422, "q: it is blank", param="q", code="validation_error")
+    owner = None if caller.allows(Scope.admin) else caller.id
+    try:
+        found = await similar(svc, q, limit=limit, owned_by=owner,
+                              caller=Caller(caller.id, caller.tenant, caller.limits))
+    except KnowledgeUnavailable as exc:
+        raise ApiError(503, f"the embedding model cannot be reached: {exc}", type="service_unavailable",
+                       code="embeddings_unavailable") from None
+    return {"runs": [s.to_json() for s in found], "count": len(found)}
 
 
 @router.get("/{run_id}")
@@ -205,6 +245,29 @@ def _last_event_id(value: str | None) -> int:
         raise ApiError(400, "Last-Event-ID must be the seq of the last event received (an integer)",
                        param="Last-Event-ID", code="invalid_last_event_id")
     return int(value)
+
+
+# --- feedback -------------------------------------------------------------------------------
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rating: int = Field(ge=1, le=5, description="1 (useless) to 5 (exactly right)")
+    comment: str | None = Field(default=None, max_length=2000)
+
+
+@router.post("/{run_id}/feedback")
+async def feedback(run_id: RunId, body: Feedback, svc: Services = Depends(services),
+                   caller: Principal = RUNS) -> dict[str, Any]:
+    from core.runs import knowledge
+
+    row = await views.run_row(svc, run_id)
+    if row is None or not _owns(caller, row):
+        raise ApiError(404, f"there is no run {run_id}", type="not_found", param="id", code="unknown_run")
+    if row.status not in views.FINISHED:
+        raise ApiError(409, f"run {run_id} has not ended ({row.status}): feedback is on its outcome",
+                       code="run_not_finished")
+    return await knowledge.feedback(svc, run_id, body.rating, body.comment)
 
 
 # --- cancelling -------------------------------------------------------------------------------

@@ -23,9 +23,15 @@ from core.settings import load_settings
 config = context.config
 
 
+def _modelled(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Whether autogenerate compares `obj`: not the per-embedding-model HNSW indexes,
+    which core/runs/knowledge.py makes at run time, one per model in use."""
+    return not (type_ == "index" and reflected and (name or "").startswith("ix_runs_embedding_"))
+
+
 def run_migrations(connection: Connection) -> None:
     context.configure(
-        connection=connection, target_metadata=SQLModel.metadata, compare_type=True
+        connection=connection, target_metadata=SQLModel.metadata, compare_type=True, include_object=_modelled
     )
     with context.begin_transaction():
         lock_migrations(connection)  # returns at once if core.migrate already holds it

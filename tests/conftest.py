@@ -6,8 +6,11 @@ Nothing here mocks Postgres or Redis; pytest-httpx is only for third-party HTTP.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
+import time
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -17,10 +20,12 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from core.embedded import EmbeddedPostgres, EmbeddedRedis, start_postgres, start_redis
 from core.services import Services
 from core.settings import Settings, load_settings
+from tests.servers import serve
 
 # Keep a developer's own .env and environment out of the test run.
 for _name in list(os.environ):
@@ -152,3 +157,58 @@ def providers_file(directory: Path, deployments: list[dict[str, Any]]) -> Path:
     path = directory / "providers.json"
     path.write_text(json.dumps({"include_defaults": False, "deployments": deployments}))
     return path
+
+
+# --- runs (tests/test_runs.py, tests/test_runs_learn.py) ------------------------------------------
+
+SECRET = "whsec_" + base64.b64encode(b"orchesity-test-webhook-secret-32").decode()
+TEST_MODULES = "core.tools.builtin,tests.tool_functions"
+ROOT = Path(__file__).resolve().parents[1]
+
+@pytest.fixture
+def runs_settings(gateway_settings: Settings) -> Settings:
+    return gateway_settings.model_copy(update={
+        "WEBHOOK_SECRETS": SecretStr(SECRET), "ORCHESITY_TOOL_MODULES": TEST_MODULES, "RUN_LEASE_SECONDS": 2.0,
+        "WORKER_POLL_SECONDS": 0.1})
+
+
+@pytest.fixture
+def effects() -> Iterator[tuple[str, dict[str, Any]]]:
+    """A local HTTP server standing for a payment API: POST /effect?delay= applies an effect
+    once per Idempotency-Key (as such APIs do) and records every request with its timing."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    seen: dict[str, Any] = {"requests": [], "applied": {}}
+
+    async def effect(request: Request) -> JSONResponse:
+        key = request.headers.get("idempotency-key", "")
+        record = {"key": key, "start": time.monotonic(), "end": None}
+        seen["requests"].append(record)
+        await asyncio.sleep(float(request.query_params.get("delay", "0")))
+        seen["applied"][key] = seen["applied"].get(key, 0) or 1  # applied once, whoever repeats it
+        record["end"] = time.monotonic()
+        return JSONResponse({"applied": key})
+
+    with serve(Starlette(routes=[Route("/effect", effect, methods=["POST"])])) as url:
+        yield url.replace("127.0.0.1", "localhost"), seen
+
+
+@pytest.fixture
+def worker_env(runs_settings: Settings, effects: tuple[str, dict[str, Any]], tmp_path: Path) -> dict[str, str]:
+    """Settings for `orchesity worker` and the test's own services: the session's Postgres,
+    Redis db 1, and the sample tools with the `effect` http tool."""
+    url, _ = effects
+    tools = tmp_path / "tools.json"
+    sample = json.loads((ROOT / "tools.json").read_text())["tools"]
+    tools.write_text(json.dumps({"tools": sample + [{
+        "name": "effect", "description": "applies an effect once per Idempotency-Key", "kind": "http",
+        "http": {"method": "POST", "url": url + "/effect?delay={{ delay }}", "allow_hosts": ["localhost"]},
+        "timeout": 30, "parameters": {"type": "object", "properties": {"delay": {"type": "number"}}}}]}))
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    return {**keep, "DATABASE_URL": runs_settings.DATABASE_URL.get_secret_value(),
+            "REDIS_URL": runs_settings.REDIS_URL.get_secret_value(), "REDIS_DB": "1",
+            "ORCHESITY_TOOLS_FILE": str(tools), "ORCHESITY_TOOL_MODULES": TEST_MODULES,
+            "RUN_LEASE_SECONDS": "2", "WORKER_POLL_SECONDS": "0.1", "LOG_LEVEL": "INFO"}

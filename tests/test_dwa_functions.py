@@ -65,7 +65,9 @@ async def test_cron_needs_its_secret_and_drains(open_gateway: Any) -> None:
 
 
 async def test_cron_tick_drains_then_recomputes_baselines(open_gateway: Any, tmp_path: Path) -> None:
-    async with open_gateway(ORCHESITY_PROVIDERS_FILE=two_providers(tmp_path), DWA_ROUTING_STRATEGY="priority") as gw:
+    # no knowledge base: its embeddings of earlier tests' runs would be requests of their own
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=two_providers(tmp_path), DWA_ROUTING_STRATEGY="priority",
+                            KNOWLEDGE_BATCH=0) as gw:
         for i in range(12):
             await gw.client.post("/api/llm/orchestrate", json={"prompt": f"tick {i}"})
         tick = await gw.client.post("/api/cron/tick")

@@ -26,9 +26,7 @@ from pydantic import SecretStr
 from core.settings import Settings
 from tests.servers import serve
 
-SECRET = "whsec_" + base64.b64encode(b"orchesity-test-webhook-secret-32").decode()
-TEST_MODULES = "core.tools.builtin,tests.tool_functions"
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, SECRET, TEST_MODULES
 FINAL = {"run.succeeded", "run.failed", "run.cancelled", "run.timed_out"}
 
 
@@ -49,13 +47,6 @@ async def start_run(client: httpx.AsyncClient, body: dict[str, Any], **signing: 
 
 def python(step_id: str, entry: str, **fields: Any) -> dict[str, Any]:
     return {"id": step_id, "kind": "python", "entry": f"tests.tool_functions:{entry}", **fields}
-
-
-@pytest.fixture
-def runs_settings(gateway_settings: Settings) -> Settings:
-    return gateway_settings.model_copy(update={
-        "WEBHOOK_SECRETS": SecretStr(SECRET), "ORCHESITY_TOOL_MODULES": TEST_MODULES, "RUN_LEASE_SECONDS": 2.0,
-        "WORKER_POLL_SECONDS": 0.1})
 
 
 @contextmanager
@@ -301,48 +292,6 @@ async def test_a_run_past_its_deadline_times_out(runs_settings: Settings) -> Non
 # --- workers: real subprocesses, killed for real; Redis stopped under a reader ----------------------
 
 ORCHESITY = str(Path(sys.executable).parent / "orchesity")
-
-
-@pytest.fixture
-def effects() -> Iterator[tuple[str, dict[str, Any]]]:
-    """A local HTTP server standing for a payment API: POST /effect?delay= applies an effect
-    once per Idempotency-Key (as such APIs do) and records every request with its timing."""
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    seen: dict[str, Any] = {"requests": [], "applied": {}}
-
-    async def effect(request: Request) -> JSONResponse:
-        key = request.headers.get("idempotency-key", "")
-        record = {"key": key, "start": time.monotonic(), "end": None}
-        seen["requests"].append(record)
-        await asyncio.sleep(float(request.query_params.get("delay", "0")))
-        seen["applied"][key] = seen["applied"].get(key, 0) or 1  # applied once, whoever repeats it
-        record["end"] = time.monotonic()
-        return JSONResponse({"applied": key})
-
-    with serve(Starlette(routes=[Route("/effect", effect, methods=["POST"])])) as url:
-        yield url.replace("127.0.0.1", "localhost"), seen
-
-
-@pytest.fixture
-def worker_env(runs_settings: Settings, effects: tuple[str, dict[str, Any]], tmp_path: Path) -> dict[str, str]:
-    """Settings for `orchesity worker` and the test's own services: the session's Postgres,
-    Redis db 1, and the sample tools with the `effect` http tool."""
-    url, _ = effects
-    tools = tmp_path / "tools.json"
-    sample = json.loads((ROOT / "tools.json").read_text())["tools"]
-    tools.write_text(json.dumps({"tools": sample + [{
-        "name": "effect", "description": "applies an effect once per Idempotency-Key", "kind": "http",
-        "http": {"method": "POST", "url": url + "/effect?delay={{ delay }}", "allow_hosts": ["localhost"]},
-        "timeout": 30, "parameters": {"type": "object", "properties": {"delay": {"type": "number"}}}}]}))
-    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
-    return {**keep, "DATABASE_URL": runs_settings.DATABASE_URL.get_secret_value(),
-            "REDIS_URL": runs_settings.REDIS_URL.get_secret_value(), "REDIS_DB": "1",
-            "ORCHESITY_TOOLS_FILE": str(tools), "ORCHESITY_TOOL_MODULES": TEST_MODULES,
-            "RUN_LEASE_SECONDS": "2", "WORKER_POLL_SECONDS": "0.1", "LOG_LEVEL": "INFO"}
 
 
 @contextmanager

@@ -31,7 +31,8 @@ async def run_row(svc: Services, run_id: uuid.UUID) -> Any:
         return (await conn.execute(text(
             "SELECT id, status, pipeline, pipeline_name, pipeline_digest, caller, read_token, result, error, attempt, "
             "event_seq, cancel_requested, created_at, started_at, finished_at, deadline, callback_url, "
-            "callback_status, callback_attempts, callback_error FROM runs WHERE id = :id"), {"id": run_id})).first()
+            "callback_status, callback_attempts, callback_error, goal, quality_score, judge_score, feedback_rating, "
+            "feedback FROM runs WHERE id = :id"), {"id": run_id})).first()
 
 
 async def describe(svc: Services, row: Any) -> dict[str, Any]:
@@ -63,6 +64,10 @@ async def describe(svc: Services, row: Any) -> dict[str, Any]:
         "events": row.event_seq,
         "cancel_requested": row.cancel_requested,
         "deadline": _iso(row.deadline),
+        "goal": row.goal,
+        "quality": {"score": row.quality_score, "judge_score": row.judge_score,
+                    "feedback": None if row.feedback_rating is None else {"rating": row.feedback_rating,
+                                                                         "comment": row.feedback}},
         "callback": None if row.callback_url is None else {
             "status": row.callback_status, "attempts": row.callback_attempts, "error": row.callback_error},
     }

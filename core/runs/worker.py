@@ -5,10 +5,12 @@
   On stop (SIGTERM) it claims nothing more, and the runs it holds start no new step: the
   running ones get `grace` seconds to end and checkpoint (then are cancelled, to run again
   elsewhere), and each run is released, so another worker takes over at once instead of
-  waiting out the lease.
+  waiting out the lease. When idle, at most every LEARN_EVERY_S, it embeds the runs that
+  succeeded into the knowledge base (core/runs/knowledge.py).
 - `sweep` (the cron tick, and what advances runs on Lambda): the same for every ready run
   within a time budget, which takes over the leases of owners that died and ends the runs
-  past their deadline; then the completion callbacks that are due.
+  past their deadline; then the completion callbacks that are due, and the runs that
+  succeeded into the knowledge base.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("orchesity.runs")
 
+LEARN_EVERY_S = 10.0
+
 
 async def sweep(svc: Services, *, budget: float = 20.0) -> dict[str, Any]:
     """Advance every ready run nobody holds, within `budget` seconds; deliver due callbacks."""
@@ -38,7 +42,10 @@ async def sweep(svc: Services, *, budget: float = 20.0) -> dict[str, Any]:
         if run is None:
             break
         advanced[str(run.id)] = await executor.advance(run, max(0.0, end - time.monotonic()))
-    return {"advanced": len(advanced), "runs": advanced, "callbacks_delivered": await deliver_due(svc)}
+    from core.runs.knowledge import learn_quietly
+
+    return {"advanced": len(advanced), "runs": advanced, "callbacks_delivered": await deliver_due(svc),
+            "runs_learned": await learn_quietly(svc)}
 
 
 async def work(svc: Services, stop: asyncio.Event, *, budget: float = 30.0, concurrency: int = 4,
@@ -49,6 +56,7 @@ async def work(svc: Services, stop: asyncio.Event, *, budget: float = 30.0, conc
     running: set[asyncio.Task[Any]] = set()
     advances = 0
     poll = svc.settings.WORKER_POLL_SECONDS
+    learnt_at = 0.0
     log.info("worker %s: advancing runs, %d at a time", executor.owner, concurrency)
     while not stop.is_set():
         await slots.acquire()
@@ -57,8 +65,15 @@ async def work(svc: Services, stop: asyncio.Event, *, budget: float = 30.0, conc
             run = await executor.claim_next()
         except Exception as exc:  # noqa: BLE001 - Postgres away: try again, do not die
             log.warning("worker: cannot claim a run (%s: %s)", type(exc).__name__, exc)
-        if run is None:  # nothing ready: look again in a moment
+        if run is None:  # nothing ready: learn from what ended, look again in a moment
             slots.release()
+            if time.monotonic() - learnt_at > LEARN_EVERY_S:
+                from core.runs.knowledge import learn_quietly
+
+                learnt_at = time.monotonic()
+                learning = asyncio.create_task(learn_quietly(svc))  # an embedding call must not hold up claims
+                running.add(learning)
+                learning.add_done_callback(running.discard)
             try:
                 await asyncio.wait_for(stop.wait(), poll)
             except TimeoutError:
