@@ -8,10 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from core.orchestrator import Result
+    from core.providers.base import Usage
 
 
 def usage(result: Result) -> dict[str, int]:
-    counted = result.usage
+    return usage_of(result.usage)
+
+
+def usage_of(counted: Usage | None) -> dict[str, int]:
     if counted is None:
         return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     return {"prompt_tokens": counted.prompt_tokens, "completion_tokens": counted.completion_tokens,

@@ -2,7 +2,7 @@
 
 POST /api/llm/orchestrate   seed v2 format: one or several providers, or the DWA's pick
 POST /v1/chat/completions    OpenAI's schema, `stream: true` as SSE; model = deployment,
-                             provider, or "auto"
+                             provider, or "auto"; `n` > 1: n calls at once, one per choice
 POST /v1/embeddings          OpenAI's schema; routed by the DWA among deployments serving embeddings
 GET  /v1/models              the deployments (and what each `serves`), and "auto"
 GET  /api/llm/providers      configured providers, model and status (never a key)
@@ -12,8 +12,10 @@ Only HTTP concerns live here; the request flow is `core.orchestrator`.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
@@ -104,6 +106,9 @@ class OrchestrateBody(_Sampling):
         return self
 
 
+MAX_CHOICES = 16  # n: each choice is a call of its own (see chat_completions)
+
+
 class ChatCompletionBody(_Sampling):
     """OpenAI's CreateChatCompletionRequest (what we act on; the rest passes through)."""
 
@@ -112,7 +117,7 @@ class ChatCompletionBody(_Sampling):
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: Int | None = Field(default=None, ge=1, le=1_000_000)
-    n: Int | None = Field(default=None, ge=1, le=1)
+    n: Int | None = Field(default=None, ge=1, le=MAX_CHOICES)
     stream_options: dict[str, Any] | None = None
     user: str | None = None
 
@@ -279,6 +284,8 @@ async def chat_completions(body: ChatCompletionBody, svc: Services = Depends(ser
     request = _request(caller, chat=_chat(body, _messages(body.messages), extra), targets=targets,
                        strategy=body.strategy, cache=_policy(body), endpoint="chat.completions",
                        timeout=body.timeout)
+    if (body.n or 1) > 1:
+        return await _choices(svc, request, body.n or 1, body.model, body.stream)
     if body.stream:
         return await _stream(svc, request, _openai_events(body.model))
     orchestration = await _run(svc, request)
@@ -288,6 +295,47 @@ async def chat_completions(body: ChatCompletionBody, svc: Services = Depends(ser
         status, error = failure
         return JSONResponse({"error": error}, status_code=status, headers=_headers(orchestration, request))
     return JSONResponse(_completion_json(orchestration, result, body.model), headers=_headers(orchestration, request))
+
+
+async def _all(work: list[Awaitable[Any]]) -> list[Any]:
+    """Every result of `work`, run at once; on the first exception the rest are cancelled."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _choices(svc: Services, request: LLMRequest, n: int, requested: str, stream: bool) -> Any:
+    """`n` choices: `n` calls at once, each routed by the DWA on its own (so a fleet spreads
+    them), none read from or written to the cache (n samples, not one n times). Each
+    counts against the caller's limits and has its row in the request log. Any choice
+    failing fails the request, as one call would."""
+    fresh = CachePolicy(no_cache=True, no_store=True, namespace=request.cache.namespace)
+    requests = [replace(request, cache=fresh) for _ in range(n)]
+    if stream:
+        return await _stream_choices(svc, requests, requested)
+    orchestrations = await _all([_run(svc, r) for r in requests])
+    for orchestration, one in zip(orchestrations, requests):
+        failure = _failure(orchestration.results)
+        if failure is not None:
+            status, error = failure
+            return JSONResponse({"error": error}, status_code=status, headers=_headers(orchestration, one))
+    first = orchestrations[0]
+    answer = _completion_json(first, first.results[0], requested)
+    answer["choices"] = [{**openai_wire.completion(o.results[0], requested)["choices"][0], "index": i}
+                         for i, o in enumerate(orchestrations)]
+    answer["usage"] = _summed([openai_wire.usage(o.results[0]) for o in orchestrations])
+    answer["orchesity"]["providers"] = [o.results[0].provider for o in orchestrations]
+    answer["orchesity"]["cost"] = sum(o.results[0].cost for o in orchestrations)
+    return JSONResponse(answer, headers=_headers(first, requests[0]))
+
+
+def _summed(usages: list[dict[str, int]]) -> dict[str, int]:
+    return {name: sum(u[name] for u in usages) for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
 
 
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's own limit per request
@@ -401,13 +449,18 @@ async def providers(svc: Services = Depends(services), caller: Principal = LLM) 
 EventWriter = Any  # (orchestration, chunk | None, error | None) -> SSE text
 
 
-async def _stream(svc: Services, request: LLMRequest, events: EventWriter) -> Any:
+async def _open(svc: Services, request: LLMRequest) -> tuple[Orchestration, AsyncIterator[Chunk]]:
+    """A stream under way (its first token in hand), or the refusal as an ApiError."""
     try:
-        orchestration, chunks = await svc.orchestrator.stream(request)
+        return await svc.orchestrator.stream(request)
     except (UnknownProvider, LimitExceeded) as exc:
         raise _refused(request, exc) from None
     except NoDeployment as exc:
         raise _no_deployment(exc) from None
+
+
+async def _stream(svc: Services, request: LLMRequest, events: EventWriter) -> Any:
+    orchestration, chunks = await _open(svc, request)
     failure = _failure(orchestration.results)
     if failure is not None:  # failed before the first token: an ordinary error response
         status, error = failure
@@ -426,6 +479,67 @@ async def _stream(svc: Services, request: LLMRequest, events: EventWriter) -> An
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 
+async def _stream_choices(svc: Services, requests: list[LLMRequest], requested: str) -> Any:
+    """n streams as one: each choice's chunks under its `index`, as they come, then one
+    usage chunk for them all. A stream failing before its first token fails the request;
+    after it, the stream ends with the error event."""
+    opened = await _all([_open(svc, r) for r in requests])
+    for (orchestration, chunks), one in zip(opened, requests):
+        failure = _failure(orchestration.results)
+        if failure is not None:
+            for _, others in opened:
+                await _close(others)
+            status, error = failure
+            return JSONResponse({"error": error}, status_code=status, headers=_headers(orchestration, one))
+    first = opened[0][0]
+    writers = [_openai_events(requested, index=i, completion_id=_completion_id(first)) for i in range(len(opened))]
+    queue: asyncio.Queue[tuple[int, Chunk | None, ProviderError | None]] = asyncio.Queue()
+
+    async def pump(index: int, chunks: AsyncIterator[Chunk]) -> None:
+        try:
+            async for chunk in chunks:
+                await queue.put((index, chunk, None))
+            await queue.put((index, None, None))
+        except ProviderError as exc:
+            await queue.put((index, None, exc))
+
+    async def body() -> AsyncIterator[str]:
+        pumps = [asyncio.create_task(pump(i, chunks)) for i, (_, chunks) in enumerate(opened)]
+        usages, running = [], len(pumps)
+        try:
+            while running:
+                index, chunk, error = await queue.get()
+                if error is not None:
+                    yield writers[index](opened[index][0], None, error)
+                    return
+                if chunk is None:
+                    running -= 1
+                    continue
+                if chunk.usage is not None:
+                    usages.append(chunk.usage)
+                yield writers[index](opened[index][0], chunk, None)
+            created = int(time.time())
+            yield _sse({"id": _completion_id(first), "object": "chat.completion.chunk", "created": created,
+                        "model": first.results[0].model or requested, "choices": [],
+                        "usage": _summed([openai_wire.usage_of(u) for u in usages])})
+            yield "data: [DONE]\n\n"
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            for _, chunks in opened:
+                await _close(chunks)
+
+    headers = _headers(first, requests[0]) | {"cache-control": "no-cache"}
+    return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
+
+
+async def _close(chunks: AsyncIterator[Chunk]) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()
+
+
 def _sse(payload: dict[str, Any]) -> str:
     return f"data: {fastjson.dumps(payload).decode()}\n\n"
 
@@ -435,7 +549,9 @@ def _error_event(exc: ProviderError) -> str:
                            type="provider_error", code=exc.error_class))
 
 
-def _openai_events(requested: str) -> EventWriter:
+def _openai_events(requested: str, index: int = 0, completion_id: str | None = None) -> EventWriter:
+    """The chunks of one choice (`index`). Choice 0 alone also ends with the usage chunk;
+    the choices of n > 1 leave it to _stream_choices, which sums them."""
     created = int(time.time())
     started = False
 
@@ -445,17 +561,16 @@ def _openai_events(requested: str) -> EventWriter:
             return _error_event(error)
         assert chunk is not None
         result = orchestration.results[0]
-        base = {"id": _completion_id(orchestration), "object": "chat.completion.chunk", "created": created,
-                "model": result.model or requested}
+        base = {"id": completion_id or _completion_id(orchestration), "object": "chat.completion.chunk",
+                "created": created, "model": result.model or requested}
         if chunk.is_final:
             out = ""
             if chunk.finish_reason:
-                out += _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": chunk.finish_reason,
+                out += _sse({**base, "choices": [{"index": index, "delta": {}, "finish_reason": chunk.finish_reason,
                                                    "logprobs": None}]})
-            usage = chunk.usage
-            return out + _sse({**base, "choices": [], "usage": {
-                "prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens}})
+            if completion_id is not None or chunk.usage is None:
+                return out
+            return out + _sse({**base, "choices": [], "usage": openai_wire.usage_of(chunk.usage)})
         delta: dict[str, Any] = {}
         if not started:
             delta["role"] = "assistant"
@@ -464,7 +579,7 @@ def _openai_events(requested: str) -> EventWriter:
             delta["content"] = chunk.text
         if chunk.tool_calls:
             delta["tool_calls"] = chunk.tool_calls
-        return _sse({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": chunk.finish_reason,
+        return _sse({**base, "choices": [{"index": index, "delta": delta, "finish_reason": chunk.finish_reason,
                                           "logprobs": openai_wire.logprobs(chunk.logprobs)}]})
 
     return write

@@ -102,3 +102,28 @@ def test_langchain_chat_openai(base_url: str) -> None:
     assert reply.usage_metadata and reply.usage_metadata["total_tokens"] > 0
     streamed = "".join(chunk.content for chunk in llm.stream("Stream it."))
     assert streamed
+
+
+async def test_n_choices_are_served_each_by_a_call_of_its_own(open_gateway: Any, schema_validator: Any) -> None:
+    body = {"model": "auto", "messages": MESSAGES, "n": 3, "max_tokens": 30}
+    async with open_gateway() as gw:
+        one = (await gw.client.post("/v1/chat/completions", json={**body, "n": 1})).json()
+        many = await gw.client.post("/v1/chat/completions", json=body)
+        streamed = await gw.client.post("/v1/chat/completions", json={**body, "stream": True})
+        too_many = await gw.client.post("/v1/chat/completions", json={**body, "n": 17})
+    assert many.status_code == 200, many.text
+    schema_validator(many.json(), "CreateChatCompletionResponse")
+    choices = many.json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2] and all(c["message"]["content"] for c in choices)
+    assert many.json()["usage"]["prompt_tokens"] == 3 * one["usage"]["prompt_tokens"]
+    assert many.json()["orchesity"]["cached"] is False and len(many.json()["orchesity"]["providers"]) == 3
+    chunks = [json.loads(line[6:]) for line in streamed.text.splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    for chunk in chunks:
+        schema_validator(chunk, "CreateChatCompletionStreamResponse")
+    finished = sorted(c["choices"][0]["index"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"])
+    assert finished == [0, 1, 2] and len({c["id"] for c in chunks}) == 1
+    usage = [c["usage"] for c in chunks if c.get("usage")]
+    assert len(usage) == 1 and usage[0]["prompt_tokens"] == 3 * one["usage"]["prompt_tokens"]
+    assert chunks[-1]["usage"] == usage[0] and streamed.text.rstrip().endswith("data: [DONE]")
+    assert too_many.status_code in (400, 422) and "n" in too_many.text
