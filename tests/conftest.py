@@ -152,6 +152,25 @@ def open_gateway(gateway_settings: Settings,
     return _open
 
 
+@pytest.fixture(scope="session")
+def schema_validator() -> Callable[[Any, str], None]:
+    """validate(instance, name): `instance` against the schema `name` of the structural
+    subset of OpenAI's spec committed beside the tests (scripts/openai_schemas.py)."""
+    import jsonschema
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    document = json.loads((Path(__file__).with_name("openai_schemas.json")).read_text(encoding="utf-8"))
+    registry = Registry().with_resource(
+        "urn:openai", Resource.from_contents(document, default_specification=DRAFT202012))
+
+    def validate(instance: Any, name: str) -> None:
+        schema = {"$ref": f"urn:openai#/components/schemas/{name}"}
+        jsonschema.Draft202012Validator(schema, registry=registry).validate(instance)
+
+    return validate
+
+
 def providers_file(directory: Path, deployments: list[dict[str, Any]]) -> Path:
     """A providers file (JSON) with exactly these deployments."""
     path = directory / "providers.json"

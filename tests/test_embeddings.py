@@ -12,10 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jsonschema
 import pytest
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 from sqlalchemy import select
 
 from core import requestlog
@@ -32,7 +29,6 @@ from functions.gateway import build_app
 from tests.conftest import providers_file
 from tests.servers import serve
 
-SCHEMAS = Path(__file__).with_name("openai_schemas.json")
 OPENAI_EMBEDDINGS = "https://api.openai.com/v1/embeddings"
 SECOND_EMBEDDINGS = "https://embed.example.com/v1/embeddings"
 SIM = {"latency_ms": 1, "ms_per_token": 0, "jitter": 0, "seed": 3}
@@ -49,19 +45,6 @@ def sim(name: str, priority: int = 100, serves: list[str] | None = None, **simul
 
 def cosine(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True))
-
-
-@pytest.fixture(scope="module")
-def schema_validator() -> Any:
-    document = json.loads(SCHEMAS.read_text(encoding="utf-8"))
-    registry = Registry().with_resource(
-        "urn:openai", Resource.from_contents(document, default_specification=DRAFT202012))
-
-    def validate(instance: Any, name: str) -> None:
-        schema = {"$ref": f"urn:openai#/components/schemas/{name}"}
-        jsonschema.Draft202012Validator(schema, registry=registry).validate(instance)
-
-    return validate
 
 
 @pytest.fixture

@@ -6,34 +6,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 from core.settings import Settings
 from functions.gateway import build_app
 from tests.servers import serve
 
-# What scripts/openai_schemas.py keeps of OpenAI's OpenAPI spec, committed beside the tests.
-SCHEMAS = Path(__file__).with_name("openai_schemas.json")
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
-
-
-@pytest.fixture(scope="module")
-def schema_validator() -> Any:
-    document = json.loads(SCHEMAS.read_text(encoding="utf-8"))
-    registry = Registry().with_resource(
-        "urn:openai", Resource.from_contents(document, default_specification=DRAFT202012))
-
-    def validate(instance: Any, name: str) -> None:
-        schema = {"$ref": f"urn:openai#/components/schemas/{name}"}
-        jsonschema.Draft202012Validator(schema, registry=registry).validate(instance)
-
-    return validate
 
 
 @pytest.fixture

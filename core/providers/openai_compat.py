@@ -377,9 +377,7 @@ class OpenAICompatAdapter:
 
     def _completion(self, data: Any, request: ChatRequest) -> Completion:
         spec = self.spec
-        if not isinstance(data, dict):
-            kind = "text" if isinstance(data, str) else type(data).__name__
-            raise ProviderBadResponse(f"expected a JSON object, got {kind}", deployment=spec.name)
+        _require_object(data, spec.name)
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             if data.get("error"):
@@ -408,9 +406,7 @@ class OpenAICompatAdapter:
 
     def _embeddings(self, data: Any, request: EmbeddingRequest) -> Embeddings:
         spec = self.spec
-        if not isinstance(data, dict):
-            kind = "text" if isinstance(data, str) else type(data).__name__
-            raise ProviderBadResponse(f"expected a JSON object, got {kind}", deployment=spec.name)
+        _require_object(data, spec.name)
         items = data.get("data")
         if not isinstance(items, list):
             if data.get("error"):
@@ -510,6 +506,12 @@ class OpenAICompatAdapter:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _require_object(data: Any, deployment: str) -> None:
+    if not isinstance(data, dict):
+        kind = "text" if isinstance(data, str) else type(data).__name__
+        raise ProviderBadResponse(f"expected a JSON object, got {kind}", deployment=deployment)
 
 
 def _json_or_text(response: httpx2.Response) -> object:
