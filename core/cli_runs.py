@@ -60,7 +60,7 @@ def run(
     plan, and follow it live (a progress bar and the step list) until it ends."""
     from pydantic import ValidationError
 
-    from core.runs.pipeline import RunInvalid
+    from core.runs.pipeline import PlanUnavailable, RunInvalid
     from core.runs.submit import Caller, RunRequest, prepare, submit
 
     try:
@@ -84,6 +84,8 @@ def run(
         outcome = _run(_with_services(_settings(), work))
     except RunInvalid as exc:
         raise _fail("the run cannot start:\n  " + "\n  ".join(exc.problems)) from None
+    except PlanUnavailable as exc:
+        raise _fail(f"the goal could not be planned: {exc}") from None
     typer.echo(outcome)
     if not detach and not dry_run and not outcome.startswith("succeeded"):
         raise typer.Exit(1)

@@ -43,7 +43,7 @@ from core import progress
 from core.auth import Principal, Scope
 from core.db import load_driver
 from core.runs import views
-from core.runs.pipeline import Pipeline, RunInvalid
+from core.runs.pipeline import Pipeline, PlanUnavailable, RunInvalid
 from core.runs.submit import Caller, RunRequest, Submitted, prepare, submit
 from core.runs.webhooks import WebhookRefused, signed, verify
 from core.services import Services
@@ -128,6 +128,10 @@ async def start(request: Request, background: BackgroundTasks, svc: Services = D
     except RunInvalid as exc:
         param = exc.problems[0].split(":")[0] if exc.problems else None
         raise ApiError(422, str(exc), param=param, code="invalid_run", details=exc.problems) from None
+    except PlanUnavailable as exc:
+        raise ApiError(exc.status, f"the goal could not be planned: {exc}", param="goal",
+                       type="rate_limit_exceeded" if exc.status == 429 else "service_unavailable",
+                       code="planner_unavailable") from None
     if run.new and svc.settings.RUN_INLINE_BUDGET_SECONDS > 0 and not _ON_LAMBDA:
         background.add_task(_advance, svc, run.id)
     return JSONResponse(_started(svc, request, run), status_code=202 if run.new else 200,

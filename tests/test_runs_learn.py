@@ -264,3 +264,26 @@ async def test_a_change_of_embedding_model_loses_no_run_and_reembeds_them(open_g
     assert (row.embedding_model, row.dims) == ("wide-embed", 48)
     assert any("vector(16)" in i and "tiny-embed" in i for i in indexes)
     assert any("vector(48)" in i and "wide-embed" in i and "hnsw" in i for i in indexes)
+
+
+async def test_a_planning_model_that_fails_is_a_503_naming_the_goal_and_stores_nothing(
+        httpx_mock: Any, open_gateway: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-planner")
+    httpx_mock.add_response(url="https://planner.example/v1/chat/completions", status_code=500,
+                            json={"error": {"message": "upstream exploded"}}, is_reusable=True)
+    path = providers_file(tmp_path, [{"name": "planner", "provider": "openai", "model": "planner-model",
+                                      "base_url": "https://planner.example/v1", "api_key_env": "OPENAI_API_KEY"}])
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=path, PLANNER_EXAMPLES=0) as gw:
+        from sqlalchemy import text
+
+        async def runs() -> int:
+            async with gw.services.db.engine.connect() as conn:
+                return await conn.scalar(text("SELECT count(*) FROM runs"))
+
+        before = await runs()
+        answer = await gw.client.post("/api/runs", json={"goal": "Predict tomorrow"})
+        after = await runs()
+    assert answer.status_code == 503, answer.text
+    error = answer.json()["error"]
+    assert error["param"] == "goal" and error["code"] == "planner_unavailable" and "sk-test-planner" not in answer.text
+    assert after == before  # nothing stored

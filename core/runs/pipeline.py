@@ -157,6 +157,16 @@ class RunInvalid(ValueError):
         self.problems = problems
 
 
+class PlanUnavailable(RuntimeError):
+    """A goal could not be planned (core/runs/planner.py): the planning model failed, or
+    the caller's key is over a limit (`status` 429; 503 otherwise). Nothing is wrong
+    with the request itself."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def parse(document: Any) -> Pipeline:
     """A pipeline from JSON; RunInvalid with every problem the model finds."""
     from pydantic import ValidationError

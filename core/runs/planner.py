@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.runs.pipeline import STEP_ID, Pipeline, RunInvalid
+from core.runs.pipeline import STEP_ID, Pipeline, PlanUnavailable, RunInvalid
 
 if TYPE_CHECKING:
     import httpx2
@@ -170,6 +170,13 @@ Prompts, arguments, instructions and inputs are templates: {{ inputs.goal }} is 
 Keep plans short: the fewest steps that achieve the goal."""
 
 
+def _reason(exc: Exception) -> str:
+    body = getattr(exc, "body", None)  # an openai APIStatusError: the transport's error
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return f"{type(exc).__name__}: {exc}"
+
+
 @dataclass(frozen=True)
 class Planned:
     pipeline: Pipeline
@@ -197,8 +204,9 @@ async def _context(svc: Services, goal: str, caller: Caller, owner: str | None) 
 
 async def plan(svc: Services, goal: str, inputs: dict[str, Any], *, caller: Caller,
                owner: str | None) -> Planned:
-    """A checked pipeline for `goal` (RunInvalid: the plan, repaired once, is still
-    invalid, or no plan could be made). Examples come from `owner`'s runs (None: all)."""
+    """A checked pipeline for `goal`: RunInvalid when the plan, repaired once, is still
+    invalid; PlanUnavailable when the model could not be asked. Examples come from
+    `owner`'s runs (None: all)."""
     import httpx2
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
     from langchain_openai import ChatOpenAI
@@ -227,10 +235,11 @@ async def plan(svc: Services, goal: str, inputs: dict[str, Any], *, caller: Call
             messages += [raw if isinstance(raw, AIMessage) else AIMessage(str(raw)),
                          HumanMessage("That plan cannot run:\n- " + "\n- ".join(problems)
                                       + "\nAnswer with a corrected plan.")]
-    except Exception as exc:  # noqa: BLE001 - the model could not be reached or answered nonsense
-        if isinstance(exc, RunInvalid):
-            raise
-        raise RunInvalid([f"goal: no plan could be made: {type(exc).__name__}: {exc}"]) from None
+    except RunInvalid:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the model could not be reached, or the caller's limits refused it
+        status = getattr(exc, "status_code", None)
+        raise PlanUnavailable(429 if status == 429 else 503, _reason(exc)) from None
     finally:
         await client.aclose()
     raise RunInvalid([f"plan: {problem}" for problem in problems])
