@@ -216,6 +216,8 @@ class _Plan:
     commands: list[Any] = field(default_factory=list)
     entries: list[LogEntry] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
+    streaming: bool = False             # routed on time to first token
+    explored: set[str] = field(default_factory=set)  # deployments picked as a fresh look
 
 
 class Orchestrator:
@@ -277,6 +279,7 @@ class Orchestrator:
         if request.chat is None:
             raise ValueError("only a chat request streams")
         plan = await self._prepare(request)
+        plan.streaming = True
         strategy = request.strategy or self.router.strategy
         if plan.hit is not None:
             result = Result.from_cache(plan.hit["results"][0])
@@ -464,14 +467,16 @@ class Orchestrator:
         if explicit is not None and tried:
             return None  # one named deployment: nothing to fail over to
         try:
-            return await self.router.pick_from(snapshot, strategy=plan.request.strategy,
-                                               exclude=tried, provider=explicit)
+            decision = await self.router.pick_from(snapshot, strategy=plan.request.strategy,
+                                                   exclude=tried, provider=explicit, stream=plan.streaming)
         except KVError:  # claiming a half-open probe failed with Redis: decide without it
             decision = self.router.decide(snapshot, strategy=plan.request.strategy, exclude=tried,
-                                          provider=explicit)
+                                          provider=explicit, stream=plan.streaming)
             if decision is not None:
                 self.store.start(decision.provider)
-            return decision
+        if decision is not None and decision.explore:
+            plan.explored.add(decision.provider)
+        return decision
 
     async def _attempt(self, plan: _Plan, slot: list[Adapter], result: Result,
                        call: Call[T]) -> tuple[Adapter, T, float] | None:
@@ -575,7 +580,8 @@ class Orchestrator:
         result.cost = adapter.spec.cost(usage)
         result.attempts.append(Attempt(adapter.name, _model(plan.request, adapter), elapsed))
         plan.outcomes.append(Outcome(adapter.name, OutcomeKind.SUCCESS, elapsed, time.time(),
-                                     usage.prompt_tokens, usage.completion_tokens, ttft_s=result.ttft))
+                                     usage.prompt_tokens, usage.completion_tokens, ttft_s=result.ttft,
+                                     fresh=adapter.name in plan.explored))
         self._log_result(plan, result, elapsed)
 
     def _failed(self, plan: _Plan, result: Result, adapter: Adapter, exc: ProviderError, started: float,
@@ -773,11 +779,11 @@ def build_orchestrator(settings: Settings, db: Database, kv: KV | None, *,
     if kv is not None:
         from core.dwa.store import RedisDWAStore
 
-        store: DWAStore = RedisDWAStore(kv, profiles)
+        store: DWAStore = RedisDWAStore(kv, profiles, settings.dwa_config)
     else:
         from core.dwa.pg_store import PostgresDWAStore
 
-        store = PostgresDWAStore(db, profiles)
+        store = PostgresDWAStore(db, profiles, settings.dwa_config)
     router = Router(store, strategy=settings.DWA_ROUTING_STRATEGY)
     return Orchestrator(registry=registry, router=router, store=store, kv=kv, db=db,
                         cache_ttl=settings.CACHE_EXPIRE_SECONDS, cache_mode=settings.CACHE_MODE,

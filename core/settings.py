@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import re
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from core.dwa.config import DWAConfig
 
 
 class RoutingStrategy(str, Enum):
@@ -124,6 +127,17 @@ class Settings(BaseSettings):
 
     # --- Routing and providers --------------------------------------------------------
     DWA_ROUTING_STRATEGY: RoutingStrategy = RoutingStrategy.load_balanced
+    # The DWA's tunables (core/dwa/config.py says what each does; the defaults are its own)
+    DWA_AVAILABILITY_HALF_LIFE_S: float = Field(default=60.0, gt=0, le=86_400)
+    DWA_LATENCY_HALF_LIFE_S: float = Field(default=6.0, gt=0, le=3600)
+    DWA_EVIDENCE_HALF_LIFE_S: float = Field(default=20.0, gt=0, le=3600)
+    DWA_EXPLORE_AFTER_S: float = Field(default=30.0, gt=0, le=3600)
+    DWA_EXPLORE_SHARE: float = Field(default=0.005, ge=0, le=0.5)
+    DWA_EXPLORE_MIN_S: float = Field(default=0.5, ge=0, le=3600)
+    DWA_SHARPNESS: float = Field(default=16.0, ge=1, le=64)
+    DWA_FAILURE_THRESHOLD: int = Field(default=5, ge=1, le=1000)
+    DWA_COOLDOWN_S: float = Field(default=5.0, gt=0, le=3600)
+    DWA_COOLDOWN_MAX_S: float = Field(default=30.0, gt=0, le=86_400)
     OPENAI_API_KEY: SecretStr | None = None
     ANTHROPIC_API_KEY: SecretStr | None = None
     GEMINI_API_KEY: SecretStr | None = None
@@ -171,6 +185,19 @@ class Settings(BaseSettings):
     WEBHOOK_SECRETS: SecretStr | None = None  # comma-separated whsec_… (Standard Webhooks), several for rotation
     CALLBACK_ALLOW_HOSTS: str = ""  # comma-separated hosts a run's callback_url may reach on a private address
     ORCHESITY_PIPELINES_FILE: Path | None = Path("pipelines.json")  # core/runs/pipelines_file.py; absent: none
+
+    @property
+    def dwa_config(self) -> DWAConfig:
+        """The DWA's tunables as these settings give them (the rest at their defaults)."""
+        from core.dwa.config import DWAConfig
+
+        return DWAConfig(
+            availability_half_life_s=self.DWA_AVAILABILITY_HALF_LIFE_S,
+            latency_half_life_s=self.DWA_LATENCY_HALF_LIFE_S, evidence_half_life_s=self.DWA_EVIDENCE_HALF_LIFE_S,
+            explore_after_s=self.DWA_EXPLORE_AFTER_S, explore_share=self.DWA_EXPLORE_SHARE,
+            explore_min_s=self.DWA_EXPLORE_MIN_S, sharpness=self.DWA_SHARPNESS,
+            failure_threshold=self.DWA_FAILURE_THRESHOLD, cooldown_s=self.DWA_COOLDOWN_S,
+            cooldown_max_s=self.DWA_COOLDOWN_MAX_S)
 
     @property
     def callback_allow_hosts(self) -> list[str]:
@@ -251,6 +278,13 @@ class Settings(BaseSettings):
         if url is not None:
             database_scheme(url.get_secret_value())
         return url
+
+    @model_validator(mode="after")
+    def _cooldowns(self) -> "Settings":
+        if self.DWA_COOLDOWN_MAX_S < self.DWA_COOLDOWN_S:
+            raise ValueError(f"DWA_COOLDOWN_MAX_S ({self.DWA_COOLDOWN_MAX_S:g}) is below DWA_COOLDOWN_S "
+                             f"({self.DWA_COOLDOWN_S:g}): an open circuit's cooldown grows up to it")
+        return self
 
     @model_validator(mode="after")
     def _upstash_pair(self) -> "Settings":

@@ -4,6 +4,7 @@ mocked at their HTTP boundary (pytest-httpx) or served by a local fake over real
 from __future__ import annotations
 
 import json
+from collections import Counter
 import time
 from pathlib import Path
 from typing import Any
@@ -435,3 +436,25 @@ async def test_logprobs_come_back_plain_and_streamed(open_gateway: Any, tmp_path
     assert plain.json()["choices"][0]["logprobs"]["content"] == LOGPROBS
     deltas = [e for e in await sse(streamed) if e != "[DONE]" and e["choices"]]
     assert deltas[0]["choices"][0]["logprobs"]["content"] == LOGPROBS
+
+
+async def test_streams_are_routed_on_time_to_first_token(open_gateway: Any, tmp_path: Path) -> None:
+    """`early`: first token at once, then slow; `late`: a long wait, then the whole reply.
+    A plain call is quicker on `late`, a stream's first token on `early`: each kind of
+    request goes where it is served best."""
+    path = providers_file(tmp_path, [
+        {"name": "early", "kind": "simulated", "simulation": {"latency_ms": 2, "ms_per_token": 4, "jitter": 0,
+                                                              "reply_tokens": 40, "seed": 1}},
+        {"name": "late", "kind": "simulated", "simulation": {"latency_ms": 60, "ms_per_token": 0, "jitter": 0,
+                                                             "reply_tokens": 40, "seed": 2}}])
+    picked: dict[bool, Counter[str]] = {True: Counter(), False: Counter()}
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=path, DWA_ROUTING_STRATEGY="latency") as gw:
+        for i in range(24):
+            for stream in (True, False):
+                body = {"model": "auto", "messages": [{"role": "user", "content": f"q {i} {stream}"}],
+                        "stream": stream}
+                answer = await gw.client.post("/v1/chat/completions", json=body)
+                assert answer.status_code == 200, answer.text
+                picked[stream][answer.headers["x-orchesity-provider"]] += 1
+    assert picked[True]["early"] >= 18, picked  # streams: the quick first token
+    assert picked[False]["late"] >= 18, picked  # plain calls: the quick whole answer

@@ -42,12 +42,15 @@ class DWAPolicy:
             for k in range(scenario.instances)
         ]
         self.reasons: dict[str, int] = defaultdict(int)
+        self.explored: set[tuple[int, str]] = set()  # (request, provider) picked as a fresh look
 
     async def pick(self, request: Request, now: float, exclude: Sequence[str]) -> str | None:
         decision = await self.routers[request.instance].pick(self.names, now, exclude=exclude)
         if decision is None:
             return None
         self.reasons[decision.reason] += 1
+        if decision.explore:
+            self.explored.add((request.rid, decision.provider))
         return decision.provider
 
     async def record(self, request: Request, name: str, result: CallResult, now: float) -> None:
@@ -57,7 +60,9 @@ class DWAPolicy:
             input_tokens=request.input_tokens if ok else 0,
             output_tokens=request.output_tokens if ok else 0,
             error=result.error, retry_after_s=result.retry_after,
+            fresh=(request.rid, name) in self.explored,
         ))
+        self.explored.discard((request.rid, name))
 
 
 # --- LiteLLM ---------------------------------------------------------------------------

@@ -30,7 +30,9 @@ class DWAConfig:
     # provider per 30 s or so, whatever the traffic and however slow it looked.
     latency_half_life_s: float = 6.0
     evidence_half_life_s: float = 20.0
-    explore_after_s: float = 30.0   # no latency sample for this long: evidence counts as 0
+    explore_after_s: float = 30.0   # no latency sample for this long: evidence counts as 0;
+    explore_share: float = 0.005    # so too for a candidate with less than this share of the
+    explore_min_s: float = 0.5      # candidates' evidence, after this long without a sample
     ttft_tokens: float = 40.0  # routing compares latency / (output tokens + this); see scoring.py
     latency_prior_weight: float = 1.0
     latency_optimism: float = 0.1   # the prior is this much faster than the best mean seen

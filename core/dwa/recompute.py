@@ -10,11 +10,12 @@ Per provider, over the last `window_seconds` of `request_log` (up to `now`):
     latency    p50, p95 of successful attempts; L = √(p50 · p95), so the tail counts
     price      P = cost / tokens × 1000 over successful attempts (None if no tokens)
 
-    weight     w = (1 − e)² · min(L) / L · ((min(P) + ε) / (P + ε))^0.1     ∈ [0, 1]
+    weight     w = quality(1 − e, min(L) / L, price factor of P)               ∈ [0, 1]
 
-reliability squared, as `a²` in the live score (scoring.py); speed relative to the
-fastest provider of the window; a mild price factor (10× the price: ×0.79, 2×: ×0.93)
-with ε = DWAConfig.price_floor_per_1k. A provider with no successful attempt gets 0.
+the live score's own formula (scoring.quality: a² · v · c^0.02), with the window's
+success rate for the availability, speed relative to the fastest provider of the
+window, and the price factor against the cheapest (scoring.price_factor). A provider
+with no successful attempt gets 0.
 Latency is per request, not per token as in the live score: over a window the providers
 see much the same mix of requests.
 
@@ -44,13 +45,13 @@ from sqlmodel import select
 
 from core.db import Database
 from core.dwa.config import DWAConfig
+from core.dwa.scoring import price_factor, quality
 from core.dwa.store import BASELINE_TTL_WINDOWS, baseline_key
 from core.kv import KV
 from core.models import ProviderWeight
 
 BUCKET_SECONDS = 60
 MIN_SAMPLES = 5
-PRICE_EXPONENT = 0.1
 
 _AGGREGATE = text("""
 SELECT provider,
@@ -83,7 +84,7 @@ def window_end(now: datetime | float | None = None) -> datetime:
 
 
 def baseline_weights(figures: Sequence[dict[str, Any]], *, min_samples: int = MIN_SAMPLES,
-                     price_floor: float = DWAConfig().price_floor_per_1k) -> list[float | None]:
+                     config: DWAConfig = DWAConfig()) -> list[float | None]:
     """The formula of the module docstring, for each provider's figures (samples, errors,
     p50/p95 latency in ms, cost per 1k tokens); None below `min_samples`."""
     eligible = [f for f in figures if f["samples"] >= min_samples]
@@ -99,12 +100,11 @@ def baseline_weights(figures: Sequence[dict[str, Any]], *, min_samples: int = MI
         if f["p50_latency_ms"] is None or fastest is None:
             weights.append(0.0)
             continue
-        reliability = (1.0 - f["error_rate"]) ** 2
         speed = fastest / _latency(f) if fastest > 0 else 1.0
         price = 1.0
         if f["cost_per_1k_tokens"] is not None and cheapest is not None:
-            price = ((cheapest + price_floor) / (f["cost_per_1k_tokens"] + price_floor)) ** PRICE_EXPONENT
-        weights.append(min(1.0, max(0.0, reliability * speed * price)))
+            price = price_factor(f["cost_per_1k_tokens"], cheapest, config)
+        weights.append(min(1.0, max(0.0, quality(1.0 - f["error_rate"], speed, price, config))))
     return weights
 
 

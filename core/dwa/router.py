@@ -51,6 +51,7 @@ class Decision:
     reason: str                 # dwa_selection_reason
     strategy: RoutingStrategy
     probe: bool = False         # this call is the half-open probe (already claimed by pick)
+    explore: bool = False       # a fresh look at a provider whose old evidence was set aside
 
 
 class Router:
@@ -124,7 +125,7 @@ class Router:
             reason = "fallback_after_error"
         elif len(available) == 1:
             reason = "only_available"
-        return Decision(available[index].name, ev.quality[index], reason, strategy)
+        return Decision(available[index].name, ev.quality[index], reason, strategy, explore=ev.exploring[index])
 
     async def pick_from(self, snapshot: Snapshot, **options: Any) -> Decision | None:
         """decide(), claiming the probe when it picked a half-open provider (one more

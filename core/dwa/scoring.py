@@ -63,41 +63,23 @@ from core.dwa.config import DWAConfig
 from core.dwa.state import ProviderState
 
 
+
 def availability(successes: float, failures: float, config: DWAConfig) -> float:
-    """Posterior mean success probability; never 0, whatever the failures."""
-    a0, b0 = config.prior_success, config.prior_failure
-    return (successes + a0) / (successes + failures + a0 + b0)
+    """a: the posterior mean success probability; never 0, whatever the failures."""
+    a0 = config.prior_success
+    return (successes + a0) / (successes + failures + a0 + config.prior_failure)
 
 
-def observed(state: ProviderState, stream: bool) -> tuple[float, float]:
-    """(decayed sample weight, mean) of the latency routing compares for this call: time
-    to first token for a stream, else latency / (output tokens + ttft_tokens)."""
-    if stream:
-        return state.ttft_weight, state.ttft_mean
-    return state.latency_weight, state.latency_norm
+def quality(availability: float, speed: float, price_factor: float, config: DWAConfig) -> float:
+    """q = a^2 · v · c^0.02 (see the module docstring): the live score, before the
+    baseline, and the baseline itself (recompute.py, over the request log's figures)."""
+    return availability ** config.availability_exponent * speed * price_factor ** config.cost_exponent
 
 
-def latency_prior(states: Sequence[ProviderState], config: DWAConfig, stream: bool = False) -> float:
-    """L*: a little below the lowest mean any candidate has shown (default_latency_s if
-    none has data)."""
-    best = math.inf
-    for state in states:
-        weight, mean = observed(state, stream)
-        if weight > 0.0 and mean < best:
-            best = mean
-    return best * (1.0 - config.latency_optimism) if best < math.inf else config.default_latency_s
-
-
-def expected_latency(state: ProviderState, prior: float, config: DWAConfig, now: float,
-                     stream: bool = False) -> float:
-    """L for one candidate (see the module docstring; `evaluate` inlines the same)."""
-    weight, mean = observed(state, stream)
-    if mean > 0.0:
-        if now - state.last_success > config.explore_after_s:
-            weight = 0.0
-        weight += state.in_flight
-    k0 = config.latency_prior_weight
-    return (weight * mean + k0 * prior) / (weight + k0)
+def price_factor(price: float, cheapest: float, config: DWAConfig) -> float:
+    """c: 1 for the cheapest candidate, less for dearer ones (prices below the floor tie)."""
+    floor = config.price_floor_per_1k
+    return (cheapest + floor) / (price + floor)
 
 
 def load_factor(state: ProviderState, config: DWAConfig) -> float:
@@ -107,60 +89,61 @@ def load_factor(state: ProviderState, config: DWAConfig) -> float:
     return 1.0 / (1.0 + x * x)
 
 
+def _observed(state: ProviderState, stream: bool) -> tuple[float, float]:
+    """(evidence, mean) of the latency routing compares for this call: time to first
+    token for a stream, else latency / (output tokens + ttft_tokens)."""
+    if stream:
+        return state.ttft_weight, state.ttft_mean
+    return state.latency_weight, state.latency_norm
+
+
 class Evaluation:
     """The formula's terms for each candidate, as parallel lists (cheap to build)."""
 
-    __slots__ = ("availability", "latency", "price", "quality")
+    __slots__ = ("availability", "latency", "price", "quality", "exploring")
 
     def __init__(self, availability: list[float], latency: list[float], price: list[float],
-                 quality: list[float]) -> None:
+                 quality: list[float], exploring: list[bool]) -> None:
         self.availability = availability
         self.latency = latency
         self.price = price
         self.quality = quality
+        self.exploring = exploring  # its evidence was set aside: a call would be a fresh look
 
 
 def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
              stream: bool = False) -> Evaluation:
-    """Score every candidate at `now` (see the module docstring). Runs on every decision."""
-    stale_before = now - config.explore_after_s
-    a0 = config.prior_success
-    ab0 = a0 + config.prior_failure
+    """Score every candidate at `now` (the module docstring's formula). Runs on every
+    decision; the strategies, the stats and the recompute's baseline use its terms."""
+    observed = [_observed(state, stream) for state in states]
+    best = min((mean for weight, mean in observed if weight > 0.0), default=math.inf)
+    prior = best * (1.0 - config.latency_optimism) if best < math.inf else config.default_latency_s
     k0 = config.latency_prior_weight
-    prior = latency_prior(states, config, stream)
-    k0_prior = k0 * prior
+    stale_before = now - config.explore_after_s
+    recent_before = now - config.explore_min_s
+    scarce = sum(weight for weight, _ in observed) * config.explore_share
     avails: list[float] = []
     latencies: list[float] = []
-    prices: list[float] = []
-    for state in states:
-        s = state.successes
-        avails.append((s + a0) / (s + state.failures + ab0))
-        if stream:
-            weight, mean = state.ttft_weight, state.ttft_mean
-        else:
-            weight, mean = state.latency_weight, state.latency_norm
+    exploring: list[bool] = []
+    for state, (weight, mean) in zip(states, observed):
+        avails.append(availability(state.successes, state.failures, config))
+        fresh = False
         if mean > 0.0:
-            if state.last_success < stale_before:
-                weight = 0.0  # nothing heard for explore_after_s: time to look again
+            if state.last_success < stale_before or (weight < scarce and state.last_success < recent_before):
+                weight, fresh = 0.0, True  # nothing heard for a while, or too little of the traffic: look again
             weight += state.in_flight  # pending calls, imputed at the current mean
-        latencies.append((weight * mean + k0_prior) / (weight + k0))
-        prices.append(state.profile.unit_price)
-    best_latency = min(latencies)
-    floor = config.price_floor_per_1k
-    best_price = min(prices) + floor
-    exp_a = config.availability_exponent
-    exp_c = config.cost_exponent
+        latencies.append((weight * mean + k0 * prior) / (weight + k0))
+        exploring.append(fresh and not state.in_flight)
+    prices = [state.profile.unit_price for state in states]
+    fastest, cheapest = min(latencies), min(prices)
     blend = config.baseline_blend
     qualities: list[float] = []
     for i, state in enumerate(states):
-        q = avails[i] ** exp_a * (best_latency / latencies[i])
-        price = prices[i] + floor
-        if price > best_price:
-            q *= (best_price / price) ** exp_c
+        q = quality(avails[i], fastest / latencies[i], price_factor(prices[i], cheapest, config), config)
         if state.baseline is not None:
             q *= 1.0 - blend + blend * state.baseline
         qualities.append(q)
-    return Evaluation(avails, latencies, prices, qualities)
+    return Evaluation(avails, latencies, prices, qualities, exploring)
 
 
 def p95_latency(state: ProviderState) -> float | None:

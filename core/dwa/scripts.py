@@ -11,7 +11,8 @@ The provider hash (KEYS[1]) holds, by field:
              availability_half_life_s
     lw, lm   decayed latency sample weight and mean latency (s); decayed with
              latency_half_life_s. A decayed mean is an EWMA whose alpha is set by the
-             elapsed time: m += (x - m) / (w * 2^(-dt/H) + 1)
+             elapsed time: m += (x - m) / (w * 2^(-dt/H) + 1); a fresh look (the
+             outcome's `fresh`) sets the weights to 0 first: the means restart from it
     nm       decayed mean of latency / (output tokens + ttft_tokens): what routing
              compares (see scoring.py), same weight lw
     l1, l2   decayed means of ln(latency) and ln(latency)^2 (p95 from a log-normal fit)
@@ -44,7 +45,7 @@ SHORT = frozenset(("s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe
 # ARGV, in order (store.py builds them).
 RECORD_ARGS = ("now", "kind", "latency", "ttft", "tin", "tout", "cost", "retry", "eclass", "instance",
                "inflight", "hl_av", "hl_lat", "threshold", "cool0", "coolmax", "rl_default", "ttl",
-               "if_age", "ktok", "hl_ev")
+               "if_age", "ktok", "hl_ev", "fresh")
 
 
 def _lua_list(names: tuple[str, ...] | frozenset[str]) -> str:
@@ -80,6 +81,8 @@ h.ew = h.ew * de; h.fe = h.fe * de
 h.n = h.n + 1
 h.ti = h.ti + tin; h.to = h.to + tout; h.c = h.c + cost
 if kind == 'ok' then
+  -- a fresh look (see Outcome.fresh): the means start again from this sample
+  if fresh == '1' then h.lw = 0; h.fw = 0; h.pw = 0 end
   h.ok = h.ok + 1; h.s = h.s + 1; h.cf = 0
   local x = math.max(latency, 0.000001)
   local lx = math.log(x)

@@ -51,6 +51,7 @@ class Outcome:
     ttft_s: float | None = None
     error: str | None = None
     retry_after_s: float | None = None
+    fresh: bool = False
 
 
 @dataclass(slots=True)

@@ -305,7 +305,7 @@ class RedisDWAStore(StoreBase):
             repr(float(outcome.now)), outcome.kind.value, repr(float(outcome.latency_s)),
             repr(float(outcome.ttft_s or 0.0)), int(outcome.input_tokens), int(outcome.output_tokens),
             repr(cost), repr(float(outcome.retry_after_s or 0.0)), outcome.error or outcome.kind.value,
-            self.instance_id, left, *self._record_args,
+            self.instance_id, left, *self._record_args, "1" if outcome.fresh else "0",
         )
         return RECORD.command(self._keys_for(name), args)
 

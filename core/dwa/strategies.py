@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 
 from core.dwa.config import DWAConfig
-from core.dwa.scoring import Evaluation
+from core.dwa.scoring import Evaluation, load_factor
 from core.dwa.state import ProviderState
 from core.settings import RoutingStrategy
 
@@ -52,13 +52,10 @@ def load_balanced(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) 
     """Sample ∝ quality^sharpness × load factor (see scoring.py)."""
     config = ctx.config
     gamma = config.sharpness
-    default_capacity = config.default_capacity
     weights = []
     total = 0.0
     for state, q in zip(cands, ev.quality):
-        capacity = state.profile.max_concurrency or default_capacity
-        x = state.in_flight / capacity
-        w = q**gamma / (1.0 + x * x)
+        w = q**gamma * load_factor(state, config)
         weights.append(w)
         total += w
     best = _argmax(ev.quality)
@@ -119,22 +116,19 @@ def adaptive(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tu
     rng = ctx.rng
     a0, b0 = config.prior_success, config.prior_failure
     exp_a = config.availability_exponent
-    default_capacity = config.default_capacity
     gauss = rng.gauss
     best, best_value = 0, -math.inf
     for i, state in enumerate(cands):
         alpha = a0 + state.successes
         beta = b0 + state.failures
         n = alpha + beta
-        mean_a = alpha / n
+        mean_a = ev.availability[i]  # alpha / n
         if n > 40.0:  # the normal approximation: several times cheaper than betavariate
             a = mean_a + gauss(0.0, 1.0) * math.sqrt(mean_a * (1.0 - mean_a) / (n + 1.0))
             a = 1e-3 if a < 1e-3 else (1.0 if a > 1.0 else a)
         else:
             a = rng.betavariate(alpha, beta) or 1e-3
-        capacity = state.profile.max_concurrency or default_capacity
-        x = state.in_flight / capacity
-        value = ev.quality[i] * (a / ev.availability[i]) ** exp_a / (1.0 + x * x)
+        value = ev.quality[i] * (a / mean_a) ** exp_a * load_factor(state, config)
         if value > best_value:
             best, best_value = i, value
     return best, "adaptive_sample"

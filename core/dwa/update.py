@@ -49,6 +49,8 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
     h["to"] += tout
     h["c"] += cost
     if kind is OutcomeKind.SUCCESS:
+        if outcome.fresh:  # a fresh look: the means restart from this sample
+            h["lw"] = h["fw"] = h["pw"] = 0.0
         h["ok"] += 1
         h["s"] += 1
         h["cf"] = 0
