@@ -29,7 +29,12 @@ state.py; everything already decayed to `now` by elapsed time):
                    costs less the more traffic there is).
                    After 30 s without a sample W counts as 0: a provider that looked
                    slow is tried once every 30 s or so, however slow it looked, so a
-                   recovery is noticed within about that.
+                   recovery is noticed within about that. So too, after 0.5 s, for a
+                   candidate holding less than 0.5% of the candidates' evidence: a
+                   verdict drawn from a few answers (a cold start's) is checked at once
+                   when traffic is heavy, at a cost of at most that share of it. Such a
+                   call is a fresh look: its latency replaces the old means instead of
+                   joining them (the Lua's `fresh`), so one answer undoes the verdict.
                    W' = W + calls in flight: pending calls count at the current mean
                    (the "kriging believer" for pending observations), so while the
                    answer to one exploratory call is awaited, no more are sent.
