@@ -359,20 +359,24 @@ async def test_without_redis_previous_response_id_works_through_postgres(open_ga
     assert row.expires_at > datetime.now(UTC) + timedelta(days=29)
 
 
-async def test_expired_rows_are_not_read_and_are_purged(db: Any) -> None:
+async def test_expired_rows_are_not_read_and_the_cron_tick_deletes_them(open_gateway: Any) -> None:
     response = {"id": "resp_expired_test", "output": []}
-    await response_store.save(None, db, response_store.Stored("someone", [], response), ttl=60)
-    assert await response_store.load(None, db, "resp_expired_test", "someone") is not None
-    assert await response_store.load(None, db, "resp_expired_test", "another") is None
-    async with db.session() as session:
-        row = await session.get(StoredResponse, "resp_expired_test")
-        row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
-        session.add(row)
-        await session.commit()
-    assert await response_store.load(None, db, "resp_expired_test", "someone") is None
-    assert await response_store.purge(db) >= 1
-    async with db.session() as session:
-        assert await session.get(StoredResponse, "resp_expired_test") is None
+    async with open_gateway(KNOWLEDGE_BATCH=0) as gw:
+        db = gw.services.db
+        await response_store.save(None, db, response_store.Stored("someone", [], response), ttl=60)
+        assert await response_store.load(None, db, "resp_expired_test", "someone") is not None
+        assert await response_store.load(None, db, "resp_expired_test", "another") is None
+        async with db.session() as session:
+            row = await session.get(StoredResponse, "resp_expired_test")
+            assert row is not None
+            row.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+            session.add(row)
+            await session.commit()
+        assert await response_store.load(None, db, "resp_expired_test", "someone") is None
+        tick = await gw.client.post("/api/cron/tick")
+        async with db.session() as session:
+            assert await session.get(StoredResponse, "resp_expired_test") is None
+    assert tick.json()["responses"]["expired_deleted"] >= 1
 
 
 async def test_another_key_cannot_continue_or_read_my_response(open_gateway: Any) -> None:
@@ -394,3 +398,33 @@ async def test_another_key_cannot_continue_or_read_my_response(open_gateway: Any
     assert peeked.status_code == 404 and deleted.status_code == 404
     assert continued.status_code == 200, continued.text
     assert anonymous.status_code == 401
+
+
+async def test_with_redis_down_responses_are_kept_in_postgres(open_gateway: Any, tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
+    from core.embedded import start_redis
+
+    own_redis = start_redis(tmp_path)  # not the session's server: this one gets killed
+    async with open_gateway(REDIS_URL=SecretStr(f"unix://{own_redis.socket_path}"), REDIS_DB=0) as gw:
+        before = (await gw.client.post("/v1/responses", json={"model": "auto", "input": "before"})).json()
+        own_redis.kill()
+        during = (await gw.client.post("/v1/responses", json={"model": "auto", "input": "during"})).json()
+        continued = await gw.client.post("/v1/responses", json={"model": "auto", "input": "and then?",
+                                                                "previous_response_id": during["id"]})
+        unknowable = await gw.client.post("/v1/responses", json={"model": "auto", "input": "and then?",
+                                                                 "previous_response_id": before["id"]})
+        async with gw.services.db.session() as session:
+            row = await session.get(StoredResponse, during["id"])
+    assert continued.status_code == 200, continued.text
+    assert row is not None and row.response == during
+    # kept in Redis, which cannot answer: not "not found", since it may well exist
+    assert unknowable.status_code == 503 and unknowable.json()["error"]["code"] == "redis_unavailable"
+
+
+@pytest.mark.parametrize("value", ["10", "forever", str(400 * 24 * 3600)])
+def test_a_bad_responses_ttl_stops_start_up_naming_it(value: str) -> None:
+    from core.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="RESPONSES_TTL_SECONDS"):
+        load_settings(_env_file=None, RESPONSES_TTL_SECONDS=value)
