@@ -11,7 +11,9 @@ Where it lives:
   RESPONSES_TTL_SECONDS. Postgres is not written.
 - Postgres (`stored_responses`, with `expires_at`; the cron tick deletes expired rows)
   when Redis is off, or could not take the write.
-Reads try Redis, then Postgres on a miss (a response written while Redis was down). A
+With Redis, storing costs the request one more round trip (a SET once the answer is in)
+and continuing one more (a GET before the call). Reads try Redis, then Postgres on a
+miss (a response written while Redis was down). A
 Redis that cannot answer and a Postgres without the response is a KVUnavailable, not a
 "not found": the response may well exist.
 

@@ -19,7 +19,7 @@ from referencing.jsonschema import DRAFT202012
 from sqlmodel import select
 
 from core import response_store
-from core.models import StoredResponse
+from core.models import RequestLog, StoredResponse
 from core.settings import Settings
 from functions.gateway import build_app
 from tests.conftest import providers_file
@@ -107,23 +107,27 @@ def test_sdk_create_retrieve_and_stream(base_url: str, validate: Any) -> None:
     assert helper.status == "completed" and helper.output_text == "".join(texts)
 
 
-def test_sdk_tool_round_trip_through_previous_response_id(base_url: str) -> None:
+def test_sdk_tool_round_trip_through_previous_response_id(base_url: str, validate: Any) -> None:
     import openai
 
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
     first = client.responses.create(model="auto", input="What is the weather in Paris?", tools=[WEATHER])
+    validate(first.to_dict(), "Response")
     (call,) = first.output
     assert call.type == "function_call" and call.name == "get_weather" and call.id.startswith("fc_")
     assert json.loads(call.arguments).keys() == {"city"} and first.tools[0].name == "get_weather"
     second = client.responses.create(
         model="auto", previous_response_id=first.id, tools=[WEATHER],
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": '{"celsius": 21}'}])
+    validate(second.to_dict(), "Response")
     assert second.previous_response_id == first.id and second.status == "completed"
     assert "get_weather returned" in second.output_text and "21" in second.output_text
 
     # the same loop streamed: the call's arguments come as deltas
     events = list(client.responses.create(model="auto", input="Weather in Oslo?", tools=[WEATHER],
                                           tool_choice={"type": "function", "name": "get_weather"}, stream=True))
+    for event in events:
+        validate(event.to_dict(), "ResponseStreamEvent")
     arguments = "".join(e.delta for e in events if e.type == "response.function_call_arguments.delta")
     (done,) = [e for e in events if e.type == "response.function_call_arguments.done"]
     assert done.arguments == arguments and done.name == "get_weather" and json.loads(arguments)["city"]
@@ -351,12 +355,16 @@ async def test_without_redis_previous_response_id_works_through_postgres(open_ga
         async with gw.services.db.session() as session:
             rows = (await session.exec(select(StoredResponse).where(StoredResponse.id.in_(  # type: ignore[attr-defined]
                 [first["id"], with_redis["id"]])))).all()
+            logged = (await session.exec(select(RequestLog).where(
+                RequestLog.request_id == "req_" + first["id"].removeprefix("resp_")))).all()
     assert second.status_code == 200 and "get_weather returned: sunny" in second.json()["output"][0]["content"][0]["text"]
     assert events_of(streamed.text)[-1]["type"] == "response.completed"
     assert retrieved.json() == first
     (row,) = rows  # only the one stored without Redis
     assert row.id == first["id"] and row.owner == "open" and row.conversation[0]["content"] == "What is the weather?"
     assert row.expires_at > datetime.now(UTC) + timedelta(days=29)
+    (entry,) = logged  # the request log has it, as for chat (straight to Postgres without Redis)
+    assert entry.endpoint == "responses" and entry.status == "ok" and entry.total_tokens > 0
 
 
 async def test_expired_rows_are_not_read_and_the_cron_tick_deletes_them(open_gateway: Any) -> None:
@@ -428,3 +436,18 @@ def test_a_bad_responses_ttl_stops_start_up_naming_it(value: str) -> None:
 
     with pytest.raises(SettingsError, match="RESPONSES_TTL_SECONDS"):
         load_settings(_env_file=None, RESPONSES_TTL_SECONDS=value)
+
+
+async def test_the_keys_limits_apply(open_gateway: Any) -> None:
+    from core.auth import create_key
+    from core.limits import Limits
+
+    async with open_gateway(OPEN_ACCESS=False) as gw:
+        key, _ = await create_key(gw.services.db, name="limited", scopes=["llm"], created_by="test",
+                                  limits=Limits(requests_per_minute=2))
+        headers = {"authorization": f"Bearer {key}"}
+        replies = [await gw.client.post("/v1/responses", json={"model": "auto", "input": f"n{i}", "stream": i == 2},
+                                        headers=headers) for i in range(3)]
+    assert [r.status_code for r in replies] == [200, 200, 429]
+    assert replies[0].headers["x-ratelimit-limit-requests"] == "2"
+    assert replies[2].json()["error"]["type"] == "rate_limit_exceeded"
