@@ -160,7 +160,8 @@ def test_sdk_store_false_cannot_be_continued(base_url: str) -> None:
 async def test_items_instructions_and_structured_output(open_gateway: Any, validate: Any) -> None:
     items = [
         {"type": "message", "role": "developer", "content": "Answer in JSON."},
-        {"role": "user", "content": [{"type": "input_text", "text": "Name"}, {"type": "input_text", "text": " colours."}]},
+        {"role": "user", "content": [{"type": "input_text", "text": "Name"},
+                                     {"type": "input_text", "text": " colours."}]},
         {"type": "message", "role": "assistant", "id": "msg_1", "status": "completed",
          "content": [{"type": "output_text", "text": "Which ones?", "annotations": []}]},
         {"role": "user", "content": "Three of them, please."},
@@ -357,7 +358,8 @@ async def test_without_redis_previous_response_id_works_through_postgres(open_ga
                 [first["id"], with_redis["id"]])))).all()
             logged = (await session.exec(select(RequestLog).where(
                 RequestLog.request_id == "req_" + first["id"].removeprefix("resp_")))).all()
-    assert second.status_code == 200 and "get_weather returned: sunny" in second.json()["output"][0]["content"][0]["text"]
+    assert second.status_code == 200, second.text
+    assert "get_weather returned: sunny" in second.json()["output"][0]["content"][0]["text"]
     assert events_of(streamed.text)[-1]["type"] == "response.completed"
     assert retrieved.json() == first
     (row,) = rows  # only the one stored without Redis
