@@ -282,7 +282,8 @@ def cron_tick(
     every: Annotated[float | None, typer.Option(min=1, help="Tick again every this many seconds, "
                                                             "until stopped (a scheduler process).")] = None,
 ) -> None:
-    """Drain the request log, recompute routing weights, reconcile budgets: one JSON line a tick."""
+    """Drain the request log, recompute routing weights, reconcile budgets, delete expired
+    stored responses: one JSON line a tick."""
     import json
 
     from core import cron

@@ -10,8 +10,9 @@ cron tick` call these, so an HTTP call and a shell run do the same work.
   leases of owners that died taken over, runs past their deadline ended), and the due
   run callbacks sent (core/runs/worker.py).
 - `tick`: all three, then the per-key budget counters reconciled with the log
-  (core/limits.py). Each part answers as it went: with Redis down the drain and the
-  budgets say so, and the weights still reach Postgres.
+  (core/limits.py), and the stored responses past their expiry deleted from Postgres
+  (core/response_store.py; Redis expires its own). Each part answers as it went: with
+  Redis down the drain and the budgets say so, and the weights still reach Postgres.
 
 Every part is idempotent and safe to overlap with itself.
 """
@@ -64,6 +65,9 @@ async def tick(svc: Services, window_seconds: int) -> dict[str, Any]:
         drained = {"moved": 0, "pending": None, "error": f"Redis is unavailable ({exc})"}
     answer = {"drain": drained, "recompute": await recompute_weights(svc, window_seconds)}
     answer["runs"] = await sweep_runs(svc, svc.settings.RUN_SWEEP_BUDGET_SECONDS)
+    from core.response_store import purge
+
+    answer["responses"] = {"expired_deleted": await purge(svc.db)}
     if svc.kv is not None:
         from core.limits import reconcile
 

@@ -1,5 +1,5 @@
 """The Postgres tables: runs, steps and events (seed `004_…`), the request log, DWA state,
-API keys, and the tool registry and its call log.
+API keys, the tool registry and its call log, and stored responses (when Redis is off).
 
 Every change here needs a migration in `migrations/versions/`; the test suite checks
 that these models and the migrated schema agree.
@@ -307,3 +307,22 @@ class ToolCallLog(SQLModel, table=True):
     response_bytes: int = 0
     truncated: bool = False
     idempotency_key: str | None = None
+
+
+class StoredResponse(SQLModel, table=True):
+    """A response of POST /v1/responses kept for `previous_response_id`, when Redis could
+    not take it (off, or unreachable at the time): core/response_store.py.
+
+    `conversation` is every item it answered (its chain's, flattened) and `response` the
+    Response object; `owner` is the caller's id, the only one who may read it. Rows past
+    `expires_at` are never read and are deleted by the cron tick.
+    """
+
+    __tablename__ = "stored_responses"
+
+    id: str = Field(primary_key=True)  # resp_…
+    owner: str
+    created_at: datetime = _timestamp()
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
+    conversation: list[Any] = Field(sa_column=Column(JSONB, nullable=False))
+    response: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))

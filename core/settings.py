@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     # deployment, provider or model name, or "auto": the DWA's pick among every deployment
     # whose `serves` includes "embeddings" (with no configuration, the simulated one).
     EMBEDDING_MODEL: str = Field(default="auto", min_length=1)
+    # How long a stored response (POST /v1/responses with store, the default) can be
+    # continued with previous_response_id or read back: OpenAI keeps them 30 days.
+    RESPONSES_TTL_SECONDS: int = Field(default=30 * 24 * 3600, ge=60, le=366 * 24 * 3600)
 
     # --- Application ------------------------------------------------------------------
     REQUEST_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0, le=3600)

@@ -45,7 +45,7 @@ ROOTS = [
     "CreateChatCompletionStreamResponse",
     "CreateEmbeddingResponse",
     "ListModelsResponse",
-    # The Responses API, for the endpoint to come.
+    # The Responses API, which /v1/responses serves.
     "Response",
     "ResponseStreamEvent",
 ]

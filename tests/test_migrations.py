@@ -23,7 +23,8 @@ from core.models import Run
 from core.settings import Settings
 
 TABLES = {"runs", "run_steps", "events", "request_log", "provider_weights", "dwa_provider_state",
-          "dwa_counters", "api_keys", "tool_registrations", "tool_calls", "webhook_receipts"}
+          "dwa_counters", "api_keys", "tool_registrations", "tool_calls", "webhook_receipts",
+          "stored_responses"}
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
