@@ -139,3 +139,17 @@ async def test_a_gemini_stream_cut_before_its_first_token_fails_over(
     assert response.status_code == 200 and response.headers["x-orchesity-provider"] == "backup"
     assert response.text.rstrip().endswith("data: [DONE]")
     assert stats["gemini"]["last_error"] == "stream_cut"
+
+
+async def test_v1_embeddings_served_by_a_gemini_deployment(open_gateway: Any, tmp_path: Path,
+                                                           httpx_mock: HTTPXMock) -> None:
+    url = "https://generativelanguage.googleapis.com/v1beta/models/gemini-embedding-001:batchEmbedContents"
+    httpx_mock.add_response(url=url, json={"embeddings": [{"values": [0.1, 0.2]}, {"values": [0.3, 0.4]}]})
+    path = providers_file(tmp_path, [{"name": "gemini-embed", "provider": "gemini", "model": "gemini-embedding-001",
+                                      "serves": ["embeddings"]}])
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=path) as gw:
+        result = await sdk(gw).embeddings.create(model="gemini-embedding-001", input=["one", "two"], dimensions=2)
+    assert [item.embedding for item in result.data] == [pytest.approx([0.1, 0.2]), pytest.approx([0.3, 0.4])]
+    assert result.usage.prompt_tokens > 0
+    sent = json.loads(httpx_mock.get_request(url=url).content)  # type: ignore[union-attr]
+    assert [r["outputDimensionality"] for r in sent["requests"]] == [2, 2]
