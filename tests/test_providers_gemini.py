@@ -141,6 +141,8 @@ def test_a_gemini_deployment_is_native_by_default_and_the_compat_layer_is_still_
     assert "seed" in compat.drop_params
     embed = DeploymentSpec(name="e", provider="gemini", model="gemini-embedding-001", serves=["embeddings"])
     assert embed.serves == ("embeddings",) and embed.price_input_per_1k > 0
+    with pytest.raises(ValueError, match="set kind = 'openai_compatible' to use it"):
+        DeploymentSpec(name="old", provider="gemini", base_url="https://generativelanguage.googleapis.com/v1beta/openai/")
 
 
 # --- plain calls ------------------------------------------------------------------------------

@@ -266,6 +266,10 @@ class DeploymentSpec(BaseModel):
             raise ValueError("base_url: required for provider 'custom' (e.g. http://localhost:11434/v1)")
         if not self.base_url.startswith(("https://", "http://")):
             raise ValueError("base_url: must start with https:// or http://")
+        if self.kind == "gemini" and "/openai" in urlsplit(self.base_url).path:
+            # A providers file written when provider "gemini" meant the compatibility layer.
+            raise ValueError("base_url: this is Gemini's OpenAI-compatible endpoint; set kind = "
+                             "'openai_compatible' to use it, or leave base_url out for Gemini's own API")
         return self
 
     # --- what the rest of Orchesity reads ---------------------------------------------------

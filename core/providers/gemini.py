@@ -29,7 +29,8 @@ nothing, and the stream ends normally.
 
 Gemini's errors are `{"error": {"code", "message", "status", "details"}}`: 429 /
 RESOURCE_EXHAUSTED is ProviderRateLimited (Retry-After, else the RetryInfo detail's
-retryDelay), 5xx ProviderUnavailable, 401/403/404 and a rejected key (which Gemini
+retryDelay), 408 / DEADLINE_EXCEEDED ProviderTimeout, other 5xx (and 409, or an error
+sent with no code) ProviderUnavailable, 401/403/404 and a rejected key (which Gemini
 answers with 400) or FAILED_PRECONDITION (e.g. a region the key may not use)
 ProviderAuthError, other 4xx ProviderClientError with Gemini's message.
 """
