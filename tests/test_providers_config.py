@@ -72,7 +72,8 @@ def test_each_seed_key_enables_its_provider() -> None:
     by_name = {s.name: s for s in specs}
     assert by_name["openai"].model == "gpt-4o-mini" and by_name["openai"].base_url == "https://api.openai.com/v1"
     assert by_name["gemini"].model == "gemini-2.0-flash"
-    assert by_name["gemini"].base_url == "https://generativelanguage.googleapis.com/v1beta/openai/"
+    assert by_name["gemini"].kind == "gemini"  # Gemini's own API, not its compatibility layer
+    assert by_name["gemini"].base_url == "https://generativelanguage.googleapis.com"
     assert by_name["grok"].model == "grok-3-mini" and by_name["grok"].base_url == "https://api.x.ai/v1"
     assert by_name["grok"].api_key is not None and by_name["grok"].api_key.get_secret_value() == "x-key"
     assert all(s.price_input_per_1k > 0 and s.price_output_per_1k > 0 for s in specs)
@@ -184,7 +185,8 @@ def test_several_problems_are_reported_together(tmp_path: Path) -> None:
             "not a table",
         ],
     )
-    assert "deployments[0] ('a'): kind:" in message and "'openai_compatible' or 'simulated'" in message
+    assert "deployments[0] ('a'): kind:" in message
+    assert all(f"'{kind}'" in message for kind in ("openai_compatible", "gemini", "simulated"))
     assert "deployments[1] ('b'): base_url: required" in message
     assert "deployments[2] ('c'): timeout_seconds" in message
     assert "deployments[3]: name: required" in message

@@ -345,7 +345,7 @@ async def test_gemini_bad_key_400_is_an_auth_error(httpx_mock: HTTPXMock, make: 
     ]
     httpx_mock.add_response(url=url, status_code=400, json=body)
     with pytest.raises(ProviderAuthError) as info:
-        await make("gemini").complete(request(), timeout=5)
+        await make("gemini", kind="openai_compatible").complete(request(), timeout=5)
     assert info.value.provider_message == "API key not valid. Please pass a valid API key."
 
 
@@ -381,7 +381,9 @@ async def test_each_family_calls_its_endpoint_with_its_key_and_model(
     monkeypatch.setenv("OPENAI_ADMIN_KEY", "sk-admin-never-sent")
     httpx_mock.add_response(url=url, method="POST", json=reply(model=model))
     key = f"key-for-{provider}"
-    completion = await make(provider, key=key).complete(request(), timeout=5)
+    # Gemini is native by default (test_providers_gemini.py); its compatibility layer is kept.
+    kind = {"kind": "openai_compatible"} if provider == "gemini" else {}
+    completion = await make(provider, key=key, **kind).complete(request(), timeout=5)
     assert completion.text == "Hello, tests!"
 
     sent = httpx_mock.get_request()
@@ -401,7 +403,7 @@ async def test_each_family_calls_its_endpoint_with_its_key_and_model(
 async def test_gemini_is_not_sent_params_it_refuses(httpx_mock: HTTPXMock, make: Make) -> None:
     url = "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions"
     httpx_mock.add_response(url=url, json=reply())
-    await make("gemini").complete(request(seed=3, temperature=0.1, extra={"frequency_penalty": 0.2}), timeout=5)
+    await make("gemini", kind="openai_compatible").complete(request(seed=3, temperature=0.1, extra={"frequency_penalty": 0.2}), timeout=5)
     body = json.loads(httpx_mock.get_request().content)  # type: ignore[union-attr]
     assert "seed" not in body and "frequency_penalty" not in body and body["temperature"] == 0.1
 

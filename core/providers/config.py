@@ -4,7 +4,8 @@ A deployment is one model at one endpoint with one key. They come from two place
 
 - the seed's key variables: each of OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY and
   GROK_API_KEY that is set enables a deployment named after its provider, with the
-  default model and prices in `FAMILIES` below;
+  default kind, model and prices in `FAMILIES` below (Gemini: its own API, kind
+  "gemini"; the others: their OpenAI-compatible endpoints);
 - an optional providers file (ORCHESITY_PROVIDERS_FILE, JSON or TOML) that declares any
   number of deployments. An entry with the name of a key-enabled default replaces it;
   `include_defaults = false` in the file leaves the defaults out altogether.
@@ -44,6 +45,12 @@ A providers file (TOML; the JSON form is `{"deployments": [{...}, ...]}` or just
     price_output_per_1k = 0.0006
 
     [[deployments]]
+    name = "gemini-embed"
+    provider = "gemini"              # kind "gemini" (Gemini's own API) unless the entry says
+    model = "gemini-embedding-001"   # kind = "openai_compatible" (its compatibility layer)
+    serves = ["embeddings"]
+
+    [[deployments]]
     name = "embed-small"
     provider = "openai"
     model = "text-embedding-3-small"
@@ -74,7 +81,7 @@ if TYPE_CHECKING:
     from core.providers.base import Usage
     from core.settings import Settings
 
-Kind = Literal["openai_compatible", "simulated"]
+Kind = Literal["openai_compatible", "gemini", "simulated"]
 Family = Literal["openai", "anthropic", "gemini", "grok", "custom", "simulated"]
 # What a deployment answers: chat completions, embeddings, or both. Chat routing only
 # ever picks deployments serving "chat", embeddings routing only "embeddings".
@@ -89,14 +96,17 @@ class DeploymentConfigError(SettingsError):
 
 
 class FamilyDefaults(BaseModel):
-    base_url: str
+    base_url: str  # of the family's default kind
     model: str
     api_key_env: str
+    kind: Kind = "openai_compatible"  # a deployment of the family that names no kind
+    compat_base_url: str | None = None  # its OpenAI-compatible endpoint, when `kind` is native
     default_max_tokens: int | None = None
-    drop_params: tuple[str, ...] = ()
+    drop_params: tuple[str, ...] = ()  # for its OpenAI-compatible endpoint
 
 
-# The four named providers, all reached through their OpenAI-compatible endpoints.
+# The four named providers: Gemini through its own API (its compatibility layer refuses
+# parameters and loses structure), the others through their OpenAI-compatible endpoints.
 FAMILIES: dict[str, FamilyDefaults] = {
     "openai": FamilyDefaults(base_url="https://api.openai.com/v1", model="gpt-4o-mini", api_key_env="OPENAI_API_KEY"),
     # Anthropic's native API requires max_tokens; its compatibility layer is given one too.
@@ -107,9 +117,11 @@ FAMILIES: dict[str, FamilyDefaults] = {
         default_max_tokens=4096,
     ),
     "gemini": FamilyDefaults(
-        base_url="https://generativelanguage.googleapis.com/v1beta/openai/",
+        base_url="https://generativelanguage.googleapis.com",
         model="gemini-2.0-flash",
         api_key_env="GEMINI_API_KEY",
+        kind="gemini",
+        compat_base_url="https://generativelanguage.googleapis.com/v1beta/openai/",
         # Its compatibility layer answers 400 "Unknown name" to these instead of ignoring them.
         drop_params=("seed", "frequency_penalty", "presence_penalty"),
     ),
@@ -147,6 +159,7 @@ KNOWN_PRICES: dict[str, tuple[float, float]] = {
     "gemini-2.0-flash-lite": (0.000075, 0.0003),
     "gemini-2.5-flash": (0.0003, 0.0025),
     "gemini-2.5-pro": (0.00125, 0.01),
+    "gemini-embedding-001": (0.00015, 0.0),
     "grok-3-mini": (0.0003, 0.0005),
     "grok-3": (0.003, 0.015),
     # embedding models: input tokens only
@@ -216,13 +229,19 @@ class DeploymentSpec(BaseModel):
             data.setdefault("simulation", {})
             data.setdefault("serves", ("chat", "embeddings"))
             return data
+        if kind == "gemini":
+            data.setdefault("provider", "gemini")
         family = FAMILIES.get(data.get("provider"))  # type: ignore[arg-type]
         if family is not None:
-            data.setdefault("base_url", family.base_url)
+            kind = data.setdefault("kind", family.kind)
+            compat = kind == "openai_compatible"
+            data.setdefault("base_url", family.compat_base_url if compat and family.compat_base_url
+                            else family.base_url)
             data.setdefault("model", family.model)
             data.setdefault("api_key_env", family.api_key_env)
             data.setdefault("default_max_tokens", family.default_max_tokens)
-            data.setdefault("drop_params", list(family.drop_params))
+            if compat:
+                data.setdefault("drop_params", list(family.drop_params))
         prices = KNOWN_PRICES.get(data.get("model")) if isinstance(data.get("model"), str) else None
         if prices is not None:
             data.setdefault("price_input_per_1k", prices[0])
@@ -247,6 +266,10 @@ class DeploymentSpec(BaseModel):
             raise ValueError("base_url: required for provider 'custom' (e.g. http://localhost:11434/v1)")
         if not self.base_url.startswith(("https://", "http://")):
             raise ValueError("base_url: must start with https:// or http://")
+        if self.kind == "gemini" and "/openai" in urlsplit(self.base_url).path:
+            # A providers file written when provider "gemini" meant the compatibility layer.
+            raise ValueError("base_url: this is Gemini's OpenAI-compatible endpoint; set kind = "
+                             "'openai_compatible' to use it, or leave base_url out for Gemini's own API")
         return self
 
     # --- what the rest of Orchesity reads ---------------------------------------------------

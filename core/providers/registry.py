@@ -34,11 +34,15 @@ def build_adapter(
     transport: httpx2.AsyncBaseTransport | None = None,
 ) -> Adapter:
     """The adapter for one deployment. `sleep`/`clock` reach simulated ones only;
-    `transport` (the caller's, not closed here) carries OpenAI-compatible ones' HTTP."""
+    `transport` (the caller's, not closed here) carries the HTTP of the others."""
     if spec.kind == "simulated":
         from core.providers.simulated import SimulatedAdapter
 
         return SimulatedAdapter(spec, sleep=sleep, clock=clock)
+    if spec.kind == "gemini":
+        from core.providers.gemini import GeminiAdapter
+
+        return GeminiAdapter(spec, transport=transport)
     from core.providers.openai_compat import OpenAICompatAdapter
 
     return OpenAICompatAdapter(spec, transport=transport)
