@@ -15,7 +15,6 @@ from pydantic import BaseModel, Field
 from core.settings import Settings
 from functions.gateway import build_app
 from tests.servers import serve
-from tests.test_openai_compat import schema_validator  # noqa: F401 - a fixture
 
 
 class Task(BaseModel):
