@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
-BUILTIN = ("steady", "degrade", "outage", "rate_limited", "cost_tradeoff", "multi_instance")
+BUILTIN = ("steady", "degrade", "outage", "rate_limited", "cost_tradeoff", "multi_instance",
+           "llama70b_hosts", "heavy_tails", "slow_timeouts", "diurnal")  # the last four: measured fleets
 ERROR_KINDS = ("timeout", "http_500", "http_503", "connection")
 
 
@@ -31,6 +32,15 @@ class Phase:
     down: bool = False             # every call fails (error_kind after error_ms)
     error_kind: str | None = None
     error_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class LoadPhase:
+    """The arrival rate × rate_factor for start_s <= t < end_s (a day's swell and lull)."""
+
+    start_s: float
+    end_s: float
+    rate_factor: float
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,14 @@ class Scenario:
     output_tokens: tuple[int, int] = (50, 400)
     description: str = ""
     watch_recovery: str | None = None  # report when this provider gets traffic back
+    load_phases: tuple[LoadPhase, ...] = ()  # the rate changes over time (diurnal load)
+
+    def rate_factor(self, t: float) -> float:
+        factor = 1.0
+        for phase in self.load_phases:
+            if phase.start_s <= t < phase.end_s:
+                factor = phase.rate_factor
+        return factor
 
     def scaled(self, factor: float) -> "Scenario":
         """The same scenario with `factor` × the arrival rate (for --quick)."""
@@ -110,6 +128,13 @@ def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario
     for key in ("input_tokens", "output_tokens"):
         if key in data:
             data[key] = tuple(data[key])
+    load_phases = data.pop("load_phases", [])
+    if not isinstance(load_phases, list):
+        raise ScenarioError(f"{source}: 'load_phases' must be a list")
+    data["load_phases"] = tuple(_build(LoadPhase, phase, f"{source}: load_phases[{j}]")
+                                for j, phase in enumerate(load_phases))
+    if any(phase.rate_factor < 0 for phase in data["load_phases"]):
+        raise ScenarioError(f"{source}: a load phase's rate_factor cannot be negative")
     if "name" not in data:
         raise ScenarioError(f"{source}: 'name' is required")
     scenario = _build(Scenario, {**data, "providers": tuple(providers)}, source)

@@ -35,17 +35,22 @@ class CallResult:
 
 
 def requests_for(scenario: Scenario) -> list[Request]:
-    """The scenario's traffic: Poisson arrivals, uniform token counts, instances in turn."""
+    """The scenario's traffic: Poisson arrivals (at the rate its load phases give, by
+    thinning a Poisson process at the peak rate), uniform token counts, instances in turn."""
     rng = random.Random(scenario.seed)
     out: list[Request] = []
     t = 0.0
     rid = 0
     lo_in, hi_in = scenario.input_tokens
     lo_out, hi_out = scenario.output_tokens
+    peak = max([1.0, *(phase.rate_factor for phase in scenario.load_phases)])
     while True:
-        t += rng.expovariate(scenario.rate_per_s)
+        t += rng.expovariate(scenario.rate_per_s * peak)
         if t >= scenario.duration_s:
             return out
+        if peak > 1.0 or scenario.load_phases:
+            if rng.random() * peak >= scenario.rate_factor(t):
+                continue
         out.append(Request(rid, t, rid % scenario.instances, rng.randint(lo_in, hi_in), rng.randint(lo_out, hi_out)))
         rid += 1
 
