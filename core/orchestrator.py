@@ -357,7 +357,7 @@ class Orchestrator:
         if result.ok:
             # The caller went away mid-stream: not the provider's fault, so no DWA
             # outcome; the log says what happened.
-            self.store.finish(adapter.name)
+            self.store.finish(adapter.name, _wall(started))
             result.provider_time += time.perf_counter() - started
             result.text = "".join(parts)
             result.error = {"type": "client_disconnected", "status": 499,
@@ -473,7 +473,7 @@ class Orchestrator:
             decision = self.router.decide(snapshot, strategy=plan.request.strategy, exclude=tried,
                                           provider=explicit, stream=plan.streaming)
             if decision is not None:
-                self.store.start(decision.provider)
+                self.store.start(decision.provider, snapshot.now)
         if decision is not None and decision.explore:
             plan.explored.add(decision.provider)
         return decision
@@ -504,7 +504,7 @@ class Orchestrator:
             try:
                 value = await call(adapter, plan.request, budget)
             except asyncio.CancelledError:  # lost a race, or the caller left: not an outcome
-                self.store.finish(adapter.name)
+                self.store.finish(adapter.name, _wall(started))
                 result.provider_time += time.perf_counter() - started
                 raise
             except ProviderError as exc:
@@ -599,7 +599,7 @@ class Orchestrator:
         result.attempts.append(Attempt(adapter.name, model, elapsed, error_class,
                                        exc.message, exc.status))
         if deadline_cut:
-            self.store.finish(adapter.name)
+            self.store.finish(adapter.name, _wall(started))
         else:
             if isinstance(exc, ProviderClientError):
                 kind = OutcomeKind.CLIENT_ERROR
@@ -706,6 +706,12 @@ class Orchestrator:
 def _model(request: LLMRequest, adapter: Adapter) -> str:
     """The model a request asks of a deployment (a simulated one names its embedding model apart)."""
     return adapter.spec.model if request.embedding is None else adapter.spec.embedding_model
+
+
+def _wall(started: float) -> float:
+    """The wall-clock time of `started` (a perf_counter reading): when a call began, as
+    the DWA store's in-flight bookkeeping counts it."""
+    return time.time() - (time.perf_counter() - started)
 
 
 async def _complete(adapter: Adapter, request: LLMRequest, timeout: float) -> Completion:

@@ -141,6 +141,38 @@ async def test_a_provider_judged_slow_on_a_few_samples_is_looked_at_afresh_and_s
     assert 0.4 <= picks["alpha"] / 2000 <= 0.6, picks  # and shares half, the next ten seconds
 
 
+async def test_calls_hanging_far_past_a_providers_latency_count_against_it_before_they_time_out(
+        kv: KV, ns: str) -> None:
+    """alpha starts hanging: its calls will time out after 30 s. Before the first of them
+    comes back, the ones running six times its usual latency already count as failures
+    in progress, and traffic moves to beta."""
+    store = RedisDWAStore(kv, [ProviderProfile("alpha"), ProviderProfile("beta")], namespace=ns)
+    router = Router(store, rng=random.Random(5))
+    names = NAMES[:2]
+    now = T0
+    for name, latency in (("alpha", 0.5), ("beta", 0.6)):  # alpha a little faster, until it hangs
+        for _ in range(40):
+            store.start(name, now)
+            await router.record(Outcome(name, OutcomeKind.SUCCESS, latency, now + latency, output_tokens=100))
+    picks: Counter[str] = Counter()
+    for _ in range(40):  # 10 s at 4 a second; alpha answers nothing, beta at once
+        now += 0.25
+        decision = await router.pick(names, now)
+        picks[decision.provider] += 1
+        if decision.provider == "beta":
+            await router.record(Outcome("beta", OutcomeKind.SUCCESS, 0.6, now, output_tokens=100))
+    hanging = picks["alpha"]
+    assert 0 < hanging <= 20, picks  # some went to alpha until their age (3 s: 6 × 0.5 s) gave it away
+    late: Counter[str] = Counter()
+    for _ in range(20):
+        now += 0.25
+        decision = await router.pick(names, now)
+        late[decision.provider] += 1
+        if decision.provider == "beta":
+            await router.record(Outcome("beta", OutcomeKind.SUCCESS, 0.6, now, output_tokens=100))
+    assert late["beta"] >= 19, late  # none of its timeouts is back yet, and it is avoided
+
+
 async def test_every_strategy_through_pick(kv: KV, ns: str) -> None:
     for strategy in RoutingStrategy:
         router = make_router(kv, f"{ns}-{strategy.value}", strategy)

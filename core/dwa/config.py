@@ -54,6 +54,10 @@ class DWAConfig:
     probe_timeout_s: float = 30.0   # a claimed half-open probe expires after this
     rate_limit_default_s: float = 5.0  # cooldown after a 429 that carried no Retry-After
 
+    # -- calls in flight too long (see StoreBase.mark_overdue): failures in progress
+    overdue_factor: float = 6.0     # a call running this many times the provider's mean latency...
+    overdue_min_s: float = 1.0      # ...and at least this long
+
     # -- shared in-flight counts (see store.py)
     in_flight_max_age_s: float = 30.0  # other instances' counts older than this are ignored
 

@@ -131,6 +131,7 @@ class PostgresDWAStore(StoreBase):
             hot = tuple(fields.get(field) for field in HOT_FIELDS) if fields else _NEVER
             states[name] = decode_state(name, self.profile(name), hot, local.get(name, 0), baseline,
                                         now, k_av, k_ev)
+            self.mark_overdue(states[name], now)
         return Snapshot(now=now, order=tuple(names), states=states, rr_counter=rr)
 
     async def read(self, names: Sequence[str], now: float, *, round_robin: bool = False) -> Snapshot:
@@ -159,7 +160,7 @@ class PostgresDWAStore(StoreBase):
 
     async def record(self, outcome: Outcome) -> None:
         name = outcome.provider
-        self.finish(name)
+        self.finish(name, outcome.now - outcome.latency_s)
         cost = self.profile(name).cost(outcome.input_tokens, outcome.output_tokens)
         async with self.db.engine.begin() as conn:
             await conn.execute(ENSURE_ROW, {"name": name})

@@ -139,7 +139,7 @@ class Router:
                 state = snapshot.states[decision.provider]
                 state.probe_until = snapshot.now + self.config.probe_timeout_s
                 continue
-            self.store.start(decision.provider)
+            self.store.start(decision.provider, snapshot.now)
             return decision
 
     async def pick(
@@ -168,7 +168,7 @@ class Router:
             decision = self.decide(snapshot, strategy=strategy, exclude=exclude, provider=provider,
                                    stream=stream)
             if decision is not None:
-                self.store.start(decision.provider)
+                self.store.start(decision.provider, now)
             return decision
         return await self.pick_from(snapshot, strategy=strategy, exclude=exclude,
                                     provider=provider, stream=stream)

@@ -41,7 +41,7 @@ _LN2 = math.log(2.0)
 _exp = math.exp  # a global, not an attribute lookup: decode_state runs per candidate
 
 # The fields a routing decision needs, in the order HMGET returns them.
-HOT_FIELDS = ("t", "s", "f", "ew", "nm", "ls", "rl", "ho", "ou", "pu", "fe", "fm")
+HOT_FIELDS = ("t", "s", "f", "ew", "nm", "ls", "rl", "ho", "ou", "pu", "fe", "fm", "lm")
 
 
 class DWAStore(Protocol):
@@ -124,7 +124,7 @@ def decode_state(name: str, profile: ProviderProfile, hot: Sequence[Any], in_fli
     """
     if baseline is not None:
         baseline = min(1.0, max(0.0, float(baseline)))
-    t, s, f, ew, nm, ls, rl, ho, ou, pu, fe, fm = hot
+    t, s, f, ew, nm, ls, rl, ho, ou, pu, fe, fm, lm = hot
     if t is None:  # never recorded (or reset): the priors
         return ProviderState(name, profile, in_flight=in_flight, baseline=baseline)
     # the outcome update writes every field, so none is None from here
@@ -145,6 +145,7 @@ def decode_state(name: str, profile: ProviderProfile, hot: Sequence[Any], in_fli
     if fe != "0":  # streams only
         state.ttft_weight = float(fe) * de
         state.ttft_mean = float(fm)
+    state.latency_mean = float(lm)
     return state
 
 
@@ -173,6 +174,7 @@ class StoreBase:
         self.config = config or DWAConfig()
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
         self._local: dict[str, int] = {}
+        self._pending: dict[str, list[float]] = {}  # when this process's calls in flight started
         self._k_av = _LN2 / self.config.availability_half_life_s
         self._k_ev = _LN2 / self.config.evidence_half_life_s
 
@@ -183,13 +185,38 @@ class StoreBase:
         return profile
 
     # -- in-flight, this process ---------------------------------------------------------
-    def start(self, name: str) -> None:
+    def start(self, name: str, at: float | None = None) -> None:
+        """A call to `name` starts (at `at`, the caller's clock, when its age should count)."""
         self._local[name] = self._local.get(name, 0) + 1
+        if at is not None:
+            self._pending.setdefault(name, []).append(at)
 
-    def finish(self, name: str) -> int:
+    def finish(self, name: str, started: float | None = None) -> int:
+        """A call to `name` ended (the one that started at about `started`); the count left."""
         left = max(0, self._local.get(name, 0) - 1)
         self._local[name] = left
+        pending = self._pending.get(name)
+        if pending:
+            if started is None:
+                pending.pop()
+            else:
+                pending.pop(min(range(len(pending)), key=lambda i: abs(pending[i] - started)))
         return left
+
+    def mark_overdue(self, state: ProviderState, now: float) -> None:
+        """Count this process's calls to `state`'s provider that have run for over
+        overdue_factor × its mean latency (and overdue_min_s) as failures in progress:
+        a provider that hangs is avoided before its first timeout comes back."""
+        pending = self._pending.get(state.name)
+        if not pending or state.latency_mean <= 0.0:
+            return
+        config = self.config
+        limit = now - max(config.overdue_min_s, config.overdue_factor * state.latency_mean)
+        late = 0
+        for at in pending:
+            if at < limit:
+                late += 1
+        state.failures += late
 
     def local_in_flight(self, name: str) -> int:
         return self._local.get(name, 0)
@@ -262,6 +289,7 @@ class RedisDWAStore(StoreBase):
         k_av, k_ev = self._k_av, self._k_ev
         own = self.instance_id
         local = self._local
+        pending = self._pending
         profiles = self.profiles
         states: dict[str, ProviderState] = {}
         for name, hot, others, baseline in zip(names, replies[0:2 * n:2], replies[1:2 * n:2], replies[2 * n]):
@@ -273,7 +301,9 @@ class RedisDWAStore(StoreBase):
                         if float(at) >= min_at:
                             in_flight += int(count)
             profile = profiles.get(name) or self.profile(name)
-            states[name] = decode_state(name, profile, hot, in_flight, baseline, now, k_av, k_ev)
+            state = states[name] = decode_state(name, profile, hot, in_flight, baseline, now, k_av, k_ev)
+            if name in pending:
+                self.mark_overdue(state, now)
         rr = int(replies[2 * n + 1]) if round_robin else None
         return Snapshot(now=now, order=tuple(names), states=states, rr_counter=rr)
 
@@ -299,7 +329,7 @@ class RedisDWAStore(StoreBase):
         new value the script publishes: build it exactly once per finished call.
         """
         name = outcome.provider
-        left = self.finish(name)
+        left = self.finish(name, outcome.now - outcome.latency_s)
         cost = self.profile(name).cost(outcome.input_tokens, outcome.output_tokens)
         args = (
             repr(float(outcome.now)), outcome.kind.value, repr(float(outcome.latency_s)),
