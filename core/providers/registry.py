@@ -8,7 +8,7 @@
     await registry.aclose()                     # at shutdown
 
 Building adapters is cheap and does no I/O: the openai SDK is imported and its client
-created on a deployment's first call.
+created on a deployment's first call (the native Anthropic adapter needs no SDK).
 """
 
 from __future__ import annotations
@@ -34,11 +34,15 @@ def build_adapter(
     transport: httpx2.AsyncBaseTransport | None = None,
 ) -> Adapter:
     """The adapter for one deployment. `sleep`/`clock` reach simulated ones only;
-    `transport` (the caller's, not closed here) carries OpenAI-compatible ones' HTTP."""
+    `transport` (the caller's, not closed here) carries the HTTP of the others."""
     if spec.kind == "simulated":
         from core.providers.simulated import SimulatedAdapter
 
         return SimulatedAdapter(spec, sleep=sleep, clock=clock)
+    if spec.kind == "anthropic":
+        from core.providers.anthropic import AnthropicAdapter
+
+        return AnthropicAdapter(spec, transport=transport)
     from core.providers.openai_compat import OpenAICompatAdapter
 
     return OpenAICompatAdapter(spec, transport=transport)
