@@ -345,6 +345,8 @@ def chat_request(body: dict[str, Any]) -> ChatRequest:
     tool_choice = body.get("tool_choice")
     if tool_choice is not None:
         kind = tool_choice.get("type")
+        if kind == "tool" and not isinstance(tool_choice.get("name"), str):
+            raise Untranslatable("tool_choice.name", "required with type 'tool'")
         extra["tool_choice"] = ({"type": "function", "function": {"name": tool_choice.get("name")}}
                                 if kind == "tool" else {"auto": "auto", "any": "required", "none": "none"}[kind])
         if tool_choice.get("disable_parallel_tool_use"):
@@ -478,6 +480,8 @@ def _openai_tool(tool: dict[str, Any], where: str) -> dict[str, Any]:
         raise Untranslatable(f"{where}.type", f"server tool {tool.get('type')!r} is not served through the gateway")
     _refuse_cache_control(tool, where)
     _refuse_keys(tool, {"type", "name", "description", "input_schema", "cache_control"}, where)
+    if not isinstance(tool.get("name"), str) or not isinstance(tool.get("input_schema"), dict):
+        raise Untranslatable(where, "a tool needs a name and an input_schema object")
     function: dict[str, Any] = {"name": tool["name"], "parameters": tool["input_schema"]}
     if tool.get("description"):
         function["description"] = tool["description"]
