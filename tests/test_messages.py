@@ -25,6 +25,7 @@ from functions.gateway import build_app
 from tests.conftest import providers_file
 from tests.fake_openai import FakeOpenAI
 from tests.servers import serve
+from tests.test_openai_compat import schema_validator  # noqa: F401 - a fixture
 
 ANTHROPIC_URL = "https://api.anthropic.com/v1/messages"
 OPENAI_URL = "https://api.openai.com/v1/chat/completions"
@@ -454,3 +455,41 @@ async def test_count_tokens(open_gateway: Any) -> None:
     assert short.status_code == 200 and set(short.json()) == {"input_tokens"}
     assert longer.json()["input_tokens"] > short.json()["input_tokens"] > 0
     assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "not_found_error"
+
+
+async def test_chat_completions_served_natively_match_openais_schemas(
+        open_gateway: Any, tmp_path: Path, httpx_mock: HTTPXMock, monkeypatch: pytest.MonkeyPatch,
+        schema_validator: Any) -> None:  # noqa: F811
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    httpx_mock.add_response(url=ANTHROPIC_URL, json=anthropic_reply(
+        {"type": "text", "text": "Checking."},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Bern"}}, stop="tool_use"))
+    tool_stream = [NATIVE_START, *native_text("Checking."), {"type": "content_block_stop", "index": 0},
+                   {"type": "content_block_start", "index": 1, "content_block": {
+                       "type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {}}},
+                   {"type": "content_block_delta", "index": 1, "delta": {
+                       "type": "input_json_delta", "partial_json": '{"city": "Bern"}'}},
+                   {"type": "content_block_stop", "index": 1},
+                   {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+                    "usage": {"output_tokens": 12}},
+                   {"type": "message_stop"}]
+    httpx_mock.add_response(url=ANTHROPIC_URL, stream=IteratorStream(sse(*tool_stream)),
+                            headers={"content-type": "text/event-stream"})
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER["input_schema"]}}]
+    body = {"model": "claude", "messages": HELLO, "tools": tools}
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=providers_file(tmp_path, [NATIVE])) as gw:
+        plain = await gw.client.post("/v1/chat/completions", json=body)
+        streamed = await gw.client.post("/v1/chat/completions", json={**body, "stream": True})
+    assert plain.status_code == 200, plain.text
+    schema_validator(plain.json(), "CreateChatCompletionResponse")
+    choice = plain.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] == "Checking."
+    assert choice["message"]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city": "Bern"}'}
+    chunks = [json.loads(line[6:]) for line in streamed.text.splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    for chunk in chunks:
+        schema_validator(chunk, "CreateChatCompletionStreamResponse")
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert [d["tool_calls"][0]["id"] for d in deltas if d.get("tool_calls") and "id" in d["tool_calls"][0]] \
+        == ["toolu_2"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls" and chunks[-1]["usage"]["completion_tokens"] == 12
