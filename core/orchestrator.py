@@ -135,6 +135,7 @@ class Result:
     model: str | None
     text: str | None = None
     finish_reason: str | None = None
+    stop_sequence: str | None = None     # which stop sequence ended the reply, when the provider said
     tool_calls: list[dict[str, Any]] | None = None
     logprobs: list[dict[str, Any]] | None = None  # the choice's logprobs.content, when asked for
     usage: Usage | None = None
@@ -162,7 +163,8 @@ class Result:
                     "response_time": self.response_time, "dwa_score": self.dwa_score}
         return {
             "provider": self.provider, "model": self.model, "text": self.text,
-            "finish_reason": self.finish_reason, "tool_calls": self.tool_calls, "logprobs": self.logprobs,
+            "finish_reason": self.finish_reason, "stop_sequence": self.stop_sequence,
+            "tool_calls": self.tool_calls, "logprobs": self.logprobs,
             "usage": [usage.prompt_tokens, usage.completion_tokens, usage.total_tokens] if usage else None,
             "response_time": self.response_time, "dwa_score": self.dwa_score,
         }
@@ -172,7 +174,8 @@ class Result:
         usage = entry.get("usage")
         return cls(
             provider=entry.get("provider"), model=entry.get("model"), text=entry.get("text"),
-            finish_reason=entry.get("finish_reason"), tool_calls=entry.get("tool_calls"),
+            finish_reason=entry.get("finish_reason"), stop_sequence=entry.get("stop_sequence"),
+            tool_calls=entry.get("tool_calls"),
             logprobs=entry.get("logprobs"), usage=Usage(*usage) if usage else None, vectors=entry.get("vectors"),
             response_time=0.0, cached=True,
             dwa_score=entry.get("dwa_score"), selection_reason="cache_hit",
@@ -318,6 +321,7 @@ class Orchestrator:
                 if chunk.finish_reason:
                     result.finish_reason = chunk.finish_reason
                 if chunk.is_final:
+                    result.stop_sequence = chunk.stop_sequence
                     # Record before the last chunk goes out, so what the caller reads
                     # last (database_logged, the usage) is already true.
                     result.usage, result.completion_id = chunk.usage, chunk.id
@@ -531,6 +535,7 @@ class Orchestrator:
             adapter, completion, started = attempt
             result.provider, result.model = adapter.name, completion.model or adapter.spec.model
             result.text, result.finish_reason = completion.text, completion.finish_reason
+            result.stop_sequence = completion.stop_sequence
             result.tool_calls, result.usage = completion.tool_calls, completion.usage
             result.logprobs, result.completion_id = completion.logprobs, completion.id
             self._succeeded(plan, result, adapter, started)
@@ -738,7 +743,7 @@ async def _replay(result: Result) -> AsyncIterator[Chunk]:
     if result.text or result.logprobs or calls:
         yield Chunk(text=result.text or "", logprobs=result.logprobs, tool_calls=calls)
     yield Chunk(finish_reason=result.finish_reason or "stop", usage=result.usage or Usage(0, 0, 0),
-                model=result.model)
+                model=result.model, stop_sequence=result.stop_sequence)
 
 
 def _add_tool_deltas(calls: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:

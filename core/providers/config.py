@@ -4,8 +4,9 @@ A deployment is one model at one endpoint with one key. They come from two place
 
 - the seed's key variables: each of OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY and
   GROK_API_KEY that is set enables a deployment named after its provider, with the
-  default kind, model and prices in `FAMILIES` below (Gemini: its own API, kind
-  "gemini"; the others: their OpenAI-compatible endpoints);
+  default kind, model and prices in `FAMILIES` below (Anthropic and Gemini natively:
+  kinds "anthropic" and "gemini", their own APIs; the others: their OpenAI-compatible
+  endpoints);
 - an optional providers file (ORCHESITY_PROVIDERS_FILE, JSON or TOML) that declares any
   number of deployments. An entry with the name of a key-enabled default replaces it;
   `include_defaults = false` in the file leaves the defaults out altogether.
@@ -28,6 +29,12 @@ A providers file (TOML; the JSON form is `{"deployments": [{...}, ...]}` or just
     provider = "openai"              # openai | anthropic | gemini | grok | custom
     model = "gpt-4o"                 # base_url, api_key_env and prices default per provider
     priority = 10                    # smaller is preferred
+
+    [[deployments]]
+    name = "claude"
+    provider = "anthropic"           # kind "anthropic" by default: the native Messages API
+    model = "claude-sonnet-4-0"      # kind = "openai_compatible" for Anthropic's compatibility
+                                     # layer (no prompt caching controls, thinking, full tools)
 
     [[deployments]]
     name = "local-llama"
@@ -81,7 +88,10 @@ if TYPE_CHECKING:
     from core.providers.base import Usage
     from core.settings import Settings
 
-Kind = Literal["openai_compatible", "gemini", "simulated"]
+# Which protocol a deployment speaks: OpenAI's chat completions, Anthropic's Messages API
+# (core/providers/anthropic.py), Gemini's generateContent (core/providers/gemini.py), or
+# none (simulated).
+Kind = Literal["openai_compatible", "anthropic", "gemini", "simulated"]
 Family = Literal["openai", "anthropic", "gemini", "grok", "custom", "simulated"]
 # What a deployment answers: chat completions, embeddings, or both. Chat routing only
 # ever picks deployments serving "chat", embeddings routing only "embeddings".
@@ -103,18 +113,26 @@ class FamilyDefaults(BaseModel):
     compat_base_url: str | None = None  # its OpenAI-compatible endpoint, when `kind` is native
     default_max_tokens: int | None = None
     drop_params: tuple[str, ...] = ()  # for its OpenAI-compatible endpoint
+    native_drop_params: tuple[str, ...] = ()  # for its own API (`kind`)
 
 
-# The four named providers: Gemini through its own API (its compatibility layer refuses
-# parameters and loses structure), the others through their OpenAI-compatible endpoints.
+# The four named providers. Anthropic and Gemini are reached natively (their
+# compatibility layers lack prompt caching controls, thinking and parts of tool use, and
+# refuse parameters or lose structure); OpenAI and Grok through their OpenAI-compatible
+# endpoints.
 FAMILIES: dict[str, FamilyDefaults] = {
     "openai": FamilyDefaults(base_url="https://api.openai.com/v1", model="gpt-4o-mini", api_key_env="OPENAI_API_KEY"),
-    # Anthropic's native API requires max_tokens; its compatibility layer is given one too.
+    # The Messages API requires max_tokens; the compatibility layer is given one too. It
+    # has no seed, and OpenAI's is best effort, so a seeded request is served without it.
     "anthropic": FamilyDefaults(
-        base_url="https://api.anthropic.com/v1/",
+        base_url="https://api.anthropic.com",
         model="claude-3-5-haiku-latest",
         api_key_env="ANTHROPIC_API_KEY",
+        kind="anthropic",
+        compat_base_url="https://api.anthropic.com/v1/",
         default_max_tokens=4096,
+        drop_params=("seed",),
+        native_drop_params=("seed",),
     ),
     "gemini": FamilyDefaults(
         base_url="https://generativelanguage.googleapis.com",
@@ -240,8 +258,7 @@ class DeploymentSpec(BaseModel):
             data.setdefault("model", family.model)
             data.setdefault("api_key_env", family.api_key_env)
             data.setdefault("default_max_tokens", family.default_max_tokens)
-            if compat:
-                data.setdefault("drop_params", list(family.drop_params))
+            data.setdefault("drop_params", list(family.drop_params if compat else family.native_drop_params))
         prices = KNOWN_PRICES.get(data.get("model")) if isinstance(data.get("model"), str) else None
         if prices is not None:
             data.setdefault("price_input_per_1k", prices[0])
@@ -260,6 +277,12 @@ class DeploymentSpec(BaseModel):
             return self
         if self.provider == "simulated":
             raise ValueError("provider: 'simulated' needs kind 'simulated'")
+        if self.kind == "anthropic":
+            if self.provider not in ("anthropic", "custom"):
+                raise ValueError(f"kind: provider {self.provider!r} does not serve Anthropic's Messages API")
+            if "embeddings" in self.serves:
+                raise ValueError("serves: Anthropic's API has no embeddings endpoint; a deployment of kind "
+                                 "'anthropic' serves only 'chat'")
         if self.simulation is not None:
             raise ValueError("simulation: only a deployment of kind 'simulated' takes a simulation table")
         if not self.base_url:

@@ -8,7 +8,7 @@
     await registry.aclose()                     # at shutdown
 
 Building adapters is cheap and does no I/O: the openai SDK is imported and its client
-created on a deployment's first call.
+created on a deployment's first call (the native Anthropic adapter needs no SDK).
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ def build_adapter(
         from core.providers.gemini import GeminiAdapter
 
         return GeminiAdapter(spec, transport=transport)
+    if spec.kind == "anthropic":
+        from core.providers.anthropic import AnthropicAdapter
+
+        return AnthropicAdapter(spec, transport=transport)
     from core.providers.openai_compat import OpenAICompatAdapter
 
     return OpenAICompatAdapter(spec, transport=transport)
