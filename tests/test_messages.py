@@ -25,7 +25,6 @@ from functions.gateway import build_app
 from tests.conftest import providers_file
 from tests.fake_openai import FakeOpenAI
 from tests.servers import serve
-from tests.test_openai_compat import schema_validator  # noqa: F401 - a fixture
 
 ANTHROPIC_URL = "https://api.anthropic.com/v1/messages"
 OPENAI_URL = "https://api.openai.com/v1/chat/completions"
