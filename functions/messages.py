@@ -14,7 +14,7 @@ the request log), so any family may serve it. Errors have Anthropic's shape,
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,16 +26,15 @@ from starlette.responses import Response
 from core import anthropic_format, fastjson
 from core import limits as key_limits
 from core.anthropic_format import MalformedReply, Untranslatable
-from core.auth import Principal, Scope
+from core.auth import Principal
 from core.limits import LimitExceeded
 from core.orchestrator import LLMRequest, NoDeployment, NotServed, Orchestration, UnknownProvider
 from core.providers import tokens
 from core.providers.base import ProviderError
 from core.services import Services
-from functions.http import ApiError, JSONResponse, create_app, entry_points, require, services
+from functions.http import ApiError, JSONResponse, create_app, entry_points, services
+from functions.llm import LLM, Float, Int, routing_headers
 
-Int = Annotated[int, Field(strict=True)]
-Float = Annotated[float, Field(strict=True)]
 # The anthropic-version values the surface accepts (what Anthropic's API and SDKs send);
 # answers have the Messages API's shape of 2023-06-01, which later versions extend.
 VERSIONS = ("2023-06-01", "2023-01-01", "2026-10-21")
@@ -155,15 +154,7 @@ def _refused(exc: Exception) -> ApiError:
 
 
 def _headers(orchestration: Orchestration, request: LLMRequest) -> dict[str, str]:
-    result = orchestration.results[0] if orchestration.results else None
-    headers = {"request-id": orchestration.request_id, "x-orchesity-request-id": orchestration.request_id,
-               "x-orchesity-cached": "true" if orchestration.cached else "false",
-               "x-orchesity-overhead-ms": f"{orchestration.overhead_ms:.3f}"}
-    if result is not None and result.provider:
-        headers["x-orchesity-provider"] = result.provider
-    if orchestration.verdict is not None and request.limits is not None:
-        headers.update(key_limits.headers(orchestration.verdict, request.limits))
-    return headers
+    return {"request-id": orchestration.request_id, **routing_headers(orchestration, request)}
 
 
 def _failure(orchestration: Orchestration) -> tuple[int, str] | None:
@@ -179,7 +170,6 @@ def _message_id(orchestration: Orchestration) -> str:
     return "msg_" + orchestration.request_id.removeprefix("req_")
 
 
-LLM = Depends(require(Scope.llm))
 
 
 @router.post("/v1/messages")

@@ -16,50 +16,31 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from core import fastjson, openai_wire
-from core import limits as key_limits
 from core.auth import Principal, Scope
-from core.cache import DEFAULT_NAMESPACE, CachePolicy
+from core.cache import CachePolicy
 from core.limits import LimitExceeded
 from core.orchestrator import LLMRequest, NoDeployment, Orchestration, Result, UnknownProvider
 from core.providers.base import ChatRequest, Chunk, EmbeddingRequest, ProviderError
 from core.providers.vectors import encode_base64
 from core.services import Services
 from core.settings import RoutingStrategy
-from functions.http import ApiError, JSONResponse, create_app, entry_points, error_body, require, services
+from functions.http import JSONResponse, create_app, entry_points, error_body, services
+from functions.llm import LLM, CacheOptions, Float, Int, failure_of, no_deployment, on_behalf, refused, routing_headers
 
 router = APIRouter(tags=["orchestrate"])
-
-# Strict numbers: `max_tokens: true` or `temperature: "0.5"` is a mistake to report,
-# not a value to coerce (an int is still a valid float).
-Int = Annotated[int, Field(strict=True)]
-Float = Annotated[float, Field(strict=True)]
-
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
-
-
-class CacheOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    no_cache: StrictBool = False
-    no_store: StrictBool = False
-    ttl: Int | None = Field(default=None, ge=1, le=30 * 24 * 3600)
-    namespace: str = Field(default=DEFAULT_NAMESPACE, min_length=1, max_length=64,
-                           pattern=r"^[A-Za-z0-9_.-]+$")
-
-    def policy(self) -> CachePolicy:
-        return CachePolicy(self.no_cache, self.no_store, self.ttl, self.namespace)
 
 
 class _Sampling(BaseModel):
@@ -137,48 +118,15 @@ def _policy(body: _Sampling) -> CachePolicy:
     return body.cache.policy() if body.cache else CachePolicy()
 
 
-def _headers(orchestration: Orchestration, request: LLMRequest) -> dict[str, str]:
-    first = orchestration.results[0] if orchestration.results else None
-    headers = {
-        "x-orchesity-request-id": orchestration.request_id,
-        "x-orchesity-overhead-ms": f"{orchestration.overhead_ms:.3f}",
-        "x-orchesity-cached": "true" if orchestration.cached else "false",
-    }
-    if first is not None and first.provider:
-        headers["x-orchesity-provider"] = first.provider
-    if orchestration.verdict is not None and request.limits is not None:
-        headers.update(key_limits.headers(orchestration.verdict, request.limits))
-    return headers
-
-
-def _request(principal: Principal, **fields: Any) -> LLMRequest:
-    """An LLMRequest on behalf of `principal`: its id in the log, its cache, its limits."""
-    return LLMRequest(caller=None if principal.kind == "open" else principal.id, tenant=principal.tenant,
-                      limits=principal.limits, **fields)
-
-
-def _refused(request: LLMRequest, exc: UnknownProvider | LimitExceeded) -> ApiError:
-    if isinstance(exc, LimitExceeded):
-        budget = exc.verdict.limit is not None and exc.verdict.limit.startswith("budget")
-        return ApiError(429, str(exc), type="rate_limit_exceeded" if not budget else "insufficient_quota",
-                        code=exc.verdict.limit, headers=key_limits.headers(exc.verdict, exc.limits))
-    return ApiError(400, str(exc), param="providers" if request.endpoint == "orchestrate" else "model",
-                    code="unknown_provider")
-
-
-def _no_deployment(exc: NoDeployment) -> ApiError:
-    return ApiError(503, str(exc), type="service_unavailable", param="model", code="no_deployment")
-
-
 async def _run(svc: Services, request: LLMRequest) -> Orchestration:
     try:
         if request.embedding is not None:
             return await svc.orchestrator.embed(request)
         return await svc.orchestrator.complete(request)
     except (UnknownProvider, LimitExceeded) as exc:
-        raise _refused(request, exc) from None
+        raise refused(request, exc) from None
     except NoDeployment as exc:
-        raise _no_deployment(exc) from None
+        raise no_deployment(exc) from None
 
 
 # -- the seed API --------------------------------------------------------------------------------
@@ -223,40 +171,24 @@ def _orchestrate_json(orchestration: Orchestration, mode: str) -> dict[str, Any]
     }
 
 
-def _failure(results: list[Result]) -> tuple[int, dict[str, Any]] | None:
-    """When nothing succeeded: the status and error object the caller should get."""
-    if any(r.ok for r in results) or not results:
-        return None
-    error = results[0].error or {}
-    status = int(error.get("status") or 502)
-    message = error.get("message") or "the provider call failed"
-    if error.get("provider"):
-        message = f"{error['provider']}: {message}"
-    kind = "invalid_request_error" if 400 <= status < 500 else "provider_error"
-    return status, {"type": kind, "message": message, "param": None, "code": error.get("type")}
-
-
-LLM = Depends(require(Scope.llm))
-
-
 @router.post("/api/llm/orchestrate")
 async def orchestrate(body: OrchestrateBody, svc: Services = Depends(services), caller: Principal = LLM) -> Any:
     if body.prompt is not None:
         messages = [{"role": "user", "content": body.prompt}]
     else:
         messages = _messages(body.messages or [])
-    request = _request(caller, chat=_chat(body, messages, {}), targets=body.providers, mode=body.mode,
+    request = on_behalf(caller, chat=_chat(body, messages, {}), targets=body.providers, mode=body.mode,
                        strategy=body.strategy, cache=_policy(body), endpoint="orchestrate",
                        timeout=body.timeout)
     if body.stream:
         return await _stream(svc, request, _seed_events)
     orchestration = await _run(svc, request)
     payload = _orchestrate_json(orchestration, body.mode)
-    failure = _failure(orchestration.results)
+    failure = failure_of(orchestration.results)
     status = 200
     if failure is not None:
         status, payload["error"] = failure
-    return JSONResponse(payload, status_code=status, headers=_headers(orchestration, request))
+    return JSONResponse(payload, status_code=status, headers=routing_headers(orchestration, request))
 
 
 # -- the OpenAI-compatible API ------------------------------------------------------------------
@@ -281,7 +213,7 @@ async def chat_completions(body: ChatCompletionBody, svc: Services = Depends(ser
     if body.max_tokens is None and body.max_completion_tokens is not None:
         body.max_tokens = body.max_completion_tokens
     targets = None if body.model == "auto" else [body.model]
-    request = _request(caller, chat=_chat(body, _messages(body.messages), extra), targets=targets,
+    request = on_behalf(caller, chat=_chat(body, _messages(body.messages), extra), targets=targets,
                        strategy=body.strategy, cache=_policy(body), endpoint="chat.completions",
                        timeout=body.timeout)
     if (body.n or 1) > 1:
@@ -290,11 +222,11 @@ async def chat_completions(body: ChatCompletionBody, svc: Services = Depends(ser
         return await _stream(svc, request, _openai_events(body.model))
     orchestration = await _run(svc, request)
     result = orchestration.results[0]
-    failure = _failure(orchestration.results)
+    failure = failure_of(orchestration.results)
     if failure is not None:
         status, error = failure
-        return JSONResponse({"error": error}, status_code=status, headers=_headers(orchestration, request))
-    return JSONResponse(_completion_json(orchestration, result, body.model), headers=_headers(orchestration, request))
+        return JSONResponse({"error": error}, status_code=status, headers=routing_headers(orchestration, request))
+    return JSONResponse(_completion_json(orchestration, result, body.model), headers=routing_headers(orchestration, request))
 
 
 async def _all(work: list[Awaitable[Any]]) -> list[Any]:
@@ -320,10 +252,10 @@ async def _choices(svc: Services, request: LLMRequest, n: int, requested: str, s
         return await _stream_choices(svc, requests, requested)
     orchestrations = await _all([_run(svc, r) for r in requests])
     for orchestration, one in zip(orchestrations, requests):
-        failure = _failure(orchestration.results)
+        failure = failure_of(orchestration.results)
         if failure is not None:
             status, error = failure
-            return JSONResponse({"error": error}, status_code=status, headers=_headers(orchestration, one))
+            return JSONResponse({"error": error}, status_code=status, headers=routing_headers(orchestration, one))
     first = orchestrations[0]
     answer = _completion_json(first, first.results[0], requested)
     answer["choices"] = [{**openai_wire.completion(o.results[0], requested)["choices"][0], "index": i}
@@ -331,7 +263,7 @@ async def _choices(svc: Services, request: LLMRequest, n: int, requested: str, s
     answer["usage"] = _summed([openai_wire.usage(o.results[0]) for o in orchestrations])
     answer["orchesity"]["providers"] = [o.results[0].provider for o in orchestrations]
     answer["orchesity"]["cost"] = sum(o.results[0].cost for o in orchestrations)
-    return JSONResponse(answer, headers=_headers(first, requests[0]))
+    return JSONResponse(answer, headers=routing_headers(first, requests[0]))
 
 
 def _summed(usages: list[dict[str, int]]) -> dict[str, int]:
@@ -400,12 +332,12 @@ def _embeddings_json(orchestration: Orchestration, result: Result, body: Embeddi
 async def embeddings(body: EmbeddingBody, svc: Services = Depends(services), caller: Principal = LLM) -> Any:
     embedding = EmbeddingRequest(input=body.input, model=body.model, dimensions=body.dimensions,
                                  user=body.user, encoding_format=body.encoding_format)
-    request = _request(caller, embedding=embedding, targets=None if body.model == "auto" else [body.model],
+    request = on_behalf(caller, embedding=embedding, targets=None if body.model == "auto" else [body.model],
                        strategy=body.strategy, cache=body.cache.policy() if body.cache else CachePolicy(),
                        endpoint="embeddings", timeout=body.timeout)
     orchestration = await _run(svc, request)
-    headers = _headers(orchestration, request)
-    failure = _failure(orchestration.results)
+    headers = routing_headers(orchestration, request)
+    failure = failure_of(orchestration.results)
     if failure is not None:
         status, error = failure
         return JSONResponse({"error": error}, status_code=status, headers=headers)
@@ -454,17 +386,17 @@ async def _open(svc: Services, request: LLMRequest) -> tuple[Orchestration, Asyn
     try:
         return await svc.orchestrator.stream(request)
     except (UnknownProvider, LimitExceeded) as exc:
-        raise _refused(request, exc) from None
+        raise refused(request, exc) from None
     except NoDeployment as exc:
-        raise _no_deployment(exc) from None
+        raise no_deployment(exc) from None
 
 
 async def _stream(svc: Services, request: LLMRequest, events: EventWriter) -> Any:
     orchestration, chunks = await _open(svc, request)
-    failure = _failure(orchestration.results)
+    failure = failure_of(orchestration.results)
     if failure is not None:  # failed before the first token: an ordinary error response
         status, error = failure
-        return JSONResponse({"error": error}, status_code=status, headers=_headers(orchestration, request))
+        return JSONResponse({"error": error}, status_code=status, headers=routing_headers(orchestration, request))
 
     async def body() -> AsyncIterator[str]:
         try:
@@ -475,7 +407,7 @@ async def _stream(svc: Services, request: LLMRequest, events: EventWriter) -> An
             return
         yield "data: [DONE]\n\n"
 
-    headers = _headers(orchestration, request) | {"cache-control": "no-cache"}
+    headers = routing_headers(orchestration, request) | {"cache-control": "no-cache"}
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 
@@ -485,12 +417,12 @@ async def _stream_choices(svc: Services, requests: list[LLMRequest], requested: 
     after it, the stream ends with the error event."""
     opened = await _all([_open(svc, r) for r in requests])
     for (orchestration, chunks), one in zip(opened, requests):
-        failure = _failure(orchestration.results)
+        failure = failure_of(orchestration.results)
         if failure is not None:
             for _, others in opened:
                 await _close(others)
             status, error = failure
-            return JSONResponse({"error": error}, status_code=status, headers=_headers(orchestration, one))
+            return JSONResponse({"error": error}, status_code=status, headers=routing_headers(orchestration, one))
     first = opened[0][0]
     writers = [_openai_events(requested, index=i, completion_id=_completion_id(first)) for i in range(len(opened))]
     queue: asyncio.Queue[tuple[int, Chunk | None, ProviderError | None]] = asyncio.Queue()
@@ -530,7 +462,7 @@ async def _stream_choices(svc: Services, requests: list[LLMRequest], requested: 
             for _, chunks in opened:
                 await _close(chunks)
 
-    headers = _headers(first, requests[0]) | {"cache-control": "no-cache"}
+    headers = routing_headers(first, requests[0]) | {"cache-control": "no-cache"}
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 

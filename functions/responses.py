@@ -32,8 +32,7 @@ from core.responses import CreateRequest, EventStream, InvalidRequest, finished
 from core.services import Services
 from core.settings import RoutingStrategy
 from functions.http import ApiError, JSONResponse, create_app, entry_points, services
-from functions.orchestrate import (LLM, CacheOptions, Float, Int, _failure, _headers, _no_deployment, _refused,
-                                   _request)
+from functions.llm import LLM, CacheOptions, Float, Int, failure_of, no_deployment, on_behalf, refused, routing_headers
 
 router = APIRouter(tags=["responses"])
 
@@ -171,7 +170,7 @@ async def create(body: ResponseBody, svc: Services = Depends(services), caller: 
         chat = request.chat(prior)
     except InvalidRequest as exc:
         raise _invalid(exc) from None
-    llm = _request(caller, chat=chat, targets=None if body.model == "auto" else [body.model],
+    llm = on_behalf(caller, chat=chat, targets=None if body.model == "auto" else [body.model],
                    strategy=body.strategy, cache=body.cache.policy() if body.cache else CachePolicy(),
                    endpoint="responses", timeout=body.timeout)
     conversation = [*prior, *request.items]
@@ -181,11 +180,11 @@ async def create(body: ResponseBody, svc: Services = Depends(services), caller: 
     try:
         orchestration = await svc.orchestrator.complete(llm)
     except (UnknownProvider, LimitExceeded) as exc:
-        raise _refused(llm, exc) from None
+        raise refused(llm, exc) from None
     except NoDeployment as exc:
-        raise _no_deployment(exc) from None
-    headers = _headers(orchestration, llm)
-    failure = _failure(orchestration.results)
+        raise no_deployment(exc) from None
+    headers = routing_headers(orchestration, llm)
+    failure = failure_of(orchestration.results)
     if failure is not None:
         status, error = failure
         return JSONResponse({"error": error}, status_code=status, headers=headers)
@@ -206,13 +205,13 @@ async def _stream(svc: Services, llm: LLMRequest, request: CreateRequest, caller
     try:
         orchestration, chunks = await svc.orchestrator.stream(llm)
     except (UnknownProvider, LimitExceeded) as exc:
-        raise _refused(llm, exc) from None
+        raise refused(llm, exc) from None
     except NoDeployment as exc:
-        raise _no_deployment(exc) from None
-    failure = _failure(orchestration.results)
+        raise no_deployment(exc) from None
+    failure = failure_of(orchestration.results)
     if failure is not None:  # failed before the first token (every deployment tried): an error status
         status, error = failure
-        return JSONResponse({"error": error}, status_code=status, headers=_headers(orchestration, llm))
+        return JSONResponse({"error": error}, status_code=status, headers=routing_headers(orchestration, llm))
     result = orchestration.results[0]
     events = EventStream(request, _response_id(orchestration), result.model or request.model)
 
@@ -234,7 +233,7 @@ async def _stream(svc: Services, llm: LLMRequest, request: CreateRequest, caller
             for event in events.fail(f"the stream failed after it started: {exc.error_class}"):
                 yield _sse(event)
 
-    headers = _headers(orchestration, llm) | {"cache-control": "no-cache"}
+    headers = routing_headers(orchestration, llm) | {"cache-control": "no-cache"}
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 
