@@ -44,61 +44,30 @@ from core.providers.base import (
     ProviderStreamCut,
     ProviderTimeout,
     ProviderUnavailable,
-    Slots,
     call_budget,
 )
+from core.providers.native import NativeAdapter
 from core.providers.openai_compat import _json_or_text, _sse_data, _tool_call_text, parse_retry_after
 
 if TYPE_CHECKING:
     from core.providers.config import DeploymentSpec
 
 MESSAGES_PATH = "/v1/messages"
-_MAX_MESSAGE = 1000  # characters of a provider's error message kept in our errors
 _REQUEST_FIELDS = {f.name for f in dataclasses.fields(ChatRequest)} - {"messages", "extra"}
 
 
-class AnthropicAdapter:
+class AnthropicAdapter(NativeAdapter):
     """Calls one deployment over Anthropic's Messages API. Safe to share across tasks."""
 
     def __init__(self, spec: DeploymentSpec, *, transport: httpx2.AsyncBaseTransport | None = None) -> None:
-        self.spec = spec
-        self._given_transport = transport  # owned by the caller, not closed here
-        self._transport: httpx2.AsyncBaseTransport | None = None
-        self._slots = Slots(spec.max_concurrency)
         base = cast(str, spec.base_url).rstrip("/")  # set for every non-simulated spec (its validator)
         self._url = httpx2.URL(base + MESSAGES_PATH)
+        super().__init__(spec, self._url, transport=transport)
         self._headers = httpx2.Headers({"content-type": "application/json", "accept": "application/json",
                                         "anthropic-version": anthropic_format.VERSION,
                                         "user-agent": f"orchesity/{__version__}"})
         if spec.api_key is not None:
             self._headers["x-api-key"] = spec.api_key.get_secret_value()
-
-    def __repr__(self) -> str:
-        return f"<AnthropicAdapter {self.spec.name} {self.spec.model} at {self.spec.describe()['base_url']}>"
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def in_flight(self) -> int:
-        return self._slots.in_flight
-
-    def _get_transport(self) -> httpx2.AsyncBaseTransport:
-        transport = self._transport
-        if transport is None:
-            from core.providers.http_pool import transport_for
-
-            transport = self._transport = self._given_transport or transport_for(self._url, limits=httpx2.Limits(
-                max_connections=self.spec.max_concurrency or 256, max_keepalive_connections=64))
-        return transport
-
-    async def aclose(self) -> None:
-        transport, self._transport = self._transport, None
-        if transport is not None and self._given_transport is None:
-            await transport.aclose()
-
-    # --- requests --------------------------------------------------------------------------
 
     def _body(self, request: ChatRequest, stream: bool) -> bytes:
         spec = self.spec
@@ -243,24 +212,6 @@ class AnthropicAdapter:
                     model=reader.model or spec.model, id=reader.id, stop_sequence=reader.stop_sequence)
 
     # --- errors ----------------------------------------------------------------------------
-
-    def _scrub(self, text: str) -> str:
-        key = self.spec.api_key.get_secret_value() if self.spec.api_key is not None else None
-        if key and key in text:
-            text = text.replace(key, "[redacted]")
-        return text[:_MAX_MESSAGE]
-
-    def _error(self, exc: BaseException) -> ProviderError:
-        """The ProviderError for an exception raised by httpx2 (or a body it could not decode)."""
-        name = self.spec.name
-        if isinstance(exc, httpx2.TimeoutException):
-            return ProviderTimeout("timed out", deployment=name)
-        if isinstance(exc, (ValueError, httpx2.DecodingError)):
-            return ProviderBadResponse(f"unparseable reply: {type(exc).__name__}", deployment=name)
-        if isinstance(exc, httpx2.TransportError):
-            detail = self._scrub(f"{type(exc).__name__}: {exc}")
-            return ProviderUnavailable(f"connection failed ({detail})", deployment=name)
-        raise exc  # not a provider failure: a bug of ours, let it surface as it is
 
     def _status_error(self, status: int, body: object, headers: Mapping[str, str]) -> ProviderError:
         provider_message = self._scrub(_message(body))

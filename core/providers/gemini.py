@@ -62,12 +62,12 @@ from core.providers.base import (
     ProviderStreamCut,
     ProviderTimeout,
     ProviderUnavailable,
-    Slots,
     Usage,
     call_budget,
 )
 from core.providers.gemini_request import generate_body
 from core.providers.gemini_schema import Untranslatable
+from core.providers.native import NativeAdapter
 from core.providers.openai_compat import _json_or_text, _sse_data, parse_retry_after
 
 if TYPE_CHECKING:
@@ -75,57 +75,26 @@ if TYPE_CHECKING:
 
 API_VERSION = "v1beta"
 EMBED_BATCH = 100  # batchEmbedContents takes at most 100 requests
-_MAX_MESSAGE = 1000  # characters of Gemini's error message kept in our errors
 _FILTERED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
                        "LANGUAGE"})
 
 
-class GeminiAdapter:
+class GeminiAdapter(NativeAdapter):
     """Calls one deployment of Gemini's own API. Safe to share across tasks."""
 
     def __init__(self, spec: DeploymentSpec, *, transport: httpx2.AsyncBaseTransport | None = None) -> None:
-        self.spec = spec
-        self._given_transport = transport  # owned by the caller, not closed here
-        self._transport: httpx2.AsyncBaseTransport | None = transport
-        self._slots = Slots(spec.max_concurrency)
         base = cast(str, spec.base_url).rstrip("/")  # every gemini spec has one (its family's default)
         self._model_name = spec.model if "/" in spec.model else f"models/{spec.model}"
         prefix = f"{base}/{API_VERSION}/{quote(self._model_name, safe='/')}"
         self._generate_url = httpx2.URL(prefix + ":generateContent")
         self._stream_url = httpx2.URL(prefix + ":streamGenerateContent?alt=sse")
         self._embed_url = httpx2.URL(prefix + ":batchEmbedContents")
+        super().__init__(spec, self._generate_url, transport=transport)
         headers = {"Content-Type": "application/json", "Accept-Encoding": "gzip", "User-Agent": "orchesity"}
         if spec.api_key is not None:
             headers["x-goog-api-key"] = spec.api_key.get_secret_value()
         self._headers = httpx2.Headers({**headers, "Accept": "application/json"})
         self._stream_headers = httpx2.Headers({**headers, "Accept": "text/event-stream"})
-
-    def __repr__(self) -> str:
-        return f"<GeminiAdapter {self.spec.name} {self.spec.model} at {self.spec.describe()['base_url']}>"
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def in_flight(self) -> int:
-        return self._slots.in_flight
-
-    def _get_transport(self) -> httpx2.AsyncBaseTransport:
-        transport = self._transport
-        if transport is None:
-            from core.providers.http_pool import transport_for
-
-            spec = self.spec
-            transport = self._transport = transport_for(self._generate_url, limits=httpx2.Limits(
-                max_connections=spec.max_concurrency or 256, max_keepalive_connections=64))
-        return transport
-
-    async def aclose(self) -> None:
-        transport = self._transport
-        if transport is not None and self._given_transport is None:
-            self._transport = None
-            await transport.aclose()
 
     # --- calls -----------------------------------------------------------------------------
 
@@ -365,26 +334,6 @@ class GeminiAdapter:
         return vectors
 
     # --- errors ----------------------------------------------------------------------------
-
-    def _scrub(self, text: str) -> str:
-        key = self.spec.api_key.get_secret_value() if self.spec.api_key is not None else None
-        if key and key in text:
-            text = text.replace(key, "[redacted]")
-        return text[:_MAX_MESSAGE]
-
-    def _error(self, exc: BaseException) -> ProviderError:
-        """The ProviderError for an exception raised by httpx2 or while decoding a reply."""
-        name = self.spec.name
-        if isinstance(exc, ProviderError):
-            return exc
-        if isinstance(exc, httpx2.TimeoutException):
-            return ProviderTimeout("timed out", deployment=name)
-        if isinstance(exc, (ValueError, httpx2.DecodingError)):  # JSONDecodeError, bad encoding
-            return ProviderBadResponse(f"unparseable reply: {type(exc).__name__}", deployment=name)
-        if isinstance(exc, httpx2.TransportError):
-            detail = self._scrub(f"{type(exc).__name__}: {exc}")
-            return ProviderUnavailable(f"connection failed ({detail})", deployment=name)
-        raise exc  # not a provider failure: a bug of ours, let it surface as it is
 
     def _status_error(self, status: int, body: object, headers: Mapping[str, str]) -> ProviderError:
         error = _inner_error(body)

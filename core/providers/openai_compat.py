@@ -47,6 +47,7 @@ import httpx2
 
 from core import fastjson, heap
 from core.providers import tokens
+from core.providers.native import scrub
 from core.providers.vectors import decode_base64
 from core.providers.base import (
     ChatRequest,
@@ -77,7 +78,6 @@ EMBEDDINGS_PATH = "/embeddings"
 # Only the bearer key: the SDK's default also adds OPENAI_ADMIN_KEY, which must never
 # travel to another provider.
 _SECURITY = {"bearer_auth": True}
-_MAX_MESSAGE = 1000  # characters of a provider's error message kept in our errors
 
 
 class OpenAICompatAdapter:
@@ -436,10 +436,7 @@ class OpenAICompatAdapter:
     # --- errors ----------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        key = self.spec.api_key.get_secret_value() if self.spec.api_key is not None else None
-        if key and key in text:
-            text = text.replace(key, "[redacted]")
-        return text[:_MAX_MESSAGE]
+        return scrub(self.spec, text)
 
     def _error(self, exc: BaseException) -> ProviderError:
         """The ProviderError for an exception raised by the SDK or httpx2."""
