@@ -458,3 +458,27 @@ async def test_streams_are_routed_on_time_to_first_token(open_gateway: Any, tmp_
                 picked[stream][answer.headers["x-orchesity-provider"]] += 1
     assert picked[True]["early"] >= 18, picked  # streams: the quick first token
     assert picked[False]["late"] >= 18, picked  # plain calls: the quick whole answer
+
+
+async def test_a_request_one_protocol_cannot_express_goes_to_a_deployment_that_can(
+        open_gateway: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anthropic's Messages API has no response_format: a structured-output request the
+    DWA sends there first is answered by the next deployment, and the native one is not
+    held to have failed; asked for by name, it is a 400 naming the field."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    path = providers_file(tmp_path, [
+        {"name": "claude", "provider": "anthropic", "priority": 1, "api_key_env": "ANTHROPIC_API_KEY"},
+        sim("backup", priority=2)])
+    body = {"messages": [{"role": "user", "content": "colours, as JSON"}], "response_format": {
+        "type": "json_schema", "json_schema": {"name": "colours", "schema": {
+            "type": "object", "properties": {"colours": {"type": "array", "items": {"type": "string"}}},
+            "required": ["colours"]}}}}
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=path, DWA_ROUTING_STRATEGY="priority") as gw:
+        routed = await gw.client.post("/v1/chat/completions", json={"model": "auto", **body})
+        named = await gw.client.post("/v1/chat/completions", json={"model": "claude", **body})
+        stats = await dwa_stats(gw)
+    assert routed.status_code == 200, routed.text
+    assert routed.headers["x-orchesity-provider"] == "backup"
+    assert json.loads(routed.json()["choices"][0]["message"]["content"])["colours"] is not None
+    assert named.status_code == 400 and "response_format" in named.json()["error"]["message"]
+    assert stats["claude"]["failures"] == 0 and stats["claude"]["circuit_state"] == "closed"

@@ -22,6 +22,7 @@ from core.providers import (
     ProviderAuthError,
     ProviderBadResponse,
     ProviderClientError,
+    ProviderUnsupported,
     ProviderError,
     ProviderRateLimited,
     ProviderStreamCut,
@@ -177,7 +178,8 @@ async def test_the_request_is_translated_field_by_field(httpx_mock: HTTPXMock, m
 async def test_what_cannot_be_translated_is_refused_naming_it(make: Make, req: dict[str, Any], field: str) -> None:
     with pytest.raises(ProviderClientError) as info:
         await make().complete(request(**req), timeout=5)
-    assert field in str(info.value) and not info.value.retryable  # and nothing was sent (httpx_mock unused)
+    assert field in str(info.value) and isinstance(info.value, ProviderUnsupported)
+    assert info.value.retryable and info.value.status == 400  # another protocol may express it; nothing was sent
 
 
 async def test_tool_use_comes_back_as_openai_tool_calls(httpx_mock: HTTPXMock, make: Make) -> None:

@@ -29,6 +29,7 @@ from core.providers.base import (
     ProviderRateLimited,
     ProviderStreamCut,
     ProviderTimeout,
+    ProviderUnsupported,
     ProviderUnavailable,
     Usage,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "ProviderRegistry",
     "ProviderStreamCut",
     "ProviderTimeout",
+    "ProviderUnsupported",
     "ProviderUnavailable",
     "SimulationSpec",
     "Usage",

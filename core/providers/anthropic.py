@@ -43,6 +43,7 @@ from core.providers.base import (
     ProviderRateLimited,
     ProviderStreamCut,
     ProviderTimeout,
+    ProviderUnsupported,
     ProviderUnavailable,
     call_budget,
 )
@@ -80,7 +81,7 @@ class AnthropicAdapter(NativeAdapter):
             body = anthropic_format.request_body(request, model=spec.model, max_tokens=spec.default_max_tokens,
                                                  stream=stream)
         except Untranslatable as exc:
-            raise ProviderClientError(f"cannot be sent to Anthropic's Messages API: {exc}", deployment=spec.name,
+            raise ProviderUnsupported(f"cannot be sent to Anthropic's Messages API: {exc}", deployment=spec.name,
                                       status=400, provider_message=f"{exc}") from None
         if spec.params:
             body = {**spec.params, **body}

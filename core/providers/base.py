@@ -14,6 +14,7 @@ and every failure into one of the
     ProviderBadResponse   unparseable reply
     ProviderAuthError     401/403/404: this deployment's key, model or URL is wrong
     ProviderBusy          our own max_concurrency for the deployment is reached
+    ProviderUnsupported   its protocol cannot express the request (a 400 if none can)
 
 Replies are plain slotted dataclasses, not pydantic models: they are built once per
 call on the hot path and never validated against user input.
@@ -245,6 +246,17 @@ class ProviderClientError(ProviderError):
 
     retryable = False
     error_class = "client_error"
+
+
+class ProviderUnsupported(ProviderClientError):
+    """This deployment's protocol cannot express the request (Anthropic's Messages API has
+    no response_format, Gemini no free-form tool schema...), found before anything was
+    sent. Retryable: another deployment may speak a protocol that can; not held against
+    this one (the DWA counts it as a client error). With nowhere else to go, the caller
+    gets the 400 naming the field."""
+
+    retryable = True
+    error_class = "unsupported"
 
 
 # --- helpers shared by the adapters ----------------------------------------------------------

@@ -61,6 +61,7 @@ from core.providers.base import (
     ProviderRateLimited,
     ProviderStreamCut,
     ProviderTimeout,
+    ProviderUnsupported,
     ProviderUnavailable,
     Usage,
     call_budget,
@@ -103,7 +104,7 @@ class GeminiAdapter(NativeAdapter):
             return generate_body(request, self.spec)
         except Untranslatable as exc:
             message = f"cannot be sent to Gemini: {exc}"
-            raise ProviderClientError(message, deployment=self.spec.name, provider_message=message) from None
+            raise ProviderUnsupported(message, deployment=self.spec.name, status=400, provider_message=message) from None
 
     async def complete(self, request: ChatRequest, *, timeout: float | None = None) -> Completion:
         body = self._body(request)
