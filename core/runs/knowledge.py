@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core import fastjson
+from core.outage import Outage
 
 if TYPE_CHECKING:
     from core.runs.submit import Caller
@@ -165,13 +166,19 @@ async def learn(svc: Services, model: str | None = None, limit: int | None = Non
     return len(rows)
 
 
+_learning = Outage("the knowledge base's embedding of finished runs", log)  # logged once per outage
+
+
 async def learn_quietly(svc: Services, model: str | None = None) -> int:
-    """`learn`, with a failure logged rather than raised (the sweeps and searches call it)."""
+    """`learn`, with a failure logged (once, until it works again) rather than raised:
+    the idle worker, the sweeps and the searches call it."""
     try:
-        return await learn(svc, model)
+        learnt = await learn(svc, model)
     except Exception as exc:  # noqa: BLE001 - the next sweep tries again
-        log.warning("knowledge base: could not embed finished runs: %s", exc)
+        _learning.failed(exc)
         return 0
+    _learning.recovered()
+    return learnt
 
 
 async def similar(svc: Services, query: str, *, limit: int, owned_by: str | None,
