@@ -476,7 +476,7 @@ class _Advance:
             self._note(step_id, "step.progress", f"{step_id}: {message}", {"step": step_id, **data})
             try:
                 await self._flush()
-            except BaseException as exc:
+            except Exception as exc:  # a cancelled step is not a failed checkpoint
                 self.save_failed = exc
                 raise
 
