@@ -150,6 +150,7 @@ class Result:
     error: dict[str, Any] | None = None  # {"type", "message", "status"}
     attempts: list[Attempt] = field(default_factory=list)
     completion_id: str | None = None
+    limit_reset_s: float | None = None  # its limit headers said none is left until then (not cached)
 
     @property
     def ok(self) -> bool:
@@ -538,6 +539,7 @@ class Orchestrator:
             result.stop_sequence = completion.stop_sequence
             result.tool_calls, result.usage = completion.tool_calls, completion.usage
             result.logprobs, result.completion_id = completion.logprobs, completion.id
+            result.limit_reset_s = completion.limit_reset_s
             self._succeeded(plan, result, adapter, started)
         return result
 
@@ -586,7 +588,7 @@ class Orchestrator:
         result.attempts.append(Attempt(adapter.name, _model(plan.request, adapter), elapsed))
         plan.outcomes.append(Outcome(adapter.name, OutcomeKind.SUCCESS, elapsed, time.time(),
                                      usage.prompt_tokens, usage.completion_tokens, ttft_s=result.ttft,
-                                     fresh=adapter.name in plan.explored))
+                                     retry_after_s=result.limit_reset_s, fresh=adapter.name in plan.explored))
         self._log_result(plan, result, elapsed)
 
     def _failed(self, plan: _Plan, result: Result, adapter: Adapter, exc: ProviderError, started: float,

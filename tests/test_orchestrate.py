@@ -482,3 +482,23 @@ async def test_a_request_one_protocol_cannot_express_goes_to_a_deployment_that_c
     assert json.loads(routed.json()["choices"][0]["message"]["content"])["colours"] is not None
     assert named.status_code == 400 and "response_format" in named.json()["error"]["message"]
     assert stats["claude"]["failures"] == 0 and stats["claude"]["circuit_state"] == "closed"
+
+
+async def test_a_reply_saying_no_request_is_left_rests_the_deployment_before_any_429(
+        open_gateway: Any, tmp_path: Path, httpx_mock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-limits")
+    httpx_mock.add_response(url=OPENAI_URL, json=openai_reply(), headers={
+        "x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "6m0s", "x-ratelimit-remaining-tokens": "90000"})
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=openai_first(tmp_path),
+                            DWA_ROUTING_STRATEGY="priority") as gw:
+        first = await gw.client.post("/v1/chat/completions", json={"model": "auto", "messages": [
+            {"role": "user", "content": "first"}]})
+        after = [await gw.client.post("/v1/chat/completions", json={"model": "auto", "messages": [
+            {"role": "user", "content": f"and then {i}"}]}) for i in range(3)]
+        stats = await dwa_stats(gw)
+    assert first.headers["x-orchesity-provider"] == "openai"
+    assert [r.headers["x-orchesity-provider"] for r in after] == ["backup"] * 3  # not one 429 met
+    assert len(httpx_mock.get_requests()) == 1
+    assert stats["openai"]["rate_limited_until"] == pytest.approx(time.time() + 360, abs=30)
+    assert stats["openai"]["rate_limited"] == 0 and stats["openai"]["failures"] == 0

@@ -582,3 +582,20 @@ async def test_once_a_client_is_built_the_sdk_is_out_of_the_collectors_full_scan
     completion = await make().complete(request())
     assert completion.text == "Hello, tests!"
     assert gc.get_freeze_count() > 40_000
+
+
+@pytest.mark.parametrize(("headers", "wait"), [
+    ({"x-ratelimit-remaining-requests": "12", "x-ratelimit-remaining-tokens": "4000"}, None),
+    ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1s"}, 1.0),
+    ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "6m0s"}, 360.0),
+    ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "20ms"}, 0.02),
+    ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s",
+      "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1m30s"}, 90.0),  # the later one
+    ({"x-ratelimit-remaining-requests": "0"}, 1.0),  # no reset given: a second's rest
+    ({}, None),
+])
+def test_limit_headers_say_how_long_until_a_used_up_limit_resets(headers: dict[str, str],
+                                                                 wait: float | None) -> None:
+    from core.providers.openai_compat import limit_reset
+
+    assert limit_reset(headers) == (pytest.approx(wait) if wait is not None else None)

@@ -78,6 +78,8 @@ TRANSITIONS_LUA = r"""
 if kind == 'ok' then
   -- any success proves the provider answers: close, forget the trips and the probe
   h.ho = 0; h.tr = 0; h.ou = 0; h.pu = 0
+  -- and one whose limit headers said nothing is left is rested until they reset
+  if retry > 0 and now + retry > h.rl then h.rl = now + retry end
 elseif kind == 'fail' then
   if h.ho == 1 then
     if now >= h.ou then

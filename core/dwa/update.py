@@ -96,6 +96,8 @@ def _transitions(h: dict[str, float], kind: OutcomeKind, now: float, retry: floa
     """breaker.TRANSITIONS_LUA, line for line."""
     if kind is OutcomeKind.SUCCESS:
         h["ho"] = h["tr"] = h["ou"] = h["pu"] = 0
+        if retry > 0 and now + retry > h["rl"]:  # its limit headers said nothing is left
+            h["rl"] = now + retry
     elif kind is OutcomeKind.FAILURE:
         if h["ho"] == 1:
             if now >= h["ou"]:

@@ -80,6 +80,9 @@ class Completion:
     tool_calls: list[dict[str, Any]] | None = None  # as the provider sent them (OpenAI shape)
     logprobs: list[dict[str, Any]] | None = None  # the choice's logprobs.content, when asked for
     stop_sequence: str | None = None  # which of `stop` ended the reply, when the provider says (Anthropic)
+    # The reply's rate-limit headers said no request (or token) is left: seconds until they
+    # reset. The DWA then sends nothing more there until then, instead of meeting a 429.
+    limit_reset_s: float | None = None
 
 
 @dataclass(slots=True)

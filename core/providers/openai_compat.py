@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
@@ -204,8 +205,10 @@ class OpenAICompatAdapter:
         return body
 
     async def complete(self, request: ChatRequest, *, timeout: float | None = None) -> Completion:
-        data = await self._post(CHAT_PATH, self._body(request, stream=False), timeout)
-        return self._completion(data, request)
+        data, headers = await self._post(CHAT_PATH, self._body(request, stream=False), timeout)
+        completion = self._completion(data, request)
+        completion.limit_reset_s = limit_reset(headers)
+        return completion
 
     async def embed(self, request: EmbeddingRequest, *, timeout: float | None = None) -> Embeddings:
         """`POST {base_url}/embeddings`, always asking for floats (the gateway encodes base64
@@ -216,12 +219,12 @@ class OpenAICompatAdapter:
             body["dimensions"] = request.dimensions
         if request.user is not None:
             body["user"] = request.user
-        data = await self._post(EMBEDDINGS_PATH, body, timeout)
+        data, _ = await self._post(EMBEDDINGS_PATH, body, timeout)
         return self._embeddings(data, request)
 
-    async def _post(self, path: str, payload: dict[str, Any], timeout: float | None) -> Any:
+    async def _post(self, path: str, payload: dict[str, Any], timeout: float | None) -> tuple[Any, Mapping[str, str]]:
         """One JSON POST on the direct path (see the module docstring), in a slot, within
-        the call's budget: the decoded reply, or a ProviderError."""
+        the call's budget: the decoded reply and its headers, or a ProviderError."""
         spec = self.spec
         budget = call_budget(spec, timeout)
         loop = asyncio.get_running_loop()
@@ -245,7 +248,7 @@ class OpenAICompatAdapter:
                 if response.status_code >= 400:
                     raise self._status_error(response.status_code, _json_or_text(response),
                                              response.headers) from None
-                return fastjson.loads(response.content)
+                return fastjson.loads(response.content), response.headers
         except TimeoutError:
             raise ProviderTimeout(f"no reply within {budget:g}s", deployment=spec.name) from None
         except ProviderError:
@@ -608,6 +611,24 @@ def _is_key_rejection(body: object) -> bool:
     """Gemini answers a bad key with 400 INVALID_ARGUMENT, not 401."""
     text = json.dumps(body) if not isinstance(body, str) else body
     return "API_KEY_INVALID" in text or "API key not valid" in text
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def limit_reset(headers: Mapping[str, str]) -> float | None:
+    """Seconds until a limit this reply used up resets: `x-ratelimit-remaining-requests`
+    (or `-tokens`) of 0, with `x-ratelimit-reset-requests` (`-tokens`) as OpenAI writes
+    durations ("1s", "6m0s", "20ms"); None while requests and tokens are left."""
+    wait = None
+    for kind in ("requests", "tokens"):
+        if headers.get(f"x-ratelimit-remaining-{kind}", "").strip() != "0":
+            continue
+        parts = _DURATION.findall(headers.get(f"x-ratelimit-reset-{kind}", ""))
+        seconds = sum(float(amount) * _UNIT_S[unit] for amount, unit in parts) if parts else 1.0
+        wait = seconds if wait is None else max(wait, seconds)
+    return wait
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
