@@ -599,3 +599,16 @@ def test_limit_headers_say_how_long_until_a_used_up_limit_resets(headers: dict[s
     from core.providers.openai_compat import limit_reset
 
     assert limit_reset(headers) == (pytest.approx(wait) if wait is not None else None)
+
+
+def test_anthropics_limit_headers_say_when_a_used_up_limit_resets() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from core.providers.openai_compat import limit_reset
+
+    soon = (datetime.now(UTC) + timedelta(seconds=42)).isoformat().replace("+00:00", "Z")
+    assert limit_reset({"anthropic-ratelimit-requests-remaining": "0",
+                        "anthropic-ratelimit-requests-reset": soon}) == pytest.approx(42, abs=2)
+    assert limit_reset({"anthropic-ratelimit-output-tokens-remaining": "0",
+                        "anthropic-ratelimit-output-tokens-reset": "not a time"}) == 1.0
+    assert limit_reset({"anthropic-ratelimit-requests-remaining": "49"}) is None

@@ -48,7 +48,7 @@ from core.providers.base import (
     call_budget,
 )
 from core.providers.native import NativeAdapter
-from core.providers.openai_compat import _json_or_text, _sse_data, _tool_call_text, parse_retry_after
+from core.providers.openai_compat import _json_or_text, _sse_data, _tool_call_text, limit_reset, parse_retry_after
 
 if TYPE_CHECKING:
     from core.providers.config import DeploymentSpec
@@ -130,6 +130,7 @@ class AnthropicAdapter(NativeAdapter):
         finally:
             self._slots.release()
         completion.model = completion.model or spec.model
+        completion.limit_reset_s = limit_reset(response.headers)
         if completion.usage.counted:
             completion.usage = tokens.counted_usage(request.messages, completion.text, spec.model,
                                                     tool_calls=completion.tool_calls)

@@ -618,17 +618,32 @@ _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def limit_reset(headers: Mapping[str, str]) -> float | None:
-    """Seconds until a limit this reply used up resets: `x-ratelimit-remaining-requests`
-    (or `-tokens`) of 0, with `x-ratelimit-reset-requests` (`-tokens`) as OpenAI writes
-    durations ("1s", "6m0s", "20ms"); None while requests and tokens are left."""
+    """Seconds until a limit this reply used up resets, None while requests and tokens are
+    left. OpenAI: `x-ratelimit-remaining-requests` (or `-tokens`) of 0, the reset in
+    `x-ratelimit-reset-*` as a duration ("1s", "6m0s", "20ms"). Anthropic:
+    `anthropic-ratelimit-requests-remaining` (or `-tokens-`, `-input-tokens-`,
+    `-output-tokens-`) of 0, the reset in `anthropic-ratelimit-*-reset` as an RFC 3339 time."""
     wait = None
     for kind in ("requests", "tokens"):
-        if headers.get(f"x-ratelimit-remaining-{kind}", "").strip() != "0":
-            continue
-        parts = _DURATION.findall(headers.get(f"x-ratelimit-reset-{kind}", ""))
-        seconds = sum(float(amount) * _UNIT_S[unit] for amount, unit in parts) if parts else 1.0
-        wait = seconds if wait is None else max(wait, seconds)
+        if headers.get(f"x-ratelimit-remaining-{kind}", "").strip() == "0":
+            parts = _DURATION.findall(headers.get(f"x-ratelimit-reset-{kind}", ""))
+            seconds = sum(float(amount) * _UNIT_S[unit] for amount, unit in parts) if parts else 1.0
+            wait = seconds if wait is None else max(wait, seconds)
+    for kind in ("requests", "tokens", "input-tokens", "output-tokens"):
+        if headers.get(f"anthropic-ratelimit-{kind}-remaining", "").strip() == "0":
+            seconds = _until(headers.get(f"anthropic-ratelimit-{kind}-reset", ""))
+            wait = seconds if wait is None else max(wait, seconds)
     return wait
+
+
+def _until(moment: str) -> float:
+    """Seconds from now until the RFC 3339 `moment` (a second when it cannot be read)."""
+    from datetime import datetime
+
+    try:
+        return max(0.0, datetime.fromisoformat(moment.strip().replace("Z", "+00:00")).timestamp() - time.time())
+    except ValueError:
+        return 1.0
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
