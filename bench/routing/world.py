@@ -31,7 +31,7 @@ class CallResult:
     kind: str                 # ok | fail | rate
     latency: float            # seconds until the answer (or the error)
     error: str | None = None
-    retry_after: float | None = None
+    retry_after: float | None = None  # a 429's Retry-After; on a success, its limit headers' reset
 
 
 def requests_for(scenario: Scenario) -> list[Request]:
@@ -107,6 +107,7 @@ class World:
     # -- a call ---------------------------------------------------------------------------
     def call(self, name: str, t: float, request: Request) -> CallResult:
         p = self.providers[name]
+        limit_reset = None
         if p.rate_limit_rpm:
             window = int(t // RATE_LIMIT_WINDOW_S)
             current, count = self._window[name]
@@ -117,10 +118,12 @@ class World:
                 retry_after = math.ceil((window + 1) * RATE_LIMIT_WINDOW_S - t)
                 return CallResult("rate", RATE_LIMITED_LATENCY_S, "http_429", float(retry_after))
             self._window[name] = (current, count + 1)
+            if count + 1 >= p.rate_limit_rpm:  # the reply's limit headers say none is left
+                limit_reset = float(math.ceil((window + 1) * RATE_LIMIT_WINDOW_S - t))
         luck = random.Random(f"{self.scenario.seed}:{request.rid}:{name}")
         rate, kind, error_s = self.failure(name, t)
         if luck.random() < rate:
             return CallResult("fail", error_s * (0.8 + 0.4 * luck.random()), kind)
         sigma = p.jitter
         noise = math.exp(sigma * luck.gauss(0.0, 1.0) - sigma * sigma / 2.0)
-        return CallResult("ok", self.mean_latency(name, t, request.output_tokens) * noise)
+        return CallResult("ok", self.mean_latency(name, t, request.output_tokens) * noise, retry_after=limit_reset)
