@@ -9,7 +9,10 @@ state.py; everything already decayed to `now` by elapsed time):
                    to 0. As S and F decay (half-life 60 s), old verdicts fade back to the
                    prior, so a provider that was down an hour ago is not still punished.
                    (Failures while its circuit is open are the breaker's business and
-                   are not counted in F; see breaker.py.)
+                   are not counted in F; see breaker.py.) F also counts this process's
+                   calls running 6x the provider's mean latency (failures in progress,
+                   StoreBase.mark_overdue): a provider that hangs is left before its
+                   first timeout comes back.
 
     latency        L = (W'·m + k₀·L*) / (W' + k₀)
                    m: the decayed mean of latency / (output tokens + 40), with a 6 s
@@ -66,7 +69,6 @@ from collections.abc import Sequence
 
 from core.dwa.config import DWAConfig
 from core.dwa.state import ProviderState
-
 
 
 def availability(successes: float, failures: float, config: DWAConfig) -> float:
