@@ -287,3 +287,24 @@ async def test_a_planning_model_that_fails_is_a_503_naming_the_goal_and_stores_n
     error = answer.json()["error"]
     assert error["param"] == "goal" and error["code"] == "planner_unavailable" and "sk-test-planner" not in answer.text
     assert after == before  # nothing stored
+
+
+async def test_an_agent_is_told_of_a_failing_tool_and_goes_on_and_max_iterations_bounds_it(
+        runs_settings: Settings, tmp_path: Path) -> None:
+    tools = json.loads((ROOT / "tools.json").read_text())["tools"]
+    broken = {"name": "flaky_lookup", "description": "always fails", "kind": "python",
+              "python": {"entry": "tests.tool_functions:broken"},
+              "parameters": {"type": "object", "properties": {}, "additionalProperties": False}}
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps({"tools": [*tools, broken]}))
+    agent = {"id": "look", "kind": "agent", "instructions": "Look it up, then count it.", "input": "hello world",
+             "tools": ["flaky_lookup", "text_stats"]}
+    with gateway(runs_settings, ORCHESITY_TOOLS_FILE=path) as client:
+        told = await finished(client, (await start_run(client, {"pipeline": {"steps": [agent]}})).json()["status_url"])
+        bounded = (await start_run(client, {"pipeline": {"steps": [{**agent, "max_iterations": 1}]}})).json()
+        cut = await finished(client, bounded["status_url"])
+        events = (await client.get(bounded["events_url"])).json()["events"]
+    assert told["status"] == "succeeded", told
+    assert told["result"]["output"]["tool_calls"] == ["flaky_lookup", "text_stats"]  # the failure did not end it
+    assert cut["status"] == "failed" and cut["error"]["type"] == "max_iterations", cut
+    assert "look: flaky_lookup failed" in [e["message"] for e in events]
