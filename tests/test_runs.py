@@ -589,7 +589,10 @@ async def test_with_postgres_down_runs_answer_503_naming_it(open_gateway: Any) -
         started = await gw.client.post("/api/runs", content=body, headers=sign(body))
         listed = await gw.client.get("/api/runs")
         one = await gw.client.get(f"/api/runs/{uuid.uuid4()}")
-    for answer in (started, listed, one):
+        similar = await gw.client.get("/api/runs/similar", params={"q": "anything"})
+        rated = await gw.client.post(f"/api/runs/{uuid.uuid4()}/feedback", json={"rating": 4})
+        planned = await gw.client.post("/api/runs", json={"goal": "plan me", "dry_run": True})
+    for answer in (started, listed, one, similar, rated, planned):
         assert answer.status_code == 503, answer.text
         assert answer.json()["error"]["code"] == "database_unavailable" and "hunter2" not in answer.text
 

@@ -308,3 +308,15 @@ async def test_an_agent_is_told_of_a_failing_tool_and_goes_on_and_max_iterations
     assert told["result"]["output"]["tool_calls"] == ["flaky_lookup", "text_stats"]  # the failure did not end it
     assert cut["status"] == "failed" and cut["error"]["type"] == "max_iterations", cut
     assert "look: flaky_lookup failed" in [e["message"] for e in events]
+
+
+async def test_without_an_embeddings_model_similar_runs_is_a_503_and_planning_goes_on(
+        open_gateway: Any, tmp_path: Path) -> None:
+    path = providers_file(tmp_path, [{"name": "chat_only", "kind": "simulated", "serves": ["chat"],
+                                      "simulation": {"latency_ms": 1, "ms_per_token": 0, "jitter": 0}}])
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=path) as gw:
+        similar = await gw.client.get("/api/runs/similar", params={"q": "haiku"})
+        planned = await gw.client.post("/api/runs", json={"goal": "Write a haiku", "dry_run": True})
+    assert similar.status_code == 503, similar.text
+    assert similar.json()["error"]["code"] == "embeddings_unavailable" and "embeddings" in similar.text
+    assert planned.status_code == 200 and planned.json()["planned"]["examples"] == []  # planned without examples
