@@ -110,6 +110,7 @@ class LLMRequest:
     tenant: str | None = None           # whose cache it reads and writes (None: the shared one)
     limits: Limits | None = None        # the caller's rate limits and budgets
     timeout: float | None = None        # overall deadline, seconds
+    hedge_after: float | None = None    # seconds: then a second deployment too (see _hedged)
 
     @property
     def serves(self) -> Capability:
@@ -221,6 +222,7 @@ class _Plan:
     entries: list[LogEntry] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     streaming: bool = False             # routed on time to first token
+    picked: list[str] = field(default_factory=list)  # deployments picked so far, in order
     explored: set[str] = field(default_factory=set)  # deployments picked as a fresh look
 
 
@@ -255,6 +257,9 @@ class Orchestrator:
                 started = time.perf_counter()
                 results = await self._race(plan)
                 provider_time = time.perf_counter() - started
+            elif len(plan.slots) == 1 and request.hedge_after is not None and len(plan.slots[0]) > 1:
+                results = [await self._hedged(plan, plan.slots[0], request.hedge_after)]
+                provider_time = results[0].provider_time
             elif len(plan.slots) == 1:  # the common case: no task to spawn
                 results = [await self._complete_slot(plan, plan.slots[0])]
                 provider_time = results[0].provider_time
@@ -479,8 +484,10 @@ class Orchestrator:
                                           provider=explicit, stream=plan.streaming)
             if decision is not None:
                 self.store.start(decision.provider, snapshot.now)
-        if decision is not None and decision.explore:
-            plan.explored.add(decision.provider)
+        if decision is not None:
+            plan.picked.append(decision.provider)
+            if decision.explore:
+                plan.explored.add(decision.provider)
         return decision
 
     async def _attempt(self, plan: _Plan, slot: list[Adapter], result: Result,
@@ -558,6 +565,33 @@ class Orchestrator:
             tried.pop()  # the same deployment again
             return True
         return False
+
+    async def _hedged(self, plan: _Plan, slot: list[Adapter], after: float) -> Result:
+        """The slot's call, and if it has not answered within `after` seconds, the same
+        call to another of its deployments: the first success wins, the other is cancelled
+        (cancelled, it records no outcome: a slow provider is not held to have failed)."""
+        first = asyncio.ensure_future(self._complete_slot(plan, slot))
+        done, _ = await asyncio.wait([first], timeout=after)
+        rest = [a for a in slot if a.name not in plan.picked]
+        if done or not rest:
+            return await first
+        second = asyncio.ensure_future(self._complete_slot(plan, rest))
+        tasks = [first, second]
+        failed: Result | None = None
+        try:
+            for next_done in asyncio.as_completed(tasks):
+                result = await next_done
+                if result.ok:
+                    if result.provider in {a.name for a in rest}:
+                        result.selection_reason = "hedged"  # the second call answered first
+                    return result
+                failed = failed or result
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert failed is not None
+        return failed
 
     async def _race(self, plan: _Plan) -> list[Result]:
         """Several targets, first success wins; the others are cancelled."""

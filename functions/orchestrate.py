@@ -57,6 +57,9 @@ class _Sampling(BaseModel):
     strategy: RoutingStrategy | None = None
     cache: CacheOptions | None = None
     timeout: Float | None = Field(default=None, gt=0, le=600)
+    # Ask a second deployment if the first has not answered within this (off by default;
+    # not for streams): the first answer wins, the other call is cancelled, not failed.
+    hedge_after_ms: Int | None = Field(default=None, ge=1, le=600_000)
 
 
 class OrchestrateBody(_Sampling):
@@ -112,6 +115,10 @@ def _chat(body: _Sampling, messages: list[dict[str, Any]], extra: dict[str, Any]
 
 def _messages(messages: list[Message]) -> list[dict[str, Any]]:
     return [m.model_dump(exclude_none=True) for m in messages]
+
+
+def _hedge(body: _Sampling) -> float | None:
+    return body.hedge_after_ms / 1000.0 if body.hedge_after_ms is not None else None
 
 
 def _policy(body: _Sampling) -> CachePolicy:
@@ -179,7 +186,7 @@ async def orchestrate(body: OrchestrateBody, svc: Services = Depends(services), 
         messages = _messages(body.messages or [])
     request = on_behalf(caller, chat=_chat(body, messages, {}), targets=body.providers, mode=body.mode,
                        strategy=body.strategy, cache=_policy(body), endpoint="orchestrate",
-                       timeout=body.timeout)
+                       timeout=body.timeout, hedge_after=_hedge(body))
     if body.stream:
         return await _stream(svc, request, _seed_events)
     orchestration = await _run(svc, request)
@@ -215,7 +222,7 @@ async def chat_completions(body: ChatCompletionBody, svc: Services = Depends(ser
     targets = None if body.model == "auto" else [body.model]
     request = on_behalf(caller, chat=_chat(body, _messages(body.messages), extra), targets=targets,
                        strategy=body.strategy, cache=_policy(body), endpoint="chat.completions",
-                       timeout=body.timeout)
+                       timeout=body.timeout, hedge_after=_hedge(body))
     if (body.n or 1) > 1:
         return await _choices(svc, request, body.n or 1, body.model, body.stream)
     if body.stream:

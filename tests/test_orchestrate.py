@@ -502,3 +502,20 @@ async def test_a_reply_saying_no_request_is_left_rests_the_deployment_before_any
     assert len(httpx_mock.get_requests()) == 1
     assert stats["openai"]["rate_limited_until"] == pytest.approx(time.time() + 360, abs=30)
     assert stats["openai"]["rate_limited"] == 0 and stats["openai"]["failures"] == 0
+
+
+async def test_a_hedged_request_is_answered_by_a_second_deployment_when_the_first_is_slow(
+        open_gateway: Any, tmp_path: Path) -> None:
+    path = providers_file(tmp_path, [sim("slowpoke", priority=1, latency_ms=1500), sim("quick", priority=2)])
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hedge me"}], "cache": {"no_cache": True}}
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=path, DWA_ROUTING_STRATEGY="priority") as gw:
+        hedged = await gw.client.post("/v1/chat/completions", json={**body, "hedge_after_ms": 50})
+        plain = await gw.client.post("/v1/chat/completions", json=body)
+        stats = await dwa_stats(gw)
+        bad = await gw.client.post("/v1/chat/completions", json={**body, "hedge_after_ms": 0})
+    assert hedged.status_code == 200, hedged.text
+    assert hedged.headers["x-orchesity-provider"] == "quick"
+    assert hedged.json()["orchesity"]["dwa_selection_reason"] == "hedged"
+    assert plain.headers["x-orchesity-provider"] == "slowpoke"  # off by default: the first pick answers
+    assert stats["slowpoke"]["failures"] == 0 and stats["slowpoke"]["in_flight"] == 0  # cancelled, not failed
+    assert bad.status_code in (400, 422) and "hedge_after_ms" in bad.text
