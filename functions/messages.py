@@ -33,7 +33,7 @@ from core.providers import tokens
 from core.providers.base import ProviderError
 from core.services import Services
 from functions.http import ApiError, JSONResponse, create_app, entry_points, services
-from functions.llm import LLM, Float, Int, routing_headers
+from functions.llm import LLM, Float, Int, on_behalf, routing_headers
 
 # The anthropic-version values the surface accepts (what Anthropic's API and SDKs send);
 # answers have the Messages API's shape of 2023-06-01, which later versions extend.
@@ -177,8 +177,7 @@ async def messages(request: Request, body: MessagesBody, svc: Services = Depends
                    caller: Principal = LLM) -> Any:
     _version(request)
     chat = _translate(body)
-    llm = LLMRequest(chat=chat, targets=None if body.model == "auto" else [body.model], endpoint="messages",
-                     caller=None if caller.kind == "open" else caller.id, tenant=caller.tenant, limits=caller.limits)
+    llm = on_behalf(caller, chat=chat, targets=None if body.model == "auto" else [body.model], endpoint="messages")
     if body.stream:
         return await _stream(svc, llm, body.model)
     try:
