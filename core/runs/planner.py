@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.runs.pipeline import STEP_ID, Pipeline, PlanUnavailable, RunInvalid
+from core.runs.pipeline import STEP_ID, Pipeline, PlanUnavailable, RunInvalid, parse
 
 if TYPE_CHECKING:
     import httpx2
@@ -228,7 +228,7 @@ async def plan(svc: Services, goal: str, inputs: dict[str, Any], *, caller: Call
             try:
                 if parsed is None:
                     raise RunInvalid([f"the answer is not a plan: {answer.get('parsing_error')}"])
-                pipeline = await pin(svc, _parse(parsed))
+                pipeline = await pin(svc, parse(parsed.pipeline()))
                 return Planned(pipeline, [str(e.id) for e in examples], repaired=attempt > 0)
             except RunInvalid as exc:
                 problems = exc.problems
@@ -244,8 +244,3 @@ async def plan(svc: Services, goal: str, inputs: dict[str, Any], *, caller: Call
         await client.aclose()
     raise RunInvalid([f"plan: {problem}" for problem in problems])
 
-
-def _parse(plan: Plan) -> Pipeline:
-    from core.runs.pipeline import parse
-
-    return parse(plan.pipeline())
