@@ -135,6 +135,7 @@ class Settings(BaseSettings):
     DWA_EXPLORE_SHARE: float = Field(default=0.005, ge=0, le=0.5)
     DWA_EXPLORE_MIN_S: float = Field(default=0.5, ge=0, le=3600)
     DWA_SHARPNESS: float = Field(default=16.0, ge=1, le=64)
+    DWA_SPEED_TOLERANCE: float = Field(default=0.02, ge=0, le=0.5)
     DWA_FAILURE_THRESHOLD: int = Field(default=5, ge=1, le=1000)
     DWA_COOLDOWN_S: float = Field(default=5.0, gt=0, le=3600)
     DWA_COOLDOWN_MAX_S: float = Field(default=30.0, gt=0, le=86_400)
@@ -198,7 +199,7 @@ class Settings(BaseSettings):
             availability_half_life_s=self.DWA_AVAILABILITY_HALF_LIFE_S,
             latency_half_life_s=self.DWA_LATENCY_HALF_LIFE_S, evidence_half_life_s=self.DWA_EVIDENCE_HALF_LIFE_S,
             explore_after_s=self.DWA_EXPLORE_AFTER_S, explore_share=self.DWA_EXPLORE_SHARE,
-            explore_min_s=self.DWA_EXPLORE_MIN_S, sharpness=self.DWA_SHARPNESS,
+            explore_min_s=self.DWA_EXPLORE_MIN_S, sharpness=self.DWA_SHARPNESS, speed_tolerance=self.DWA_SPEED_TOLERANCE,
             failure_threshold=self.DWA_FAILURE_THRESHOLD, cooldown_s=self.DWA_COOLDOWN_S,
             cooldown_max_s=self.DWA_COOLDOWN_MAX_S)
 

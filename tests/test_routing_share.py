@@ -1,12 +1,13 @@
 """Two identical upstreams behind the real gateway share the load, whichever one the
 first, cold answers made look slow: the DWA looks again at a provider holding too
-little of the evidence, and its means restart from what it sees then.
+little of the evidence, its means restart from what it sees then, and within 2% of the
+fastest counts as as fast.
 
-Before that, one of the two kept 3 requests in 4,647 (its weight stuck at 0.018). The
-split now swings between about 50/50 and 80/20 from run to run on a busy machine
-(load_balanced's sharpness turns a few percent of measured latency into a share, and a
-machine under load makes a few percent); what this test holds is that neither is
-starved: at least a tenth each once they have warmed up."""
+Before that, one of the two kept 3 requests in 4,647 (its weight stuck at 0.018). After
+30 s the split is now about 50/50 in most runs; on a busy machine a run still drifts to
+60/40 or 80/20 for a while: a timing spike of the machine's own lands in one upstream's
+mean, traffic then keeps away from it, and a mean moves only with new answers. What
+this test holds is that neither is starved after 30 s: at least a tenth each."""
 
 from __future__ import annotations
 
@@ -63,13 +64,13 @@ async def test_two_identical_upstreams_share_the_load_after_a_cold_start(gateway
                 start = time.monotonic()
 
                 async def caller() -> None:
-                    while time.monotonic() - start < 20.0:
+                    while time.monotonic() - start < 40.0:
                         answer = await client.post("/v1/chat/completions", json={
                             "model": "auto", "messages": [{"role": "user", "content": f"q{next(numbers)}"}]})
                         assert answer.status_code == 200, answer.text
                         served.append((time.monotonic() - start, answer.headers["x-orchesity-provider"]))
 
                 await asyncio.gather(*(caller() for _ in range(8)))
-    late = Counter(name for at, name in served if at >= 10.0)
+    late = Counter(name for at, name in served if at >= 30.0)
     share = late["a"] / (late["a"] + late["b"])
     assert 0.1 <= share <= 0.9, (late, Counter(name for _, name in served))

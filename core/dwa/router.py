@@ -210,7 +210,6 @@ class Router:
         if not states:
             return {}
         ev = evaluate(states, self.config, now)
-        best_latency = min(ev.latency)
         floor = self.config.price_floor_per_1k
         best_price = min(ev.price) + floor
         out: dict[str, dict[str, Any]] = {}
@@ -220,7 +219,7 @@ class Router:
             p95 = p95_latency(state) if "l1" in d and _f(d.get("ok")) > 0 else None
             out[state.name] = {
                 "accuracy": state.successes / evidence if evidence > 1e-9 else None,
-                "speed": best_latency / ev.latency[i],
+                "speed": ev.speed[i],
                 "cost": best_price / (ev.price[i] + floor),
                 "availability": ev.availability[i],
                 "consecutive_failures": state.consecutive_failures,

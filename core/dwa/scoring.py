@@ -53,9 +53,11 @@ reaching the caller); with a alone, a provider failing 20% of the time would loo
 good as one 20% slower. Cost enters with a small exponent: it breaks near-ties in the
 default strategy (the `cost` strategy exists for cost-first routing).
 
-load_balanced then samples provider i with probability ∝ q_i^16 / (1 + (n_i / C_i)²),
-where n_i is the in-flight count and C_i the provider's max_concurrency (default 64):
-sharp enough that a provider 25% slower gets ~3% of the traffic (and the mean latency
+load_balanced then samples provider i with probability ∝ q̂_i^16 / (1 + (n_i / C_i)²),
+where n_i is the in-flight count, C_i the provider's max_concurrency (default 64), and
+q̂ = q with v replaced by `tolerant(v)`: within 2% of the fastest counts as as fast
+(rejoining v by 4%), since the gateway's own timing noise is of that order. The
+sampling is sharp enough that a provider 25% slower gets ~3% of the traffic (and the mean latency
 stays within a few percent of always picking the best), soft enough to spread load
 across near-equals (5% slower: a third of the traffic) and to back off a provider
 filling up. In that sampling the price factor weighs c^0.32: among equally fast
@@ -107,12 +109,13 @@ def _observed(state: ProviderState, stream: bool) -> tuple[float, float]:
 class Evaluation:
     """The formula's terms for each candidate, as parallel lists (cheap to build)."""
 
-    __slots__ = ("availability", "latency", "price", "quality", "exploring")
+    __slots__ = ("availability", "latency", "speed", "price", "quality", "exploring")
 
-    def __init__(self, availability: list[float], latency: list[float], price: list[float],
+    def __init__(self, availability: list[float], latency: list[float], speed: list[float], price: list[float],
                  quality: list[float], exploring: list[bool]) -> None:
         self.availability = availability
         self.latency = latency
+        self.speed = speed
         self.price = price
         self.quality = quality
         self.exploring = exploring  # its evidence was set aside: a call would be a fresh look
@@ -142,15 +145,35 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
         latencies.append((weight * mean + k0 * prior) / (weight + k0))
         exploring.append(fresh and not state.in_flight)
     prices = [state.profile.unit_price for state in states]
-    fastest, cheapest = min(latencies), min(prices)
+    cheapest = min(prices)
+    fastest = min(latencies)
+    speeds = [fastest / latency for latency in latencies]
     blend = config.baseline_blend
     qualities: list[float] = []
     for i, state in enumerate(states):
-        q = quality(avails[i], fastest / latencies[i], price_factor(prices[i], cheapest, config), config)
+        q = quality(avails[i], speeds[i], price_factor(prices[i], cheapest, config), config)
         if state.baseline is not None:
             q *= 1.0 - blend + blend * state.baseline
         qualities.append(q)
-    return Evaluation(avails, latencies, prices, qualities, exploring)
+    return Evaluation(avails, latencies, speeds, prices, qualities, exploring)
+
+
+def tolerant(speed: float, config: DWAConfig) -> float:
+    """The speed load_balanced samples on: 1 within speed_tolerance t of the fastest,
+    the plain v = min(L) / L from 2t slower on, linear in between.
+
+    What the gateway measures carries its own timing noise (a busy event loop, a
+    connection pool warmer on one side): without the tolerance, load_balanced's
+    sharpness turns a 1-2% difference of that kind into a lopsided share, and two
+    identical upstreams behind a busy gateway split 60/40 to 70/30 for seconds at a
+    time. (adaptive needs none: its draws already spread the load over near-equals.)"""
+    t = config.speed_tolerance
+    r = 1.0 / speed
+    if r <= 1.0 + t:
+        return 1.0
+    if r >= 1.0 + 2.0 * t:
+        return speed
+    return 1.0 - (r - 1.0 - t) / t * (1.0 - 1.0 / (1.0 + 2.0 * t))
 
 
 def p95_latency(state: ProviderState) -> float | None:

@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 
 from core.dwa.config import DWAConfig
-from core.dwa.scoring import Evaluation, load_factor
+from core.dwa.scoring import Evaluation, load_factor, tolerant
 from core.dwa.state import ProviderState
 from core.settings import RoutingStrategy
 
@@ -49,13 +49,13 @@ def _argmax(values: Sequence[float]) -> int:
 
 
 def load_balanced(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tuple[int, str]:
-    """Sample ∝ quality^sharpness × load factor (see scoring.py)."""
+    """Sample ∝ (quality, within the speed tolerance)^sharpness × load factor (see scoring.py)."""
     config = ctx.config
     gamma = config.sharpness
     weights = []
     total = 0.0
-    for state, q in zip(cands, ev.quality):
-        w = q**gamma * load_factor(state, config)
+    for state, q, v in zip(cands, ev.quality, ev.speed):
+        w = (q * tolerant(v, config) / v) ** gamma * load_factor(state, config)
         weights.append(w)
         total += w
     best = _argmax(ev.quality)
