@@ -56,6 +56,7 @@ async def run_scenario(scenario: Scenario, strategies: tuple[str, ...], kv: Any,
             "requests": run.requests,
             "reasons": dict(getattr(policy, "reasons", {}) or {}),
             "wall_s": time.perf_counter() - started,
+            "largest_share": largest_share(run.attempts, scenario.even_after_s),
         }
     oracle_mean = out["oracle"]["metrics"]["mean_latency_ms"]
     for name in out:
@@ -64,6 +65,14 @@ async def run_scenario(scenario: Scenario, strategies: tuple[str, ...], kv: Any,
     if "oracle" not in strategies:
         del out["oracle"]
     return out
+
+
+def largest_share(attempts: dict[str, list[float]], after_s: float | None) -> float | None:
+    """The largest share of the attempts any provider had after `after_s` (None without)."""
+    if after_s is None:
+        return None
+    late = [sum(t >= after_s for t in times) for times in attempts.values()]
+    return max(late) / sum(late) if sum(late) else None
 
 
 async def run_all(scenarios: list[Scenario], strategies: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -98,6 +107,10 @@ def report_scenario(scenario: Scenario, result: dict[str, Any], wall: float) -> 
             f"   {name:<16}{m['mean_latency_ms']:>9.0f}{m['p95_latency_ms']:>9.0f}"
             f"{100 * m['success_rate']:>8.2f}%{m['cost']:>9.2f}{m['regret_pct']:>+8.1f}%{entry['failovers']:>9}"
         )
+    if scenario.even_after_s is not None:
+        lines.append(f"   largest share of the attempts after {scenario.even_after_s:g} s (identical providers): "
+                     + ", ".join(f"{name} {100 * entry['largest_share']:.0f}%" for name, entry in result.items()
+                                 if entry["largest_share"] is not None))
     watched = {name: entry["recovery"] for name, entry in result.items() if entry.get("recovery")}
     if watched:
         lines.append(f"   recovery of {scenario.watch_recovery} (s after it came back: share back to half its "
@@ -135,6 +148,12 @@ def check_targets(results: dict[str, dict[str, Any]]) -> list[str]:
             rate = low[1]["metrics"]["success_rate"]
             lines.append(f"   {verdict(rate >= 0.995)} {scenario}: lowest DWA success {100 * rate:.2f}% "
                          f"({low[0]}; target ≥ 99.5%); lowest overall {100 * worst[1]['metrics']['success_rate']:.2f}% ({worst[0]})")
+    for scenario, result in results.items():  # identical providers share: neither above 60%
+        for name in ("load_balanced", "adaptive"):
+            share = result.get(name, {}).get("largest_share")
+            if share is not None:
+                lines.append(f"   {verdict(share <= 0.6)} {scenario}: {name} gives the busier of identical providers "
+                             f"{100 * share:.0f}% (target ≤ 60%)")
     for scenario in ("degrade", "outage"):  # the p95 gap to the oracle: at most half of LiteLLM's
         result = results.get(scenario)
         if not result or "litellm_latency" not in result or "oracle" not in result:
@@ -219,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                                     for k, v in r.items()} for s, r in results.items()}}
         out.write_text(json.dumps(shaped, indent=2) + "\n")
         details = {s: {k: {key: v[key] for key in ("recovery", "failovers", "errors", "rate_limited",
-                                                    "requests", "reasons")} for k, v in r.items()}
+                                                    "requests", "reasons", "largest_share")} for k, v in r.items()}
                    for s, r in results.items()}
         details_path = out.with_name(out.stem + ".details.json")
         details_path.write_text(json.dumps(details, indent=2) + "\n")

@@ -13,7 +13,8 @@ from typing import Any
 
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
 BUILTIN = ("steady", "degrade", "outage", "rate_limited", "cost_tradeoff", "multi_instance",
-           "llama70b_hosts", "heavy_tails", "slow_timeouts", "diurnal")  # the last four: measured fleets
+           "llama70b_hosts", "heavy_tails", "slow_timeouts", "diurnal",  # these four: measured fleets
+           "twins")
 ERROR_KINDS = ("timeout", "http_500", "http_503", "connection")
 
 
@@ -58,6 +59,8 @@ class Provider:
     max_concurrency: int | None = None  # told to the DWA profile
     capacity: int | None = None    # true capacity: beyond it latency grows linearly
     rate_limit_rpm: int | None = None  # true limit, fixed 60 s windows: 429 + Retry-After
+    cold_calls: int = 0            # its first cold_calls calls (a cold start: connections,
+    cold_ms: float = 0.0           # caches, a machine waking) each take cold_ms longer
     litellm: dict[str, Any] = field(default_factory=dict)  # LiteLLM params: weight, rpm, tpm
     phases: tuple[Phase, ...] = ()
 
@@ -76,6 +79,7 @@ class Scenario:
     description: str = ""
     watch_recovery: str | None = None  # report when this provider gets traffic back
     load_phases: tuple[LoadPhase, ...] = ()  # the rate changes over time (diurnal load)
+    even_after_s: float | None = None  # the providers are identical: report the split after this
 
     def rate_factor(self, t: float) -> float:
         factor = 1.0

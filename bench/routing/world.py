@@ -61,6 +61,7 @@ class World:
         self.providers = {p.name: p for p in scenario.providers}
         self.in_flight = {p.name: 0 for p in scenario.providers}
         self._window = {p.name: (-1, 0) for p in scenario.providers}
+        self.calls = {p.name: 0 for p in scenario.providers}
 
     # -- the truth ----------------------------------------------------------------------
     @staticmethod
@@ -72,11 +73,14 @@ class World:
         return current
 
     def mean_latency(self, name: str, t: float, output_tokens: int, in_flight: int | None = None) -> float:
-        """The true expected latency of a successful call started at t."""
+        """The true expected latency of a successful call started at t (a cold start's
+        included, while its first cold_calls answers are still to come)."""
         p = self.providers[name]
         phase = self.phase(p, t)
         factor = phase.latency_factor if phase else 1.0
         latency = (p.ttft_ms + output_tokens * p.ms_per_token) * factor / 1000.0
+        if self.calls[name] < p.cold_calls:
+            latency += p.cold_ms / 1000.0
         if p.capacity:
             load = (self.in_flight[name] if in_flight is None else in_flight) + 1
             if load > p.capacity:
@@ -126,4 +130,6 @@ class World:
             return CallResult("fail", error_s * (0.8 + 0.4 * luck.random()), kind)
         sigma = p.jitter
         noise = math.exp(sigma * luck.gauss(0.0, 1.0) - sigma * sigma / 2.0)
-        return CallResult("ok", self.mean_latency(name, t, request.output_tokens) * noise, retry_after=limit_reset)
+        latency = self.mean_latency(name, t, request.output_tokens) * noise
+        self.calls[name] += 1
+        return CallResult("ok", latency, retry_after=limit_reset)
