@@ -1,0 +1,34 @@
+"""The routing benchmark's scenarios and simulated providers (bench/routing)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.routing.scenario import BUILTIN, ScenarioError, builtin, parse_scenario
+from bench.routing.world import Request, World
+
+
+def test_every_builtin_scenario_loads_and_an_unknown_key_is_named() -> None:
+    assert [builtin(name).name for name in BUILTIN] == list(BUILTIN)
+    with pytest.raises(ScenarioError, match=r"providers\[0\]: unknown field\(s\) \['cold_start'\]"):
+        parse_scenario({"name": "x", "providers": [{"name": "a", "ttft_ms": 1, "ms_per_token": 1,
+                                                    "cold_start": 3}]})
+
+
+def test_a_cold_start_slows_a_providers_first_answers_and_the_oracle_knows() -> None:
+    scenario = parse_scenario({"name": "cold", "seed": 1, "providers": [
+        {"name": "a", "ttft_ms": 100, "ms_per_token": 1, "jitter": 0.0, "cold_calls": 2, "cold_ms": 880}]})
+    world = World(scenario)
+    request = Request(rid=0, arrival=0.0, instance=0, input_tokens=10, output_tokens=100)
+    assert world.mean_latency("a", 0.0, 100) == pytest.approx(1.08)  # what the oracle sees before the call
+    latencies = [world.call("a", 0.0, request).latency for _ in range(3)]
+    assert latencies == pytest.approx([1.08, 1.08, 0.2])
+    assert world.mean_latency("a", 0.0, 100) == pytest.approx(0.2)
+
+
+def test_identical_providers_report_the_split_after_the_given_time() -> None:
+    from bench.routing.__main__ import largest_share
+
+    assert builtin("twins").even_after_s == 30
+    assert largest_share({"a": [1.0, 31.0, 32.0, 33.0], "b": [2.0, 34.0]}, 30.0) == pytest.approx(0.75)
+    assert largest_share({"a": [1.0]}, None) is None
