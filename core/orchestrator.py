@@ -224,6 +224,7 @@ class _Plan:
     streaming: bool = False             # routed on time to first token
     picked: list[str] = field(default_factory=list)  # deployments picked so far, in order
     explored: set[str] = field(default_factory=set)  # deployments picked as a fresh look
+    loads: dict[str, int] = field(default_factory=dict)  # each pick's load (Decision.load)
 
 
 class Orchestrator:
@@ -486,6 +487,7 @@ class Orchestrator:
                 self.store.start(decision.provider, snapshot.now)
         if decision is not None:
             plan.picked.append(decision.provider)
+            plan.loads[decision.provider] = decision.load
             if decision.explore:
                 plan.explored.add(decision.provider)
         return decision
@@ -622,7 +624,8 @@ class Orchestrator:
         result.attempts.append(Attempt(adapter.name, _model(plan.request, adapter), elapsed))
         plan.outcomes.append(Outcome(adapter.name, OutcomeKind.SUCCESS, elapsed, time.time(),
                                      usage.prompt_tokens, usage.completion_tokens, ttft_s=result.ttft,
-                                     retry_after_s=result.limit_reset_s, fresh=adapter.name in plan.explored))
+                                     retry_after_s=result.limit_reset_s, fresh=adapter.name in plan.explored,
+                                     load=plan.loads.get(adapter.name, 0)))
         self._log_result(plan, result, elapsed)
 
     def _failed(self, plan: _Plan, result: Result, adapter: Adapter, exc: ProviderError, started: float,
@@ -649,7 +652,7 @@ class Orchestrator:
             else:
                 kind = OutcomeKind.FAILURE
             plan.outcomes.append(Outcome(adapter.name, kind, elapsed, time.time(), error=exc.error_class,
-                                         retry_after_s=exc.retry_after))
+                                         retry_after_s=exc.retry_after, load=plan.loads.get(adapter.name, 0)))
         if isinstance(exc, ProviderClientError):
             status = exc.status or 400
         else:

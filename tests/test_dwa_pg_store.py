@@ -109,7 +109,7 @@ async def test_redis_and_postgres_agree_on_the_same_outcomes(kv: KV, db: Databas
         now += rng.choice([0.0, 0.2, 1.5])
         name = names[i % 2]
         kind = CLIENT if i == 13 else OK
-        await pair.record(name, kind, now, rng.uniform(0.2, 2.0), input_tokens=rng.randint(10, 900),
+        await pair.record(name, kind, now, rng.uniform(0.2, 2.0), input_tokens=rng.randint(10, 900), load=rng.randint(0, 9),
                           output_tokens=rng.choice([0, 40, 300]), ttft_s=rng.choice([None, 0.3]),
                           error="client_error" if kind is CLIENT else None)
     await pair.check(now + 3.0)

@@ -269,3 +269,21 @@ def test_a_half_open_provider_gets_the_probe_but_not_a_retry() -> None:
     # someone else holds the probe: the provider counts as open
     half_open.probe_until = NOW + 10
     assert r.decide(snap).provider == "other"
+
+
+def test_a_provider_that_slowed_with_its_load_is_expected_slower_when_busier() -> None:
+    from core.dwa.scoring import loaded
+
+    # samples at loads 2..10 whose latency_norm rose by 1 ms per call in flight: mean 10 ms at load 6
+    walled = state("walled", norm=0.010, load_mean=6.0, load_cross=6.0 * 0.010 + 6.67 * 0.001, load_sq=36.0 + 6.67)
+    flat = state("flat", norm=0.010, load_mean=6.0, load_cross=6.0 * 0.010, load_sq=36.0 + 6.67)
+    for busy in (walled, flat):
+        busy.in_flight = 13  # this call would be the 14th
+    assert loaded(walled, CONFIG) == pytest.approx(0.010 + 8 * 6.67 / (6.67 + 16) * 0.001)
+    assert loaded(flat, CONFIG) == 0.010  # no slope: its mean
+    walled.in_flight = flat.in_flight = 0
+    assert loaded(walled, CONFIG) == 0.010  # less busy than its samples: never faster than its mean
+    ev = evaluate([walled, flat], CONFIG, NOW)
+    walled.in_flight = flat.in_flight = 13
+    busy = evaluate([walled, flat], CONFIG, NOW)
+    assert ev.quality[0] == pytest.approx(ev.quality[1]) and busy.quality[0] < 0.85 * busy.quality[1]

@@ -216,7 +216,8 @@ async def test_the_python_update_matches_the_lua_field_for_field(kv: KV, ns: str
                           output_tokens=rng.choice([0, 1, 50, 400]),
                           ttft_s=rng.choice([None, rng.uniform(0.05, 1.0)]),
                           error=None if kind is OK else rng.choice(["timeout", "http_503"]),
-                          retry_after_s=rng.choice([None, 0.0, 3.0, 30.0]), fresh=rng.random() < 0.1)
+                          retry_after_s=rng.choice([None, 0.0, 3.0, 30.0]), fresh=rng.random() < 0.1,
+                          load=rng.randint(0, 40))
         store.start("a")
         await store.record(outcome)
         python = apply_outcome(python, outcome, store.profile("a").cost(outcome.input_tokens,

@@ -44,7 +44,7 @@ async def _prepare() -> tuple[Any, Any, list[str], list[Any], float]:
         else:
             kind = OutcomeKind.SUCCESS if rng.random() > 0.02 else OutcomeKind.FAILURE
         await store.record(Outcome(name, kind, 0.5 + rng.random() * 2, now, input_tokens=300,
-                                   output_tokens=rng.randint(50, 400), retry_after_s=2.0))
+                                   output_tokens=rng.randint(50, 400), retry_after_s=2.0, load=rng.randint(1, 12)))
         now += 0.05
     commands = store.read_commands(names, round_robin=True)
     replies = await kv.pipeline(commands)

@@ -43,6 +43,7 @@ class DWAPolicy:
         ]
         self.reasons: dict[str, int] = defaultdict(int)
         self.explored: set[tuple[int, str]] = set()  # (request, provider) picked as a fresh look
+        self.loads: dict[tuple[int, str], int] = {}  # (request, provider): the pick's load
 
     async def pick(self, request: Request, now: float, exclude: Sequence[str]) -> str | None:
         decision = await self.routers[request.instance].pick(self.names, now, exclude=exclude)
@@ -51,6 +52,7 @@ class DWAPolicy:
         self.reasons[decision.reason] += 1
         if decision.explore:
             self.explored.add((request.rid, decision.provider))
+        self.loads[request.rid, decision.provider] = decision.load
         return decision.provider
 
     async def record(self, request: Request, name: str, result: CallResult, now: float) -> None:
@@ -60,7 +62,7 @@ class DWAPolicy:
             input_tokens=request.input_tokens if ok else 0,
             output_tokens=request.output_tokens if ok else 0,
             error=result.error, retry_after_s=result.retry_after,
-            fresh=(request.rid, name) in self.explored,
+            fresh=(request.rid, name) in self.explored, load=self.loads.pop((request.rid, name), 0),
         ))
         self.explored.discard((request.rid, name))
 

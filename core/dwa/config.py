@@ -34,6 +34,7 @@ class DWAConfig:
     explore_share: float = 0.005    # so too for a candidate with less than this share of the
     explore_min_s: float = 0.5      # candidates' evidence, after this long without a sample
     ttft_tokens: float = 40.0  # routing compares latency / (output tokens + this); see scoring.py
+    load_ridge: float = 16.0        # calls² of load variance that shrink the latency-on-load slope
     latency_prior_weight: float = 1.0
     latency_optimism: float = 0.1   # the prior is this much faster than the best mean seen
     default_latency_s: float = 1.0  # the prior when no candidate has data (all then share it)

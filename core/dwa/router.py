@@ -52,6 +52,7 @@ class Decision:
     strategy: RoutingStrategy
     probe: bool = False         # this call is the half-open probe (already claimed by pick)
     explore: bool = False       # a fresh look at a provider whose old evidence was set aside
+    load: int = 1               # calls in flight to it, this one included (the Outcome's load)
 
 
 class Router:
@@ -80,6 +81,14 @@ class Router:
     ) -> Decision | None:
         """Pick a provider from `snapshot` (no I/O). None only when `exclude` (or an
         empty candidate list) leaves nothing. Does not claim probes; see pick_from."""
+        decision = self._decide(snapshot, strategy, exclude, provider, stream)
+        if decision is not None:
+            state = snapshot.states.get(decision.provider)
+            decision.load = state.in_flight + 1 if state is not None else 1
+        return decision
+
+    def _decide(self, snapshot: Snapshot, strategy: RoutingStrategy | str | None, exclude: Collection[str],
+                provider: str | None, stream: bool) -> Decision | None:
         strategy = self.strategy if strategy is None else RoutingStrategy(strategy)
         config = self.config
         now = snapshot.now

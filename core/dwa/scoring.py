@@ -17,8 +17,12 @@ state.py; everything already decayed to `now` by elapsed time):
     latency        L = (W'·m + k₀·L*) / (W' + k₀)
                    m: the decayed mean of latency / (output tokens + 40), with a 6 s
                    half-life, so it follows a degradation within seconds; for a stream,
-                   of the time to first token. W: its samples, decayed with a slower
-                   20 s half-life (how long a provider's speed stays known). An LLM call takes about TTFT + tokens × time per token, so
+                   of the time to first token. Not for a stream, m is as expected at
+                   the provider's load now (`loaded`): a provider whose samples got
+                   slower with the calls in flight is expected slower when busier.
+                   W: its samples, decayed with a slower 20 s half-life (how long a
+                   provider's speed stays known). An LLM call takes about TTFT +
+                   tokens × time per token, so
                    dividing by the tokens removes the spread that comes from the reply's
                    length rather than from the provider (a 50-token reply from a slow
                    provider beats a 400-token one from a fast provider); the +40 stands
@@ -98,12 +102,38 @@ def load_factor(state: ProviderState, config: DWAConfig) -> float:
     return 1.0 / (1.0 + x * x)
 
 
-def _observed(state: ProviderState, stream: bool) -> tuple[float, float]:
+def _observed(state: ProviderState, stream: bool, config: DWAConfig) -> tuple[float, float]:
     """(evidence, mean) of the latency routing compares for this call: time to first
-    token for a stream, else latency / (output tokens + ttft_tokens)."""
+    token for a stream, else latency / (output tokens + ttft_tokens), at the load this
+    call would add to (see loaded)."""
     if stream:
         return state.ttft_weight, state.ttft_mean
-    return state.latency_weight, state.latency_norm
+    return state.latency_weight, loaded(state, config)
+
+
+def loaded(state: ProviderState, config: DWAConfig) -> float:
+    """latency_norm as expected at the provider's load now (in flight + this call).
+
+    The slope of the least-squares line of the samples' latency_norm on the load they
+    met (decayed moments, see scripts.py), never below 0 and shrunk by load_ridge (16
+    calls²) of load variance (so samples at nearly one load say nothing), times how much busier
+    than its samples' mean load the provider is now; never less than the plain mean
+    when it is less busy (a latency that rose with the load is as likely to be a slow
+    spell that kept calls in flight longer, Little's law, as a capacity wall: so the
+    line only ever warns). A provider whose latency does not depend on how busy we keep
+    it (a large hosted API) has a slope of about 0 and keeps its mean; one with a
+    capacity wall (a self-hosted pool, a small host) is expected slower as calls pile
+    up on it, before its answers come back slower. Measured in bench.routing's
+    `diurnal`: load_balanced from +26.7% of the oracle's mean to +5.7%."""
+    mean = state.latency_norm
+    if not state.load_sq:
+        return mean
+    n = state.load_mean
+    slope = (state.load_cross - n * mean) / (state.load_sq - n * n + config.load_ridge)
+    if slope <= 0.0:
+        return mean
+    busier = state.in_flight + 1 - n
+    return mean + slope * busier if busier > 0.0 else mean
 
 
 class Evaluation:
@@ -125,7 +155,7 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
              stream: bool = False) -> Evaluation:
     """Score every candidate at `now` (the module docstring's formula). Runs on every
     decision; the strategies, the stats and the recompute's baseline use its terms."""
-    observed = [_observed(state, stream) for state in states]
+    observed = [_observed(state, stream, config) for state in states]
     best = min((mean for weight, mean in observed if weight > 0.0), default=math.inf)
     prior = best * (1.0 - config.latency_optimism) if best < math.inf else config.default_latency_s
     k0 = config.latency_prior_weight

@@ -16,6 +16,9 @@ The provider hash (KEYS[1]) holds, by field:
     nm       decayed mean of latency / (output tokens + ttft_tokens): what routing
              compares (see scoring.py), same weight lw
     l1, l2   decayed means of ln(latency) and ln(latency)^2 (p95 from a log-normal fit)
+    qn qx qq decayed means of the load (calls in flight when the call started, itself
+             included), of load × nm's sample, and of load²: nm as a function of the
+             load, by least squares (see scoring.py); same weight lw
     fw, fm   the same for time to first token (streams)
     pw, pm   the same for seconds per output token
     ew, fe   latency / TTFT samples decayed with evidence_half_life_s (slower): how
@@ -37,15 +40,15 @@ from core.kv import Script
 
 # Every numeric field, in the order the script reads and writes them.
 FIELDS = ("t", "s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe", "pw", "pm", "cf", "ho",
-          "ou", "tr", "pu", "rl", "n", "ok", "ko", "rlc", "ce", "ti", "to", "c", "ls", "le")
+          "ou", "tr", "pu", "rl", "n", "ok", "ko", "rlc", "ce", "ti", "to", "c", "ls", "le", "qn", "qx", "qq")
 # Statistics, written with 10 significant digits (short strings parse faster on every
 # read); times, counters and money are written in full (%.17g).
-SHORT = frozenset(("s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe", "pw", "pm"))
+SHORT = frozenset(("s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe", "pw", "pm", "qn", "qx", "qq"))
 
 # ARGV, in order (store.py builds them).
 RECORD_ARGS = ("now", "kind", "latency", "ttft", "tin", "tout", "cost", "retry", "eclass", "instance",
                "inflight", "hl_av", "hl_lat", "threshold", "cool0", "coolmax", "rl_default", "ttl",
-               "if_age", "ktok", "hl_ev", "fresh")
+               "if_age", "ktok", "hl_ev", "fresh", "load")
 
 
 def _lua_list(names: tuple[str, ...] | frozenset[str]) -> str:
@@ -61,7 +64,7 @@ now, latency, ttft, tin, tout, cost, retry = tonumber(now), tonumber(latency), t
   tonumber(tin), tonumber(tout), tonumber(cost), tonumber(retry)
 hl_av, hl_lat, hl_ev, threshold = tonumber(hl_av), tonumber(hl_lat), tonumber(hl_ev), tonumber(threshold)
 cool0, coolmax, rl_default = tonumber(cool0), tonumber(coolmax), tonumber(rl_default)
-ttl, if_age, ktok = tonumber(ttl), tonumber(if_age), tonumber(ktok)
+ttl, if_age, ktok, load = tonumber(ttl), tonumber(if_age), tonumber(ktok), tonumber(load)
 
 local raw = redis.call('HMGET', KEYS[1], unpack(FIELDS))
 local h = {}
@@ -88,7 +91,11 @@ if kind == 'ok' then
   local lx = math.log(x)
   h.lw = h.lw + 1
   h.lm = h.lm + (x - h.lm) / h.lw
-  h.nm = h.nm + (x / (tout + ktok) - h.nm) / h.lw
+  local xn = x / (tout + ktok)
+  h.nm = h.nm + (xn - h.nm) / h.lw
+  h.qn = h.qn + (load - h.qn) / h.lw
+  h.qx = h.qx + (load * xn - h.qx) / h.lw
+  h.qq = h.qq + (load * load - h.qq) / h.lw
   h.l1 = h.l1 + (lx - h.l1) / h.lw
   h.l2 = h.l2 + (lx * lx - h.l2) / h.lw
   h.ew = h.ew + 1

@@ -39,7 +39,8 @@ class Outcome:
 
     `latency_s` is the whole call; `ttft_s` the time to first token of a stream (None
     when not streamed). `error` is a short class name ("timeout", "http_503") for
-    `last_error`. `retry_after_s` comes from a 429's Retry-After header.
+    `last_error`. `retry_after_s` comes from a 429's Retry-After header. `load` is the
+    Decision's (how busy the provider was when the call started), 0 when unknown.
     """
 
     provider: str
@@ -52,6 +53,7 @@ class Outcome:
     error: str | None = None
     retry_after_s: float | None = None
     fresh: bool = False
+    load: int = 0  # calls in flight to the provider when this one started, itself included
 
 
 @dataclass(slots=True)
@@ -89,6 +91,9 @@ class ProviderState:
     ttft_mean: float = 0.0
     consecutive_failures: int = 0
     latency_mean: float = 0.0
+    load_mean: float = 0.0   # decayed means of the load, load × latency_norm sample, load²
+    load_cross: float = 0.0  # (see scripts.py): latency_norm as a function of the load
+    load_sq: float = 0.0
     log_mean: float = 0.0
     log_sq: float = 0.0
     details: dict[str, Any] | None = None  # every stored field; filled only for stats

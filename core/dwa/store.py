@@ -41,7 +41,7 @@ _LN2 = math.log(2.0)
 _exp = math.exp  # a global, not an attribute lookup: decode_state runs per candidate
 
 # The fields a routing decision needs, in the order HMGET returns them.
-HOT_FIELDS = ("t", "s", "f", "ew", "nm", "ls", "rl", "ho", "ou", "pu", "fe", "fm", "lm")
+HOT_FIELDS = ("t", "s", "f", "ew", "nm", "ls", "rl", "ho", "ou", "pu", "fe", "fm", "lm", "qn", "qx", "qq")
 
 
 class DWAStore(Protocol):
@@ -124,7 +124,7 @@ def decode_state(name: str, profile: ProviderProfile, hot: Sequence[Any], in_fli
     """
     if baseline is not None:
         baseline = min(1.0, max(0.0, float(baseline)))
-    t, s, f, ew, nm, ls, rl, ho, ou, pu, fe, fm, lm = hot
+    t, s, f, ew, nm, ls, rl, ho, ou, pu, fe, fm, lm, qn, qx, qq = hot
     if t is None:  # never recorded (or reset): the priors
         return ProviderState(name, profile, in_flight=in_flight, baseline=baseline)
     # the outcome update writes every field, so none is None from here
@@ -146,6 +146,8 @@ def decode_state(name: str, profile: ProviderProfile, hot: Sequence[Any], in_fli
         state.ttft_weight = float(fe) * de
         state.ttft_mean = float(fm)
     state.latency_mean = float(lm)
+    if qq is not None and qq != "0":  # outcomes with a load (older states have none)
+        state.load_mean, state.load_cross, state.load_sq = float(qn), float(qx), float(qq)
     return state
 
 
@@ -335,7 +337,7 @@ class RedisDWAStore(StoreBase):
             repr(float(outcome.now)), outcome.kind.value, repr(float(outcome.latency_s)),
             repr(float(outcome.ttft_s or 0.0)), int(outcome.input_tokens), int(outcome.output_tokens),
             repr(cost), repr(float(outcome.retry_after_s or 0.0)), outcome.error or outcome.kind.value,
-            self.instance_id, left, *self._record_args, "1" if outcome.fresh else "0",
+            self.instance_id, left, *self._record_args, "1" if outcome.fresh else "0", outcome.load,
         )
         return RECORD.command(self._keys_for(name), args)
 

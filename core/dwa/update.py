@@ -58,7 +58,11 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
         lx = math.log(x)
         h["lw"] += 1
         h["lm"] += (x - h["lm"]) / h["lw"]
-        h["nm"] += (x / (tout + config.ttft_tokens) - h["nm"]) / h["lw"]
+        xn = x / (tout + config.ttft_tokens)
+        h["nm"] += (xn - h["nm"]) / h["lw"]
+        h["qn"] += (outcome.load - h["qn"]) / h["lw"]
+        h["qx"] += (outcome.load * xn - h["qx"]) / h["lw"]
+        h["qq"] += (outcome.load * outcome.load - h["qq"]) / h["lw"]
         h["l1"] += (lx - h["l1"]) / h["lw"]
         h["l2"] += (lx * lx - h["l2"]) / h["lw"]
         h["ew"] += 1
