@@ -74,3 +74,58 @@ async def test_two_identical_upstreams_share_the_load_after_a_cold_start(gateway
     late = Counter(name for at, name in served if at >= 30.0)
     share = late["a"] / (late["a"] + late["b"])
     assert 0.1 <= share <= 0.9, (late, Counter(name for _, name in served))
+
+
+def walled_upstream(capacity: dict[str, int]) -> Any:
+    """Chat models that each take 20 ms, and grow slower past their capacity in calls at once."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    busy: Counter[str] = Counter()
+
+    async def chat(request: Request) -> JSONResponse:
+        model = (await request.json())["model"]
+        busy[model] += 1
+        try:
+            wall = capacity.get(model)
+            over = max(0, busy[model] - wall) / wall if wall else 0.0
+            await asyncio.sleep(0.02 * (1 + over))
+        finally:
+            busy[model] -= 1
+        return JSONResponse({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
+                             "choices": [{"index": 0, "finish_reason": "stop",
+                                          "message": {"role": "assistant", "content": "an answer"}}],
+                             "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+async def test_the_gateway_learns_which_upstream_slows_down_as_calls_pile_up(gateway_settings: Settings,
+                                                                             tmp_path: Path) -> None:
+    """`small` takes 20 ms up to 2 calls at once and grows slower beyond; `large` has no
+    wall. Under 12 callers, the stats show how much each further call in flight slows
+    `small`, and nothing of the kind for `large`: the load each call met reached the DWA."""
+    from functions.gateway import build_app
+
+    with serve(walled_upstream({"m-small": 2})) as upstream_url:
+        path = providers_file(tmp_path, [{"name": name, "base_url": upstream_url + "/v1", "model": f"m-{name}"}
+                                         for name in ("small", "large")])
+        settings = gateway_settings.model_copy(update={"ORCHESITY_PROVIDERS_FILE": path, "CACHE_MODE": "off"})
+        with serve(build_app(settings=settings)) as url:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                numbers = itertools.count()
+                start = time.monotonic()
+
+                async def caller() -> None:
+                    while time.monotonic() - start < 8.0:
+                        answer = await client.post("/v1/chat/completions", json={
+                            "model": "auto", "messages": [{"role": "user", "content": f"q{next(numbers)}"}]})
+                        assert answer.status_code == 200, answer.text
+
+                await asyncio.gather(*(caller() for _ in range(12)))
+                stats = (await client.get("/api/llm/dwa/stats")).json()["provider_stats"]
+    small, large = stats["small"]["slowdown_per_call"], stats["large"]["slowdown_per_call"]
+    assert small is not None and large is not None, stats
+    assert small > 0.01 and large < small / 3, (small, large)  # (shrunk: few loads far from the mean)

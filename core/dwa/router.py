@@ -21,7 +21,7 @@ from typing import Any
 
 from core.dwa.breaker import available_at, circuit_state, is_available
 from core.dwa.config import DWAConfig
-from core.dwa.scoring import evaluate, p95_latency
+from core.dwa.scoring import evaluate, load_slope, p95_latency
 from core.dwa.state import Outcome, ProviderState, Snapshot
 from core.dwa.store import DWAStore
 from core.dwa.strategies import STRATEGIES, Context
@@ -254,6 +254,9 @@ class Router:
                 "output_tokens": int(_f(d.get("to"))),
                 "cost_usd": _f(d.get("c")),
                 "baseline_weight": state.baseline,
+                # the share of its latency each further call in flight adds (None: no loads seen)
+                "slowdown_per_call": (load_slope(state, self.config) / state.latency_norm
+                                      if state.load_sq and state.latency_norm > 0 else None),
             }
         return out
 

@@ -126,14 +126,20 @@ def loaded(state: ProviderState, config: DWAConfig) -> float:
     up on it, before its answers come back slower. Measured in bench.routing's
     `diurnal`: load_balanced from +26.7% of the oracle's mean to +5.7%."""
     mean = state.latency_norm
-    if not state.load_sq:
+    slope = load_slope(state, config)
+    if slope == 0.0:
         return mean
-    n = state.load_mean
-    slope = (state.load_cross - n * mean) / (state.load_sq - n * n + config.load_ridge)
-    if slope <= 0.0:
-        return mean
-    busier = state.in_flight + 1 - n
+    busier = state.in_flight + 1 - state.load_mean
     return mean + slope * busier if busier > 0.0 else mean
+
+
+def load_slope(state: ProviderState, config: DWAConfig) -> float:
+    """How much latency_norm grows per call in flight (0 without loads, never below 0)."""
+    if not state.load_sq:
+        return 0.0
+    n = state.load_mean
+    slope = (state.load_cross - n * state.latency_norm) / (state.load_sq - n * n + config.load_ridge)
+    return slope if slope > 0.0 else 0.0
 
 
 class Evaluation:
