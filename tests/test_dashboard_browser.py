@@ -346,6 +346,7 @@ def test_the_views_fit_a_phone_and_work_from_the_keyboard(browsing: Browsing) ->
 
 def test_the_page_asked_no_host_but_the_server_and_never_put_the_key_in_a_url(browsing: Browsing,
                                                                              admin_key: str) -> None:
+    """Over everything the tests above did (the two after it open pages on servers of their own)."""
     assert browsing.requests
     elsewhere = [url for url in browsing.requests if not url.startswith(browsing.url + "/") and not url.startswith("data:")]
     assert elsewhere == []
@@ -382,5 +383,21 @@ def test_with_redis_down_the_page_says_what_is_unavailable(browsing: Browsing, d
             _expect(page.locator(f'#keys-table tr[data-key="{_prefix(admin_key)}"]')).to_be_visible()  # Postgres serves
             _go(page, "Providers")
             page.screenshot(path=str(SHOTS / "redis-down-desktop.png"), full_page=True)
+        finally:
+            page.close()
+
+
+def test_locally_with_no_key_the_page_opens_without_one(browsing: Browsing, dash_settings: Settings) -> None:
+    from functions.gateway import build_app
+
+    open_access = dash_settings.model_copy(update={"OPEN_ACCESS": True})  # `orchesity serve` on loopback, no key yet
+    with serve(build_app(settings=open_access), startup_timeout=30) as url:
+        page = browsing.page.context.new_page()
+        try:
+            page.goto(f"{url}/dashboard#runs")
+            _expect(page.get_by_role("heading", level=2, name="Runs")).to_be_visible()
+            _expect(page.locator("#who")).to_contain_text("Open access")
+            _expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+            _expect(page.get_by_label("Saved pipeline")).to_contain_text("three_steps")
         finally:
             page.close()

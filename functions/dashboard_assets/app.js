@@ -16,7 +16,7 @@ const RUN_STATES = {
 };
 const FINISHED = new Set(["succeeded", "failed", "cancelled", "timed_out"]);
 const VIEWS = ["providers", "requests", "runs", "tools", "keys"];
-const state = { key: null, signedIn: false, view: null, providers: [], providerStream: null, runStream: null,
+const state = { key: null, signedIn: false, view: null, providerStream: null, runStream: null,
                 runId: null, runsTimer: null, tool: null, toolFields: [], pipelines: {}, weights: null };
 
 // --- small helpers ---------------------------------------------------------------------------
@@ -258,20 +258,15 @@ function providerState(p) {
   return ["✓", "Serving", "s-ok"];
 }
 
+// The share as a bar (drawn, not styled: the policy allows no inline style) and in figures.
 function shareBar(share) {
-  const width = Math.round(share * 80);
-  return el("span", { class: "share" },
-    svgBar(width), `${(share * 100).toFixed(1)}%`);
-}
-
-function svgBar(width) {
-  return svg("svg", { width: "82", height: "12", viewBox: "0 0 82 12", "aria-hidden": "true" },
+  const bar = svg("svg", { width: "82", height: "12", viewBox: "0 0 82 12", "aria-hidden": "true" },
     svg("rect", { x: "0.5", y: "0.5", width: "81", height: "11", fill: "none", stroke: "#767676" }),
-    svg("rect", { x: "1", y: "1", width: String(width), height: "10", fill: "#333" }));
+    svg("rect", { x: "1", y: "1", width: String(Math.round(share * 80)), height: "10", fill: "#333" }));
+  return el("span", { class: "share" }, bar, `${(share * 100).toFixed(1)}%`);
 }
 
 function renderProviders(snapshot) {
-  state.providers = snapshot.providers;
   const body = $("providers-table").tBodies[0];
   if (!snapshot.providers.length) {
     body.replaceChildren(el("tr", {}, el("td", { class: "empty", colspan: "9", text: "No deployment is configured." })));
