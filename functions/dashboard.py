@@ -98,14 +98,16 @@ async def page() -> Response:
 
 @router.get("/dashboard/assets/{name}", include_in_schema=False)
 @_public
-async def asset(name: str, v: str | None = None) -> Response:
+async def asset(name: str, request: Request, v: str | None = None) -> Response:
     if name not in ASSETS:
         raise ApiError(404, f"no dashboard asset {name!r}", type="not_found", param="name", code="unknown_asset")
     body, digest = _asset(name)
     # The page asks for ?v=<digest>: that URL's bytes never change. Any other is revalidated.
-    caching = "public, max-age=31536000, immutable" if v == digest else "no-cache"
-    return Response(body, media_type=ASSETS[name], headers={"cache-control": caching,
-                                                            "x-content-type-options": "nosniff", "etag": f'"{digest}"'})
+    headers = {"cache-control": "public, max-age=31536000, immutable" if v == digest else "no-cache",
+               "x-content-type-options": "nosniff", "etag": f'"{digest}"'}
+    if request.headers.get("if-none-match") == headers["etag"]:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=ASSETS[name], headers=headers)
 
 
 # --- stream tokens --------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ async def test_the_page_and_its_assets_have_their_types_caching_and_a_strict_pol
         style_url = re.search(r'href="(/dashboard/assets/app\.css\?v=[0-9a-f]{12})"', page.text).group(1)
         script, style = await gw.client.get(script_url), await gw.client.get(style_url)
         unversioned = await gw.client.get("/dashboard/assets/app.js")
+        unchanged = await gw.client.get("/dashboard/assets/app.js", headers={"if-none-match": unversioned.headers["etag"]})
         missing = await gw.client.get("/dashboard/assets/secrets.py")
     assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
     assert page.headers["cache-control"] == "no-cache"  # a new release's asset URLs are seen at once
@@ -67,6 +68,7 @@ async def test_the_page_and_its_assets_have_their_types_caching_and_a_strict_pol
     assert style.headers["content-type"] == "text/css; charset=utf-8"
     assert script.headers["cache-control"] == style.headers["cache-control"] == "public, max-age=31536000, immutable"
     assert unversioned.status_code == 200 and unversioned.headers["cache-control"] == "no-cache"
+    assert unchanged.status_code == 304 and unchanged.content == b""  # revalidated: not sent again
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_asset"
 
 

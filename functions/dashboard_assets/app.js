@@ -16,6 +16,7 @@ const RUN_STATES = {
 };
 const FINISHED = new Set(["succeeded", "failed", "cancelled", "timed_out"]);
 const VIEWS = ["providers", "requests", "runs", "tools", "keys"];
+const MAX_EVENTS = 500;  // the latest events a run's view shows
 const state = { key: null, signedIn: false, view: null, providerStream: null, runStream: null,
                 runId: null, runsTimer: null, tool: null, toolFields: [], pipelines: {}, weights: null };
 
@@ -376,7 +377,8 @@ function renderWeights(data, hours) {
   [...byProvider.entries()].forEach(([name, series], i) => {
     const [colour, dash, shape] = SERIES[i % SERIES.length];
     const path = series.map((p) => `${x(p.window_end).toFixed(1)},${y(p.weight).toFixed(1)}`).join(" ");
-    chart.append(svg("polyline", { class: "series", points: path, stroke: colour, "stroke-dasharray": dash }));
+    chart.append(svg("polyline", { class: "series", points: path, stroke: colour, "stroke-dasharray": dash,
+                                   "data-provider": name }));
     for (const p of series) chart.append(marker(shape, x(p.window_end), y(p.weight), colour));
     const last = series[series.length - 1];
     legend.append(el("li", {}, svg("svg", { width: "34", height: "12", "aria-hidden": "true" },
@@ -549,6 +551,7 @@ function renderRun(run, events) {
     list.append(el("li", { value: String(e.seq), "data-seq": String(e.seq) },
       `${fmt.clock(e.at)} `, el("span", { class: "type", text: e.type }), ` ${e.message}`));
   }
+  while (list.children.length > MAX_EVENTS) list.firstElementChild.remove();  // a long run keeps the page light
 }
 
 // Follow one run live; `focus`: the person asked for it, so move to it (on a phone it is below).
