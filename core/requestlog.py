@@ -2,8 +2,8 @@
 
 Its records are a journal (core/journal.py): one XADD folded into the request's final
 Redis round trip, drained into the `request_log` table, idempotently, in batches.
-`drain`, `write`, `pending` and `append_command` are the journal's. `recent` and
-`summary` read the table for the db function.
+`drain`, `write`, `pending` and `append_command` are the journal's. `recent`, `summary`,
+`spend_by_key_day` and `traffic` read the table for the db and dashboard functions.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from core.journal import Journal
 from core.kv import KEY_PREFIX
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from core.db import Database
 
 STREAM = f"{KEY_PREFIX}log:requests"
@@ -61,15 +63,19 @@ drain = JOURNAL.drain
 pending = JOURNAL.pending
 
 
-async def recent(db: Database, *, limit: int, provider: str | None = None) -> list[dict[str, Any]]:
+async def recent(db: Database, *, limit: int, provider: str | None = None, status: str | None = None,
+                 key: str | None = None, cached: bool | None = None) -> list[dict[str, Any]]:
+    """The newest rows first, of those matching every filter given (`key`: the caller's key id)."""
     from sqlalchemy import select
 
     from core.models import RequestLog
 
     table = RequestLog.__table__
     query = select(table).order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit)
-    if provider is not None:
-        query = query.where(table.c.provider == provider)
+    for column, value in ((table.c.provider, provider), (table.c.status, status),
+                          (table.c.caller_key_id, key), (table.c.cached, cached)):
+        if value is not None:
+            query = query.where(column == value)
     async with db.engine.connect() as conn:
         rows = (await conn.execute(query)).mappings().all()
     return [
@@ -132,6 +138,39 @@ async def summary(db: Database) -> dict[str, Any]:
             for p in providers
         },
     }
+
+
+async def spend_by_key_day(db: Database, *, since: datetime) -> list[dict[str, Any]]:
+    """Per caller key and UTC day since `since`: what its final requests cost, newest day first."""
+    from sqlalchemy import Date, cast, func, select
+
+    from core.models import RequestLog
+
+    t = RequestLog.__table__
+    day = cast(func.timezone("UTC", t.c.created_at), Date).label("day")
+    query = (select(day, t.c.caller_key_id, func.count().label("requests"), func.sum(t.c.cost).label("cost"),
+                    func.sum(t.c.total_tokens).label("tokens"))
+             .where(t.c.final.is_(True), t.c.created_at >= since)
+             .group_by(day, t.c.caller_key_id).order_by(day.desc(), func.sum(t.c.cost).desc()))
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return [{"day": row["day"].isoformat(), "key": row["caller_key_id"], "requests": row["requests"],
+             "cost": round(row["cost"] or 0.0, 6), "tokens": int(row["tokens"] or 0)} for row in rows]
+
+
+async def traffic(db: Database, *, since: datetime) -> dict[str, dict[str, Any]]:
+    """Per provider since `since`: its attempts (cache hits are not traffic to it) and their cost."""
+    from sqlalchemy import func, select
+
+    from core.models import RequestLog
+
+    t = RequestLog.__table__
+    query = (select(t.c.provider, func.count().label("attempts"), func.sum(t.c.cost).label("cost"))
+             .where(t.c.created_at >= since, t.c.cached.is_(False), t.c.provider.is_not(None))
+             .group_by(t.c.provider))
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(query)).mappings().all()
+    return {row["provider"]: {"attempts": row["attempts"], "cost": round(row["cost"] or 0.0, 6)} for row in rows}
 
 
 def _ms(value: float | None) -> float | None:

@@ -172,6 +172,8 @@ class Settings(BaseSettings):
     DEBUG: bool = False
     LOG_LEVEL: LogLevel = LogLevel.INFO
     SECRET_KEY: SecretStr | None = None
+    # Read tokens for live streams (core/stream_tokens.py): signed with SECRET_KEY, valid this long
+    STREAM_TOKEN_TTL_SECONDS: float = Field(default=300.0, ge=1, le=3600)
 
     # --- Runs (core/runs/) ------------------------------------------------------------
     RUN_LEASE_SECONDS: float = Field(default=15.0, ge=1, le=600)

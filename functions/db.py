@@ -32,7 +32,7 @@ router = APIRouter(tags=["db"], dependencies=[Depends(require(Scope.admin))])
 CATCH_UP_BATCHES = 4  # at most this many drain batches before a read (2,000 records)
 
 
-async def _catch_up(svc: Services) -> bool:
+async def catch_up(svc: Services) -> bool:
     """Drain what is queued before reading; False when Redis could not be read."""
     if svc.kv is None:
         return True
@@ -45,7 +45,7 @@ async def _catch_up(svc: Services) -> bool:
 
 @router.get("/api/db/stats")
 async def db_stats(svc: Services = Depends(services)) -> dict[str, Any]:
-    redis_up = await _catch_up(svc)
+    redis_up = await catch_up(svc)
     summary = await requestlog.summary(svc.db)
     summary["log_pending_in_redis"] = await requestlog.pending(svc.kv) if redis_up else None
     if not redis_up:
@@ -59,7 +59,7 @@ async def recent_requests(
     provider: str | None = Query(default=None, pattern=NAME_PATTERN),
     svc: Services = Depends(services),
 ) -> dict[str, Any]:
-    await _catch_up(svc)
+    await catch_up(svc)
     rows = await requestlog.recent(svc.db, limit=limit, provider=provider)
     return {"requests": rows, "count": len(rows)}
 

@@ -21,12 +21,12 @@ from functions.http import ApiError, create_app, entry_points, require, services
 router = APIRouter(tags=["dwa"])
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
     """JSON has no inf/NaN: a figure that is not a number yet is null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     return value
 
 
@@ -47,7 +47,7 @@ async def dwa_stats(svc: Services = Depends(services)) -> dict[str, Any]:
     return {
         "strategy": orchestrator.router.strategy.value,
         "state_store": "redis" if svc.kv is not None else "postgres",
-        "provider_stats": _finite(stats),
+        "provider_stats": finite(stats),
         "timestamp": time.time(),
     }
 

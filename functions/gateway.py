@@ -6,11 +6,11 @@ from fastapi import FastAPI
 
 from core.services import Services
 from core.settings import Settings
-from functions import cron, db, dwa, health, keys, mcp, messages, orchestrate, responses, runs, tools
+from functions import cron, dashboard, db, dwa, health, keys, mcp, messages, orchestrate, responses, runs, tools
 from functions.http import create_app, entry_points
 
 ROUTERS = (health.router, orchestrate.router, messages.router, responses.router, dwa.router, db.router, cron.router,
-           keys.router, tools.router, runs.router, mcp.router)
+           keys.router, tools.router, runs.router, mcp.router, dashboard.router)
 
 
 def build_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:

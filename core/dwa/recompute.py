@@ -155,12 +155,16 @@ async def publish(kv: KV, rows: Sequence[dict[str, Any]], window_seconds: int, n
     await kv.pipeline(commands, transaction=True)
 
 
-async def history(db: Database, provider: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
-    """provider_weights rows for charts, newest window first (of one provider, or all)."""
+async def history(db: Database, provider: str | None = None, limit: int = 500,
+                  since: datetime | None = None) -> list[dict[str, Any]]:
+    """provider_weights rows for charts, newest window first (of one provider, or all;
+    with `since`, of the windows ending after it)."""
     query = select(ProviderWeight).order_by(ProviderWeight.window_end.desc(),  # type: ignore[attr-defined]
                                             ProviderWeight.provider).limit(limit)
     if provider is not None:
         query = query.where(ProviderWeight.provider == provider)
+    if since is not None:
+        query = query.where(ProviderWeight.window_end > since)  # type: ignore[operator]
     async with db.session() as session:
         found = (await session.exec(query)).all()
     return [row.model_dump(exclude={"id"}) for row in found]

@@ -9,6 +9,8 @@ a run starts, since registered tools change while the server runs.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from core.runs.pipeline import Pipeline, RunInvalid, parse
@@ -45,3 +47,13 @@ def named_pipelines(settings: Settings) -> dict[str, Pipeline]:
     if path is None or (not explicit and not path.exists()):
         return {}
     return read_pipelines_file(path)
+
+
+_INPUT = re.compile(r"\binputs\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def input_names(pipeline: Pipeline) -> list[str]:
+    """The inputs a pipeline's templates read (`{{ inputs.text }}`), in order of first use:
+    what a form starting it should ask for."""
+    found = _INPUT.findall(json.dumps(pipeline.model_dump(mode="json", exclude_none=True)))
+    return list(dict.fromkeys(found))

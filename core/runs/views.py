@@ -16,7 +16,7 @@ from core.runs.executor import FINISHED
 if TYPE_CHECKING:
     from core.services import Services
 
-__all__ = ["FINISHED", "describe", "list_runs", "request_cancel", "run_row", "summary"]
+__all__ = ["FINISHED", "describe", "list_runs", "request_cancel", "run_row", "step_outputs", "summary"]
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -71,6 +71,16 @@ async def describe(svc: Services, row: Any) -> dict[str, Any]:
         "callback": None if row.callback_url is None else {
             "status": row.callback_status, "attempts": row.callback_attempts, "error": row.callback_error},
     }
+
+
+async def step_outputs(svc: Services, run_id: uuid.UUID) -> dict[str, Any]:
+    """Each step's checkpointed output, by step id (steps that have none are left out)."""
+    from sqlalchemy import text
+
+    async with svc.db.engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT name, output FROM run_steps WHERE run_id = :id AND output IS NOT NULL"),
+                                   {"id": run_id})).all()
+    return {row.name: row.output for row in rows}
 
 
 def summary(row: Any) -> dict[str, Any]:
