@@ -333,6 +333,7 @@ class Orchestrator:
                     # last (database_logged, the usage) is already true.
                     result.usage, result.completion_id = chunk.usage, chunk.id
                     result.model = chunk.model or result.model
+                    result.limit_reset_s = chunk.limit_reset_s
                     result.text = "".join(parts)
                     result.logprobs = logprobs or None
                     result.tool_calls = [calls[i] for i in sorted(calls)] or None

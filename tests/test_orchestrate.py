@@ -484,16 +484,27 @@ async def test_a_request_one_protocol_cannot_express_goes_to_a_deployment_that_c
     assert stats["claude"]["failures"] == 0 and stats["claude"]["circuit_state"] == "closed"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 async def test_a_reply_saying_no_request_is_left_rests_the_deployment_before_any_429(
-        open_gateway: Any, tmp_path: Path, httpx_mock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        open_gateway: Any, tmp_path: Path, httpx_mock: Any, monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-limits")
-    httpx_mock.add_response(url=OPENAI_URL, json=openai_reply(), headers={
-        "x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "0",
-        "x-ratelimit-reset-requests": "6m0s", "x-ratelimit-remaining-tokens": "90000"})
+    limits = {"x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "0",
+              "x-ratelimit-reset-requests": "6m0s", "x-ratelimit-remaining-tokens": "90000"}
+    if stream:
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+                 "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}]}
+        last = {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+        events = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in (chunk, last)) + b"data: [DONE]\n\n"
+        httpx_mock.add_response(url=OPENAI_URL, content=events,
+                                headers={"content-type": "text/event-stream", **limits})
+    else:
+        httpx_mock.add_response(url=OPENAI_URL, json=openai_reply(), headers=limits)
     async with open_gateway(ORCHESITY_PROVIDERS_FILE=openai_first(tmp_path),
                             DWA_ROUTING_STRATEGY="priority") as gw:
-        first = await gw.client.post("/v1/chat/completions", json={"model": "auto", "messages": [
+        first = await gw.client.post("/v1/chat/completions", json={"model": "auto", "stream": stream, "messages": [
             {"role": "user", "content": "first"}]})
+        assert first.status_code == 200 and "Hi" in first.text
         after = [await gw.client.post("/v1/chat/completions", json={"model": "auto", "messages": [
             {"role": "user", "content": f"and then {i}"}]}) for i in range(3)]
         stats = await dwa_stats(gw)

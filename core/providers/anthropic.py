@@ -164,6 +164,8 @@ class AnthropicAdapter(NativeAdapter):
             try:
                 async with aclosing(self._read_stream(response, request)) as chunks:
                     async for chunk in chunks:
+                        if chunk.is_final:
+                            chunk.limit_reset_s = limit_reset(response.headers)
                         yield chunk
             finally:
                 await response.aclose()

@@ -92,7 +92,8 @@ class Chunk:
     Content chunks carry `text` (and/or `tool_calls` deltas, and `logprobs` when the
     request asked for them). The last chunk of every
     successful stream carries `usage` (never None there), `finish_reason`, `model`,
-    `id` and `stop_sequence` (when the provider names it), and no text.
+    `id` and `stop_sequence` (when the provider names it), and no text; and
+    `limit_reset_s` when the reply's limit headers said none is left (see Completion).
     """
 
     text: str = ""
@@ -103,6 +104,7 @@ class Chunk:
     model: str | None = None
     id: str | None = None
     stop_sequence: str | None = None
+    limit_reset_s: float | None = None
 
     @property
     def is_final(self) -> bool:

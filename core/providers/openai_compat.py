@@ -291,10 +291,13 @@ class OpenAICompatAdapter:
                         usage=completion.usage,
                         model=completion.model,
                         id=completion.id,
+                        limit_reset_s=limit_reset(response.headers),
                     )
                     return
                 async with aclosing(self._read_stream(response, request)) as chunks:
                     async for chunk in chunks:
+                        if chunk.is_final:
+                            chunk.limit_reset_s = limit_reset(response.headers)
                         yield chunk
             except ProviderError:
                 raise
