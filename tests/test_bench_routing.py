@@ -32,3 +32,24 @@ def test_identical_providers_report_the_split_after_the_given_time() -> None:
     assert builtin("twins").even_after_s == 30
     assert largest_share({"a": [1.0, 31.0, 32.0, 33.0], "b": [2.0, 34.0]}, 30.0) == pytest.approx(0.75)
     assert largest_share({"a": [1.0]}, None) is None
+
+
+def test_a_streamed_request_counts_its_first_token_and_the_oracle_routes_it_on_that() -> None:
+    import asyncio
+
+    from bench.routing.policies import Oracle
+    from bench.routing.sim import simulate, summary
+    from bench.routing.world import requests_for
+
+    scenario = parse_scenario({"name": "s", "seed": 2, "duration_s": 30, "rate_per_s": 2, "stream_share": 1.0,
+                               "output_tokens": [400, 400], "providers": [
+                                   {"name": "early", "ttft_ms": 100, "ms_per_token": 10, "jitter": 0.0},
+                                   {"name": "late", "ttft_ms": 900, "ms_per_token": 1, "jitter": 0.0}]})
+    requests = requests_for(scenario)
+    assert requests and all(r.stream for r in requests)
+    world = World(scenario)
+    run = asyncio.run(simulate(scenario, world, requests, Oracle(scenario, world)))
+    assert summary(run)["mean_latency_ms"] == pytest.approx(100.0)  # the first token, from `early`
+    assert len(run.attempts["early"]) == len(requests) and not run.attempts["late"]
+    with pytest.raises(ScenarioError, match="stream_share"):
+        parse_scenario({"name": "x", "stream_share": 1.5, "providers": [{"name": "a", "ttft_ms": 1, "ms_per_token": 1}]})

@@ -46,7 +46,7 @@ class DWAPolicy:
         self.loads: dict[tuple[int, str], int] = {}  # (request, provider): the pick's load
 
     async def pick(self, request: Request, now: float, exclude: Sequence[str]) -> str | None:
-        decision = await self.routers[request.instance].pick(self.names, now, exclude=exclude)
+        decision = await self.routers[request.instance].pick(self.names, now, exclude=exclude, stream=request.stream)
         if decision is None:
             return None
         self.reasons[decision.reason] += 1
@@ -61,7 +61,7 @@ class DWAPolicy:
             name, _KINDS[result.kind], result.latency, now,
             input_tokens=request.input_tokens if ok else 0,
             output_tokens=request.output_tokens if ok else 0,
-            error=result.error, retry_after_s=result.retry_after,
+            error=result.error, retry_after_s=result.retry_after, ttft_s=result.ttft if request.stream else None,
             fresh=(request.rid, name) in self.explored, load=self.loads.pop((request.rid, name), 0),
         ))
         self.explored.discard((request.rid, name))
@@ -153,7 +153,9 @@ class LiteLLMLatency:
     output token when the reply has ≥ 5 tokens), 1000 s appended for a failed call
     (timeout, 5xx, 429, connection error), a never-used deployment counted as 0; pick the
     lowest average, at random among those within `lowest_latency_buffer` of it (default
-    0); deployments over their configured rpm this minute are skipped.
+    0); deployments over their configured rpm this minute are skipped. A stream is
+    routed on the average of a list of its deployments' times to first token, when it
+    has one (streams' successes append to it), as LiteLLM's `use_ttft` does.
 
     Each gateway instance keeps its own lists: LiteLLM reads its in-memory copy first and
     overwrites the shared blob with it, so instances do not pool what they learn. The
@@ -166,12 +168,13 @@ class LiteLLMLatency:
         self.params = {p.name: p.litellm for p in scenario.providers}
         self.cooldowns = LiteLLMCooldowns(self.names)
         self.lists = [{n: [] for n in self.names} for _ in range(scenario.instances)]
+        self.ttft = [{n: [] for n in self.names} for _ in range(scenario.instances)]
         self.rpm = [defaultdict(lambda: (-1, 0)) for _ in range(scenario.instances)]
         self.buffer = buffer
         self.rng = random.Random(seed)
 
-    def _push(self, instance: int, name: str, value: float) -> None:
-        values = self.lists[instance][name]
+    def _push(self, instance: int, name: str, value: float, lists: list[dict[str, list[float]]] | None = None) -> None:
+        values = (lists or self.lists)[instance][name]
         values.append(value)
         if len(values) > LITELLM_LIST_SIZE:
             del values[0]
@@ -189,7 +192,7 @@ class LiteLLMLatency:
             used_minute, used = self.rpm[instance][name]
             if limit is not None and used_minute == minute and used + 1 > limit:
                 continue
-            values = self.lists[instance][name] or [0.0]
+            values = (request.stream and self.ttft[instance][name]) or self.lists[instance][name] or [0.0]
             scored.append((sum(values) / len(values), name))
         if not scored:
             return None
@@ -205,6 +208,8 @@ class LiteLLMLatency:
             tokens = request.output_tokens
             value = result.latency / tokens if tokens >= LITELLM_MIN_TOKENS else result.latency
             self._push(instance, name, value)
+            if request.stream and result.ttft is not None:
+                self._push(instance, name, result.ttft, self.ttft)
             minute = int(now // 60)
             used_minute, used = self.rpm[instance][name]
             self.rpm[instance][name] = (minute, used + 1 if used_minute == minute else 1)
@@ -229,7 +234,10 @@ class Oracle:
         for name in self.names:
             if name in exclude or world.rate_limited(name, now):
                 continue
-            latency = world.mean_latency(name, now, request.output_tokens)
+            if request.stream:
+                latency = world.mean_ttft(name, now)
+            else:
+                latency = world.mean_latency(name, now, request.output_tokens)
             p_fail, _, fail_s = world.failure(name, now)
             options.append((latency, p_fail, fail_s, name))
         if not options:

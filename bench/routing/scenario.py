@@ -14,7 +14,7 @@ from typing import Any
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
 BUILTIN = ("steady", "degrade", "outage", "rate_limited", "cost_tradeoff", "multi_instance",
            "llama70b_hosts", "heavy_tails", "slow_timeouts", "diurnal",  # these four: measured fleets
-           "twins")
+           "twins", "streaming_chat")
 ERROR_KINDS = ("timeout", "http_500", "http_503", "connection")
 
 
@@ -80,6 +80,7 @@ class Scenario:
     watch_recovery: str | None = None  # report when this provider gets traffic back
     load_phases: tuple[LoadPhase, ...] = ()  # the rate changes over time (diurnal load)
     even_after_s: float | None = None  # the providers are identical: report the split after this
+    stream_share: float = 0.0      # this share of requests stream: their latency is the first token's
 
     def rate_factor(self, t: float) -> float:
         factor = 1.0
@@ -144,6 +145,8 @@ def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario
     scenario = _build(Scenario, {**data, "providers": tuple(providers)}, source)
     if scenario.watch_recovery is not None and scenario.watch_recovery not in names:
         raise ScenarioError(f"{source}: watch_recovery names no provider")
+    if not 0.0 <= scenario.stream_share <= 1.0:
+        raise ScenarioError(f"{source}: stream_share is a share of the requests, from 0 to 1")
     if scenario.rate_per_s <= 0 or scenario.duration_s <= 0 or scenario.instances < 1:
         raise ScenarioError(f"{source}: rate_per_s, duration_s and instances must be positive")
     return scenario

@@ -88,7 +88,8 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
             p_in, p_out = prices[name]
             result.cost += (request.input_tokens * p_in + request.output_tokens * p_out) / 1000.0
             result.successes_at[name].append(now)
-            finish(request, now, True)
+            # a stream's caller waited for its first token, the call's start + its TTFT
+            finish(request, now - call.latency + call.ttft if request.stream and call.ttft is not None else now, True)
             continue
         if call.kind == "rate":
             result.rate_limited += 1

@@ -24,6 +24,7 @@ class Request:
     instance: int
     input_tokens: int
     output_tokens: int
+    stream: bool = False      # what counts is the time to its first token
 
 
 @dataclass(slots=True)
@@ -32,6 +33,7 @@ class CallResult:
     latency: float            # seconds until the answer (or the error)
     error: str | None = None
     retry_after: float | None = None  # a 429's Retry-After; on a success, its limit headers' reset
+    ttft: float | None = None  # a success's time to first token (seconds)
 
 
 def requests_for(scenario: Scenario) -> list[Request]:
@@ -51,7 +53,10 @@ def requests_for(scenario: Scenario) -> list[Request]:
         if peak > 1.0 or scenario.load_phases:
             if rng.random() * peak >= scenario.rate_factor(t):
                 continue
-        out.append(Request(rid, t, rid % scenario.instances, rng.randint(lo_in, hi_in), rng.randint(lo_out, hi_out)))
+        request = Request(rid, t, rid % scenario.instances, rng.randint(lo_in, hi_in), rng.randint(lo_out, hi_out))
+        if scenario.stream_share:  # drawn only then: the other scenarios' traffic is unchanged
+            request.stream = rng.random() < scenario.stream_share
+        out.append(request)
         rid += 1
 
 
@@ -75,6 +80,13 @@ class World:
     def mean_latency(self, name: str, t: float, output_tokens: int, in_flight: int | None = None) -> float:
         """The true expected latency of a successful call started at t (a cold start's
         included, while its first cold_calls answers are still to come)."""
+        return self._expected(name, t, output_tokens, in_flight)
+
+    def mean_ttft(self, name: str, t: float) -> float:
+        """The true expected time to the first token of a call started at t."""
+        return self._expected(name, t, 0, None)
+
+    def _expected(self, name: str, t: float, output_tokens: int, in_flight: int | None) -> float:
         p = self.providers[name]
         phase = self.phase(p, t)
         factor = phase.latency_factor if phase else 1.0
@@ -131,5 +143,6 @@ class World:
         sigma = p.jitter
         noise = math.exp(sigma * luck.gauss(0.0, 1.0) - sigma * sigma / 2.0)
         latency = self.mean_latency(name, t, request.output_tokens) * noise
+        ttft = self.mean_ttft(name, t) * noise
         self.calls[name] += 1
-        return CallResult("ok", latency, retry_after=limit_reset)
+        return CallResult("ok", latency, retry_after=limit_reset, ttft=ttft)
