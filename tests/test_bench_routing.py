@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from bench.routing.scenario import BUILTIN, ScenarioError, builtin, parse_scenario
@@ -53,3 +55,28 @@ def test_a_streamed_request_counts_its_first_token_and_the_oracle_routes_it_on_t
     assert len(run.attempts["early"]) == len(requests) and not run.attempts["late"]
     with pytest.raises(ScenarioError, match="stream_share"):
         parse_scenario({"name": "x", "stream_share": 1.5, "providers": [{"name": "a", "ttft_ms": 1, "ms_per_token": 1}]})
+
+
+async def test_a_hedged_request_is_answered_by_the_second_provider_and_the_first_is_not_blamed(kv: Any) -> None:
+    """As the gateway's hedge_after_ms: `slow` (first by priority) has not answered after
+    0.5 s, so `quick` is asked too and answers; `slow`'s call is cancelled, no outcome."""
+    import uuid
+
+    from bench.routing.policies import DWAPolicy
+    from bench.routing.sim import simulate, summary
+    from bench.routing.world import requests_for
+    from core.settings import RoutingStrategy
+
+    scenario = parse_scenario({"name": "h", "seed": 5, "duration_s": 20, "rate_per_s": 1, "output_tokens": [10, 10],
+                               "providers": [
+                                   {"name": "slow", "ttft_ms": 3000, "ms_per_token": 0, "jitter": 0.0, "priority": 1},
+                                   {"name": "quick", "ttft_ms": 100, "ms_per_token": 0, "jitter": 0.0, "priority": 2}]})
+    requests = requests_for(scenario)
+    world = World(scenario)
+    policy = DWAPolicy(scenario, kv, RoutingStrategy.priority, namespace=f"hedge-{uuid.uuid4().hex[:8]}")
+    run = await simulate(scenario, world, requests, policy, hedge_after_s=0.5)
+    assert summary(run)["mean_latency_ms"] == pytest.approx(600.0)  # 0.5 s, then quick's 0.1 s
+    assert len(run.attempts["slow"]) == len(run.attempts["quick"]) == len(requests)
+    assert run.errors == 0 and world.in_flight == {"slow": 0, "quick": 0}
+    stats = await policy.routers[0].stats(["slow", "quick"], scenario.duration_s + 10)
+    assert stats["slow"]["samples"] == 0 and stats["slow"]["in_flight"] == 0  # cancelled: nothing recorded

@@ -17,6 +17,7 @@ from bench.routing.scenario import BUILTIN, Scenario, ScenarioError, builtin, lo
 STRATEGIES = ("load_balanced", "round_robin", "random", "priority", "latency", "cost", "adaptive",
               "litellm_shuffle", "litellm_latency", "oracle")
 DWA_STRATEGIES = STRATEGIES[:7]
+HEDGED = ("load_balanced+hedge", "adaptive+hedge")  # with --hedge-after-ms: the gateway's hedge_after_ms
 
 
 def make_policy(name: str, scenario: Scenario, world: Any, kv: Any, run_id: str) -> Any:
@@ -35,16 +36,18 @@ def make_policy(name: str, scenario: Scenario, world: Any, kv: Any, run_id: str)
     raise ValueError(name)
 
 
-async def run_scenario(scenario: Scenario, strategies: tuple[str, ...], kv: Any, run_id: str) -> dict[str, Any]:
+async def run_scenario(scenario: Scenario, strategies: tuple[str, ...], kv: Any, run_id: str,
+                       hedge_after_s: float | None = None) -> dict[str, Any]:
     from bench.routing.sim import make_world, recovery_times, simulate, summary, traffic_share
 
     out: dict[str, Any] = {}
     order = ("oracle",) + tuple(s for s in strategies if s != "oracle")
     for name in order:
         world, requests = make_world(scenario)
-        policy = make_policy(name, scenario, world, kv, run_id)
+        hedged = name in HEDGED
+        policy = make_policy(name.removesuffix("+hedge"), scenario, world, kv, f"{run_id}:{name}")
         started = time.perf_counter()
-        run = await simulate(scenario, world, requests, policy)
+        run = await simulate(scenario, world, requests, policy, hedge_after_s if hedged else None)
         metrics = summary(run)
         out[name] = {
             "metrics": metrics,
@@ -75,7 +78,8 @@ def largest_share(attempts: dict[str, list[float]], after_s: float | None) -> fl
     return max(late) / sum(late) if sum(late) else None
 
 
-async def run_all(scenarios: list[Scenario], strategies: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+async def run_all(scenarios: list[Scenario], strategies: tuple[str, ...],
+                  hedge_after_s: float | None = None) -> dict[str, dict[str, Any]]:
     from core.embedded import start_redis
     from core.kv import RedisKV
 
@@ -87,7 +91,7 @@ async def run_all(scenarios: list[Scenario], strategies: tuple[str, ...]) -> dic
             run_id = f"bench-{uuid.uuid4().hex[:8]}"
             for scenario in scenarios:
                 started = time.perf_counter()
-                results[scenario.name] = await run_scenario(scenario, strategies, kv, run_id)
+                results[scenario.name] = await run_scenario(scenario, strategies, kv, run_id, hedge_after_s)
                 print(report_scenario(scenario, results[scenario.name],
                                       time.perf_counter() - started), flush=True)
         finally:
@@ -194,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", metavar="NAMES", help="comma-separated built-in scenarios to run")
     parser.add_argument("--strategies", metavar="NAMES", help="comma-separated strategies (default: all)")
     parser.add_argument("--quick", action="store_true", help="a quarter of the traffic, for a smoke run")
+    parser.add_argument("--hedge-after-ms", metavar="MS", type=float,
+                        help="also run load_balanced and adaptive with requests hedged after MS")
     parser.add_argument("--micro", action="store_true",
                         help="only measure CPU per routing decision for 10 providers")
     args = parser.parse_args(argv)
@@ -226,7 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown strategies {sorted(unknown)}; known: {', '.join(STRATEGIES)}")
 
     started = time.perf_counter()
-    results = asyncio.run(run_all(scenarios, strategies))
+    if args.hedge_after_ms is not None:
+        if args.hedge_after_ms <= 0:
+            parser.error("--hedge-after-ms must be positive")
+        strategies += HEDGED
+    results = asyncio.run(run_all(scenarios, strategies,
+                                  None if args.hedge_after_ms is None else args.hedge_after_ms / 1000.0))
     print("\n".join(check_targets(results)))
     print(f"\ntotal wall time {time.perf_counter() - started:.1f} s")
 

@@ -66,6 +66,12 @@ class DWAPolicy:
         ))
         self.explored.discard((request.rid, name))
 
+    async def cancel(self, request: Request, name: str, now: float) -> None:
+        """A hedge's other call, cancelled: no outcome, only its place in flight freed."""
+        self.routers[request.instance].store.finish(name)
+        self.explored.discard((request.rid, name))
+        self.loads.pop((request.rid, name), None)
+
 
 # --- LiteLLM ---------------------------------------------------------------------------
 # Reproduced from litellm/router_utils/cooldown_handlers.py (v2 cooldown logic),

@@ -21,6 +21,8 @@ class Policy(Protocol):
 
     async def record(self, request: Request, name: str, result: CallResult, now: float) -> None: ...
 
+    async def cancel(self, request: Request, name: str, now: float) -> None: ...  # only when hedging
+
 
 @dataclass
 class RunResult:
@@ -39,12 +41,19 @@ def make_world(scenario: Scenario) -> tuple[World, list[Request]]:
     return World(scenario), requests_for(scenario)
 
 
-async def simulate(scenario: Scenario, world: World, requests: list[Request], policy: Policy) -> RunResult:
+async def simulate(scenario: Scenario, world: World, requests: list[Request], policy: Policy,
+                   hedge_after_s: float | None = None) -> RunResult:
+    """Run the traffic through `policy`. With `hedge_after_s`, a request not answered by
+    then is also sent to another provider (once), as the gateway's hedge_after_ms does:
+    each of the two fails over on its own, the first success wins and the other call is
+    cancelled (it frees its provider at once and records no outcome)."""
     names = [p.name for p in scenario.providers]
     prices = {p.name: (p.input_price_per_1k, p.output_price_per_1k) for p in scenario.providers}
     result = RunResult(attempts={n: [] for n in names}, successes_at={n: [] for n in names})
     deadline = scenario.deadline_s
     tried: dict[int, list[str]] = {}
+    running: dict[int, dict[int, str]] = {}  # request → its calls in flight (call id → provider)
+    cancelled: set[int] = set()
     heap: list[tuple[float, int, int, object]] = []
     seq = 0
     for request in requests:
@@ -52,20 +61,23 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
         seq += 1
     heapq.heapify(heap)
 
-    def finish(request: Request, now: float, ok: bool) -> None:
+    async def finish(request: Request, now: float, ok: bool, at: float | None = None) -> None:
         result.requests += 1
-        result.latencies.append(now - request.arrival)
+        result.latencies.append((now if at is None else at) - request.arrival)
         if ok:
             result.ok += 1
         tried.pop(request.rid, None)
+        for call_id, name in running.pop(request.rid, {}).items():  # a hedge's other call
+            cancelled.add(call_id)
+            world.in_flight[name] -= 1
+            await policy.cancel(request, name, now)
 
-    async def attempt(request: Request, now: float) -> None:
+    async def attempt(request: Request, now: float) -> bool:
         nonlocal seq
         already = tried.setdefault(request.rid, [])
         name = await policy.pick(request, now, already)
         if name is None:
-            finish(request, now, False)
-            return
+            return False
         already.append(name)
         result.attempts[name].append(now)
         call = world.call(name, now, request)
@@ -73,23 +85,40 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
         if call.latency > left:  # the request's deadline cuts the call short
             call = CallResult("fail", left, "timeout")
         world.in_flight[name] += 1
+        running.setdefault(request.rid, {})[seq] = name
         heapq.heappush(heap, (now + call.latency, seq, 1, (request, name, call)))
         seq += 1
+        return True
 
     while heap:
-        now, _, kind, data = heapq.heappop(heap)
+        now, call_id, kind, data = heapq.heappop(heap)
         if kind == 0:
-            await attempt(data, now)  # type: ignore[arg-type]
+            request = data  # type: ignore[assignment]
+            if not await attempt(request, now):  # type: ignore[arg-type]
+                await finish(request, now, False)  # type: ignore[arg-type]
+            elif hedge_after_s is not None:
+                heapq.heappush(heap, (now + hedge_after_s, seq, 2, request))
+                seq += 1
+            continue
+        if kind == 2:  # the hedge: still unanswered, one call in flight
+            request = data  # type: ignore[assignment]
+            if len(running.get(request.rid, {})) == 1 and len(tried[request.rid]) < len(names):  # type: ignore[union-attr]
+                await attempt(request, now)  # type: ignore[arg-type]
+            continue
+        if call_id in cancelled:
+            cancelled.discard(call_id)
             continue
         request, name, call = data  # type: ignore[misc]
         world.in_flight[name] -= 1
+        del running[request.rid][call_id]
         await policy.record(request, name, call, now)
         if call.kind == "ok":
             p_in, p_out = prices[name]
             result.cost += (request.input_tokens * p_in + request.output_tokens * p_out) / 1000.0
             result.successes_at[name].append(now)
             # a stream's caller waited for its first token, the call's start + its TTFT
-            finish(request, now - call.latency + call.ttft if request.stream and call.ttft is not None else now, True)
+            first = now - call.latency + call.ttft if request.stream and call.ttft is not None else None
+            await finish(request, now, True, first)
             continue
         if call.kind == "rate":
             result.rate_limited += 1
@@ -97,9 +126,10 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
             result.errors += 1
         if now - request.arrival < deadline and len(tried[request.rid]) < len(names):
             result.failovers += 1
-            await attempt(request, now)
-        else:
-            finish(request, now, False)
+            if await attempt(request, now):
+                continue
+        if not running[request.rid]:  # no hedge still running
+            await finish(request, now, False)
     return result
 
 
