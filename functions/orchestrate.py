@@ -61,6 +61,12 @@ class _Sampling(BaseModel):
     # not for streams): the first answer wins, the other call is cancelled, not failed.
     hedge_after_ms: Int | None = Field(default=None, ge=1, le=600_000)
 
+    @model_validator(mode="after")
+    def _no_hedged_stream(self) -> "_Sampling":
+        if self.stream and self.hedge_after_ms is not None:
+            raise ValueError("hedge_after_ms hedges whole replies, not streams: drop it or stream")
+        return self
+
 
 class OrchestrateBody(_Sampling):
     model_config = ConfigDict(extra="forbid")

@@ -46,7 +46,8 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
     """Run the traffic through `policy`. With `hedge_after_s`, a request not answered by
     then is also sent to another provider (once), as the gateway's hedge_after_ms does:
     each of the two fails over on its own, the first success wins and the other call is
-    cancelled (it frees its provider at once and records no outcome)."""
+    cancelled (it frees its provider at once and records no outcome). Streams are not
+    hedged, as the gateway hedges only whole replies."""
     names = [p.name for p in scenario.providers]
     prices = {p.name: (p.input_price_per_1k, p.output_price_per_1k) for p in scenario.providers}
     result = RunResult(attempts={n: [] for n in names}, successes_at={n: [] for n in names})
@@ -96,7 +97,7 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
             request = data  # type: ignore[assignment]
             if not await attempt(request, now):  # type: ignore[arg-type]
                 await finish(request, now, False)  # type: ignore[arg-type]
-            elif hedge_after_s is not None:
+            elif hedge_after_s is not None and not request.stream:  # type: ignore[union-attr]
                 heapq.heappush(heap, (now + hedge_after_s, seq, 2, request))
                 seq += 1
             continue
