@@ -8,7 +8,7 @@ body of the script's JSON twin (the one `loadgen.write_scripts` writes) with
 `"stream": true` in it, and reads the chunked SSE reply to `data: [DONE]`:
 
 - `--duration D`: closed loop, each connection starts its next stream when the last one
-  ended, for D seconds (the streams run);
+  ended, for D seconds after its first (the streams run);
 - `--once`: each connection carries one stream, the connections opened evenly over
   `--ramp` seconds (the many-connections run; the mock's long streams keep them open).
 
@@ -135,7 +135,7 @@ async def drive(host: str, port: int, path: str, spec: dict[str, Any], connectio
                f"content-length: {len(body)}\r\n\r\n").encode() + body
     tally = Tally()
     started = time.perf_counter()
-    deadline = started + duration if duration is not None else None
+    deadline = started + ramp + duration if duration is not None else None
 
     async def connection(i: int) -> None:
         if ramp and connections > 1:
