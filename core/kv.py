@@ -280,22 +280,34 @@ class UpstashKV(KV):
     retry, and it reports a rejected token like a command error. We retry only where
     the command cannot have run (the connection failed, or 502/503), so an INCR is
     never applied twice.
+
+    Each call goes straight to a transport, the providers' HTTP/1.1 pool by default
+    (`core.providers.http_pool.transport_for`): every request pays two REST round trips,
+    and under httpx's client and httpcore's pool those were ~65% of a gateway worker's
+    CPU samples at 16 connections (py-spy, bench/overhead `orchesity_upstash`), a third
+    of them httpcore checking each idle connection on every request. `transport` replaces it
+    (tests hand in httpx2's own, which pytest-httpx intercepts).
     """
 
     backend = "upstash"
     _RETRY_STATUS = frozenset({502, 503})
 
     def __init__(self, url: str, token: str, *, timeout: float, retries: int,
-                 retry_interval: float, encoding: str | None) -> None:
-        import httpx
+                 retry_interval: float, encoding: str | None, transport: Any = None) -> None:
+        import httpx2
         from upstash_redis.http import make_headers
+
+        from core.providers.http_pool import transport_for
 
         self._url = url.rstrip("/")
         self._encoding = encoding
         self._headers = make_headers(token, encoding, allow_telemetry=False)
+        self._headers["Content-Type"] = "application/json"
         self._retries = retries
         self._retry_interval = retry_interval
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout))
+        self._timeout = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        self._transport = transport or transport_for(httpx2.URL(self._url), limits=httpx2.Limits(
+            max_connections=None, max_keepalive_connections=64))
 
     async def _post(self, path: str, body: Any) -> Any:
         try:
@@ -307,21 +319,36 @@ class UpstashKV(KV):
             self._reachable()
         return reply
 
+    async def _send_once(self, path: str, content: bytes) -> Any:
+        import httpx2
+
+        response = await self._transport.handle_async_request(httpx2.Request(
+            "POST", self._url + path, headers=self._headers, content=content,
+            extensions={"timeout": self._timeout}))
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response
+
     async def _request(self, path: str, body: Any) -> Any:
         import asyncio
 
-        import httpx
+        import httpx2
 
+        from core import fastjson
+
+        content = fastjson.dumps(body)
         for attempt in range(self._retries + 1):
             last = attempt == self._retries
             try:
-                response = await self._client.post(self._url + path, headers=self._headers, json=body)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                response = await self._send_once(path, content)
+            except (httpx2.ConnectError, httpx2.ConnectTimeout) as exc:
                 if last:
                     raise KVUnavailable(f"Upstash REST unreachable: {type(exc).__name__}") from exc
-            except httpx.TimeoutException as exc:
+            except httpx2.TimeoutException as exc:
                 raise KVUnavailable("Upstash REST timed out") from exc
-            except httpx.HTTPError as exc:
+            except httpx2.HTTPError as exc:
                 raise KVUnavailable(f"Upstash REST failed: {type(exc).__name__}") from exc
             else:
                 if response.status_code not in self._RETRY_STATUS or last:
@@ -333,7 +360,7 @@ class UpstashKV(KV):
         if response.status_code in (401, 403):
             raise KVUnavailable(f"Upstash REST rejected the token (HTTP {response.status_code})")
         try:
-            return response.json()
+            return fastjson.loads(response.content)
         except ValueError as exc:
             raise KVUnavailable(f"Upstash REST sent a non-JSON reply (HTTP {response.status_code})") from exc
 
@@ -363,7 +390,7 @@ class UpstashKV(KV):
         return [self._reply(item) for item in body]
 
     async def close(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()
 
 
 def _encode(command: Command) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Smoke tests of the overhead benchmark's pure parts (bench/overhead); no LiteLLM, no wrk.
+"""Smoke tests of the overhead benchmark's parts (bench/overhead); no LiteLLM, no Portkey, no wrk.
 
 The harness itself is exercised by running it (`python -m bench.overhead --quick`).
 """
@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.overhead import loadgen, mock_upstream, orchesity_target
+from bench.overhead import cli, loadgen, mock_upstream, orchesity_target, streamload
+from bench.overhead.cli import workers_summary
 from bench.overhead.probe import Client, check_completion
-from bench.overhead.redis_count import RedisCounter
-from bench.overhead.report import add_overheads, failed_row, goals, table
+from bench.overhead.redis_count import RedisCounter, per_request
+from bench.overhead.report import add_overheads, add_stream_overheads, failed_row, goals, growth, table
 
 # --- the mock upstream ---------------------------------------------------------------------
 
@@ -112,14 +113,16 @@ def _row(target: str, conc: int, rps: float, p50: float, **extra: object) -> dic
 
 def test_overheads_goals_and_table() -> None:
     rows = [_row("direct", 1, 800, 1.2), _row("direct", 16, 10000, 1.5), _row("litellm", 16, 80, 170),
-            _row("reference", 16, 800, 19), _row("orchesity", 1, 500, 2.0), _row("orchesity", 16, 900, 16),
+            _row("reference", 16, 800, 19), _row("orchesity", 1, 500, 2.0), _row("orchesity", 16, 1300, 16),
             failed_row("orchesity_cache_hit", 1, "HTTP 404 from POST /v1/chat/completions")]
     add_overheads(rows)
     assert rows[0]["overhead_p50_ms"] == 0.0
     assert rows[4]["overhead_p50_ms"] == 0.8
     assert rows[6]["overhead_p50_ms"] is None
     by_goal = {g["goal"]: g for g in goals(rows, 2.0)}
-    assert by_goal["c=16: orchesity rps >= 10x litellm, no errors"]["status"] == "pass"
+    assert by_goal["c=16: orchesity rps >= 15x litellm, no errors"]["status"] == "pass"
+    assert by_goal["c=16: orchesity rps >= 2x portkey, no errors"]["status"] == "n/a"
+    assert by_goal["c=1: orchesity miss p50 overhead <= 1 ms"]["status"] == "pass"
     assert by_goal["c=1: orchesity cache hit p50 <= 2 ms"]["status"] == "n/a"
     assert by_goal["2 Redis round trips per cache miss"]["status"] == "pass"
     text = table(rows)
@@ -145,3 +148,122 @@ def test_round_trip_counter_counts_round_trips_not_commands(redis_server) -> Non
         counter.close()
     assert calibration["ok"], calibration
     assert calibration["measured_commands"] == 20 + 20 * 4
+
+
+# --- issue 15: long streams, the stream load generator, the sections ----------------------
+
+def _stream_spec(chunks: int, delay_ms: float) -> dict:
+    body = {"model": "m", "stream": True, "messages": [
+        {"role": "user", "content": "hi " + mock_upstream.long_stream_marker(chunks, delay_ms)}]}
+    return {"body": json.dumps(body), "headers": {"Content-Type": "application/json"}}
+
+
+def test_mock_long_stream_has_the_chunks_asked_for(mock_port: int) -> None:
+    assert mock_upstream.long_stream(b'{"x": "[mock-stream 7 x 2.5]"}') == (7, 0.0025)
+    assert mock_upstream.long_stream(b'{"x": "plain"}') is None
+    client = Client(mock_port)
+    try:
+        reply = client.post(_stream_spec(7, 1)["body"].encode(), {"Content-Type": "application/json"})
+    finally:
+        client.close()
+    events = [json.loads(line[6:]) for line in reply.body.decode().splitlines()
+              if line.startswith("data: {")]
+    contents = [e["choices"][0]["delta"].get("content") for e in events if e["choices"]]
+    assert [c for c in contents if c] == ["tok"] + [" tok"] * 6
+    assert events[-1]["usage"]["completion_tokens"] == mock_upstream.COMPLETION_TOKENS
+
+
+def test_content_events_keeps_a_cut_event() -> None:
+    buffer = bytearray(b'data: {"delta": {"content": "a"}}\n\ndata: {"delta": {"content": ""}}\n\ndata: {"de')
+    assert streamload.content_events(buffer) == (1, False)
+    assert buffer == bytearray(b'data: {"de')
+    buffer += b'lta": {"content": "b"}}\n\ndata: [DONE]\n\n'
+    assert streamload.content_events(buffer) == (1, True)
+
+
+def test_stream_load_generator_reads_every_stream_to_its_end(mock_port: int) -> None:
+    url_path = "/v1/chat/completions"
+    once = asyncio.run(streamload.drive("127.0.0.1", mock_port, url_path, _stream_spec(5, 20), 8,
+                                        duration=None, ramp=0.01, timeout=10, expect=5))
+    assert (once["streams"], once["content_chunks"], once["errors"]) == (8, 40, 0)
+    assert once["peak_open_streams"] == 8 and once["ttft_p50_ms"] is not None
+    short = asyncio.run(streamload.drive("127.0.0.1", mock_port, url_path, _stream_spec(3, 0), 2,
+                                         duration=None, ramp=0, timeout=10, expect=5))
+    assert short["errors_detail"]["short"] == 2
+    loop = asyncio.run(streamload.drive("127.0.0.1", mock_port, url_path, _stream_spec(2, 1), 2,
+                                        duration=0.2, ramp=0, timeout=10, expect=2))
+    assert loop["streams"] > 2 and loop["errors"] == 0
+
+
+def test_section_goals_growth_and_workers_summary() -> None:
+    streams = {"direct": {"ttft_p50_ms": 2.0}, "portkey": {"ttft_p50_ms": 40.0, "cpu_us_per_chunk": 180.0},
+               "orchesity": {"ttft_p50_ms": 5.5, "cpu_us_per_chunk": 90.0}}
+    add_stream_overheads(streams)
+    assert streams["orchesity"]["ttft_overhead_p50_ms"] == 3.5
+    levels = {"100": {"peak_rss_mb": 150.0, "target_cpu_pct": 10.0},
+              "1000": {"peak_rss_mb": 240.0, "target_cpu_pct": 55.0, "errors": 0, "peak_open_streams": 1000},
+              "2000": {"skipped": "a smaller level had errors"}}
+    assert growth(levels) == [{"from": 100, "to": 1000, "rss_kb_per_added_stream": 102.4,
+                               "cpu_pct_per_1000_added_streams": 50.0}]
+    runs = [{"workers": 1, "rps": 1000.0}, {"workers": 2, "rps": 1500.0},
+            {"workers": 1, "rps": 1100.0}, {"workers": 2, "rps": 1700.0}]
+    workers = workers_summary(runs, 16)
+    assert workers["speedup_per_round"] == [1.5, 1.55]
+    assert workers["speedup"] == round(1600 / 1050, 2)
+    by_goal = {g["goal"]: g for g in goals([], None, streams=streams, connections={"orchesity": levels},
+                                           workers=workers)}
+    assert by_goal["streaming TTFT p50 overhead: orchesity <= portkey"]["status"] == "pass"
+    assert by_goal["CPU per relayed chunk (us): orchesity <= portkey"]["status"] == "pass"
+    assert by_goal["1,000 concurrent streams: 0 errors, all open at once, peak RSS <= 400 MB"]["status"] == "pass"
+    assert by_goal["2 workers >= 1.6x 1 worker (c=16 rps)"]["status"] == "FAIL"
+    levels["1000"]["peak_open_streams"] = 258  # queued in the gateway: not held open
+    by_goal = {g["goal"]: g for g in goals([], None, connections={"orchesity": levels})}
+    assert by_goal["1,000 concurrent streams: 0 errors, all open at once, peak RSS <= 400 MB"]["status"] == "FAIL"
+
+
+def test_a_tiny_run_writes_the_new_sections(tmp_path: Path) -> None:
+    out = tmp_path / "overhead.json"
+    code = cli.main(["--targets", "direct", "--sections", "streams,connections", "--loadgen", "python",
+                     "--duration", "0.5", "--warmup", "0.2", "--concurrency", "2", "--quiet-wait", "0",
+                     "--ttft-requests", "3", "--stream-duration", "0.3", "--stream-concurrency", "2",
+                     "--stream-chunks", "4", "--stream-chunk-delay-ms", "2", "--connections", "5,10",
+                     "--connection-chunks", "2", "--connection-chunk-delay-ms", "20",
+                     "--bench-dir", str(tmp_path / "bench"), "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert [(r["target"], r["concurrency"], r["errors"]) for r in report["results"]] == [("direct", 2, 0)]
+    direct = report["streams"]["direct"]
+    assert direct["errors"] == 0 and direct["content_chunks"] >= 2 * 4 and direct["ttft_overhead_p50_ms"] == 0
+    levels = report["connections"]["direct"]
+    assert (levels["5"]["streams"], levels["10"]["streams"]) == (5, 10)
+    assert levels["growth"][0]["from"] == 5
+    assert report["workers"] == {} and "portkey" not in report["targets"]
+    assert report["config"]["nofile"]["soft"] >= min(2 * 10 + 1024, report["config"]["nofile"]["hard"])
+
+
+# --- REST round trips behind the Upstash endpoint ------------------------------------------
+
+def test_round_trip_counter_counts_upstash_rest_calls(redis_server, redis_url: str) -> None:
+    import httpx
+
+    from tests.upstash_rest import serve_upstash
+
+    token = "bench-test-token"
+    with serve_upstash(redis_url, token) as url, httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
+        key = "orchesity:test:bench-rest"
+
+        def send() -> int:  # two REST calls carrying four commands
+            http.post("/pipeline", json=[["SET", key, "1"], ["INCR", key], ["GET", key]]).raise_for_status()
+            return http.post("/", json=["DEL", key]).status_code
+
+        for _ in range(3):  # the endpoint's Redis connection opened before counting
+            send()
+        counter = RedisCounter(redis_server.socket_path)
+        try:
+            result = per_request(counter, 20, send, idle_seconds=0.3)
+        finally:
+            counter.close()
+    assert result["ok_requests"] == 20
+    assert abs(result["round_trips_per_request"] - 2) < 0.2, result
+    assert abs(result["commands_per_request"] - 4) < 0.2, result

@@ -141,7 +141,7 @@ def parse_result(output: str, tool: str, cpu_s: float) -> LoadResult:
         errors_detail=detail, loadgen_cpu_s=round(cpu_s, 3), tool=tool)
 
 
-def _children_cpu() -> float:
+def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -160,10 +160,10 @@ def run(tool: str, url: str, script: Path, connections: int, duration: float,
     else:
         argv = [tool, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
                 f"--timeout={max(1, round(timeout_s))}s", "--latency", "-s", str(script), url]
-    cpu_before = _children_cpu()
+    cpu_before = children_cpu()
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + timeout_s + 60,
                           check=False, start_new_session=True)
-    cpu = _children_cpu() - cpu_before
+    cpu = children_cpu() - cpu_before
     if done.returncode != 0:
         raise LoadgenUnavailable(f"{argv[0]} exited {done.returncode}: {done.stderr[-1000:]}")
     return parse_result(done.stdout + done.stderr, "python" if tool == "python" else "wrk", cpu)
@@ -182,7 +182,7 @@ def write_scripts(directory: Path, name: str, body: bytes, headers: dict[str, st
 
 # --- the Python fallback -----------------------------------------------------------------
 
-def _percentile(sorted_values: list[float], q: float) -> float:
+def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return 0.0
     k = min(len(sorted_values) - 1, max(0, round(q / 100 * len(sorted_values) + 0.5) - 1))
@@ -268,7 +268,7 @@ async def _drive(host: str, port: int, path: str, spec: dict[str, Any], connecti
     latencies.sort()
     us = [v * 1e6 for v in latencies]
     return {"requests": len(latencies), "duration_us": int(elapsed * 1e6), **errors,
-            "p50_us": _percentile(us, 50), "p95_us": _percentile(us, 95), "p99_us": _percentile(us, 99),
+            "p50_us": percentile(us, 50), "p95_us": percentile(us, 95), "p99_us": percentile(us, 99),
             "mean_us": sum(us) / len(us) if us else 0.0, "max_us": us[-1] if us else 0.0}
 
 

@@ -12,6 +12,11 @@ scheduled with `call_later`, so waiting costs no CPU):
   as OpenAI does with `stream_options.include_usage`), then `data: [DONE]`. The delay is
   before the first chunk (the mock's time to first token); `--chunk-delay-ms` spaces
   the rest.
+- a long stream, when the body carries the marker `[mock-stream N x MS]` (e.g. in the
+  prompt, which every gateway forwards as it is): N content chunks, MS ms apart, in
+  place of the one-per-word reply and the `--chunk-delay-ms` spacing (the first content
+  chunk comes with the role chunk, the end with the last delay). The harness's
+  streaming and many-connections runs use it, on the same mock as everything else.
 
 `GET /v1/models` lists the requested-so-far model names (and `mock`); `GET /__stats`
 returns the request counters, which the harness reads to check how many requests a
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
 import time
 from typing import Any
@@ -46,6 +52,21 @@ COMPLETION_TEXT = "Hello from the mock upstream: a fixed answer."
 PROMPT_TOKENS = 12
 COMPLETION_TOKENS = 10
 MAX_HEAD = 64 * 1024
+LONG_STREAM = re.compile(rb"\[mock-stream (\d{1,5}) x (\d{1,6}(?:\.\d+)?)\]")
+LONG_WORD = "tok"
+
+
+def long_stream_marker(chunks: int, delay_ms: float) -> str:
+    """The text that makes the mock answer a stream with `chunks` content chunks."""
+    return f"[mock-stream {chunks} x {delay_ms:g}]"
+
+
+def long_stream(body: bytes) -> tuple[int, float] | None:
+    """(content chunks, seconds between chunks) if `body` asks for a long stream."""
+    found = LONG_STREAM.search(body)
+    if found is None:
+        return None
+    return max(1, int(found.group(1))), float(found.group(2)) / 1000
 
 
 def usage() -> dict[str, int]:
@@ -67,10 +88,11 @@ def completion_body(model: str, created: int) -> dict[str, Any]:
     }
 
 
-def stream_events(model: str, created: int) -> list[dict[str, Any]]:
+def stream_events(model: str, created: int, chunks: int | None = None) -> list[dict[str, Any]]:
+    """The events of a streamed reply: one content chunk per word, or `chunks` of them."""
     base = {"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": created,
             "model": model, "system_fingerprint": "fp_mock"}
-    words = COMPLETION_TEXT.split(" ")
+    words = COMPLETION_TEXT.split(" ") if chunks is None else [LONG_WORD] * chunks
     pieces = [w if i == 0 else " " + w for i, w in enumerate(words)]
     events = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                     "logprobs": None, "finish_reason": None}]}]
@@ -92,7 +114,7 @@ class Replies:
     def __init__(self) -> None:
         self.created = int(time.time())
         self._plain: dict[str, bytes] = {}
-        self._stream: dict[str, tuple[bytes, list[bytes]]] = {}
+        self._stream: dict[tuple[str, int | None], tuple[bytes, list[bytes]]] = {}
 
     def plain(self, model: str, close: bool) -> bytes:
         body = self._plain.get(model)
@@ -100,21 +122,26 @@ class Replies:
             body = self._plain[model] = _dumps(completion_body(model, self.created))
         return _head(200, "application/json", len(body), close) + body
 
-    def stream(self, model: str, close: bool) -> tuple[bytes, list[bytes]]:
+    def stream(self, model: str, close: bool, chunks: int | None = None) -> tuple[bytes, list[bytes]]:
         """(head + first chunk, the remaining chunks incl. the terminating one)."""
-        cached = self._stream.get(model)
+        cached = self._stream.get((model, chunks))
         if cached is None:
-            chunks = [_http_chunk(b"data: " + _dumps(e) + b"\n\n") for e in stream_events(model, self.created)]
-            chunks.append(_http_chunk(b"data: [DONE]\n\n"))
-            chunks.append(b"0\r\n\r\n")
-            cached = self._stream[model] = (chunks[0], chunks[1:])
+            parts = [_http_chunk(b"data: " + _dumps(e) + b"\n\n")
+                     for e in stream_events(model, self.created, chunks)]
+            parts.append(_http_chunk(b"data: [DONE]\n\n"))
+            parts.append(b"0\r\n\r\n")
+            if chunks is None:
+                cached = (parts[0], parts[1:])
+            else:  # the first content chunk with the role chunk, the end in one piece
+                cached = (parts[0] + parts[1], [*parts[2:1 + chunks], b"".join(parts[1 + chunks:])])
+            self._stream[(model, chunks)] = cached
         first, rest = cached
         head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
                 b"transfer-encoding: chunked\r\n" + (b"connection: close\r\n" if close else b"") + b"\r\n")
         return head + first, rest
 
     def models(self) -> bytes:
-        names = sorted({"mock", *self._plain, *self._stream})
+        names = sorted({"mock", *self._plain, *(model for model, _ in self._stream)})
         body = _dumps({"object": "list", "data": [
             {"id": n, "object": "model", "created": self.created, "owned_by": "mock"} for n in names]})
         return _head(200, "application/json", len(body), False) + body
@@ -248,8 +275,10 @@ class MockProtocol(asyncio.Protocol):
             self.stats.completions += 1
             if stream:
                 self.stats.streams += 1
-                first, rest = self.replies.stream(model, close)
-                self._later(self.latency, self._send_stream, first, rest, close)
+                long = long_stream(body)
+                first, rest = self.replies.stream(model, close, long[0] if long else None)
+                delay = long[1] if long else self.chunk_delay
+                self._later(self.latency, self._send_stream, first, rest, close, delay)
             else:
                 self._later(self.latency, self._send, self.replies.plain(model, close), close)
         elif path.endswith(b"/models") and method == b"GET":
@@ -273,14 +302,22 @@ class MockProtocol(asyncio.Protocol):
         if close:
             transport.close()
 
-    def _send_stream(self, first: bytes, rest: list[bytes], close: bool) -> None:
-        if self.chunk_delay <= 0:
+    def _send_stream(self, first: bytes, rest: list[bytes], close: bool, delay: float) -> None:
+        if delay <= 0:
             self._send(first + b"".join(rest), close)
             return
         self._send(first)
-        for i, chunk in enumerate(rest, start=1):
-            last = i == len(rest)
-            self.loop.call_later(self.chunk_delay * i, self._send, chunk, close and last)
+        self._send_rest(rest, 0, close, delay)
+
+    def _send_rest(self, rest: list[bytes], i: int, close: bool, delay: float) -> None:
+        # One timer per stream at a time (the next chunk's), not one per chunk up front:
+        # thousands of open streams stay cheap for the mock.
+        if i:
+            if self.transport is None or self.transport.is_closing():
+                return
+            self._send(rest[i - 1], close and i == len(rest))
+        if i < len(rest):
+            self.loop.call_later(delay, self._send_rest, rest, i + 1, close, delay)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

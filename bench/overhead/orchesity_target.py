@@ -92,12 +92,12 @@ def shown_environment(env: dict[str, str], overrides: dict[str, str]) -> dict[st
     return {k: env[k] for k in keys if k in env}
 
 
-def command(project_root: Path, port: int) -> list[str]:
+def command(project_root: Path, port: int, workers: int = 1) -> list[str]:
     uv = shutil.which("uv") or "uv"
     # --no-sync: the harness itself runs under `uv run`, so the environment is current;
     # a sync here could change it mid-benchmark.
     return [uv, "run", "--project", str(project_root), "--no-sync", "orchesity", "serve",
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
 
 
 def issue_key(project_root: Path, env: dict[str, str], cwd: Path) -> tuple[str, str | None]:

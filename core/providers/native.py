@@ -52,7 +52,7 @@ class NativeAdapter:
             from core.providers.http_pool import transport_for
 
             transport = self._transport = transport_for(self._pool_url, limits=httpx2.Limits(
-                max_connections=self.spec.max_concurrency or 256, max_keepalive_connections=64))
+                max_connections=self.spec.max_concurrency, max_keepalive_connections=64))  # as openai_compat
         return transport
 
     async def aclose(self) -> None:

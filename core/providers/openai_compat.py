@@ -123,8 +123,10 @@ class OpenAICompatAdapter:
         spec = self.spec
         key = spec.api_key.get_secret_value() if spec.api_key is not None else None
         base_url = cast(str, spec.base_url)  # set for every OpenAI-compatible spec (its validator)
+        # The pool's cap is the deployment's max_concurrency and nothing else: with none set
+        # ("no limit of ours") a fixed cap here queued every call past it silently.
         transport = self._given_transport or transport_for(httpx2.URL(base_url), limits=httpx2.Limits(
-            max_connections=spec.max_concurrency or 256, max_keepalive_connections=64))
+            max_connections=spec.max_concurrency, max_keepalive_connections=64))
         # One HTTP client per deployment, for the SDK (streams), on the direct path's transport.
         http = httpx2.AsyncClient(timeout=spec.timeout_seconds, transport=transport)
         client = AsyncOpenAI(
