@@ -8,7 +8,7 @@ route that reads it. It grants reading that stream and nothing else: it is not a
 and a route that needs a key refuses it.
 
 `ost_<payload>.<mac>`: the payload is base64url JSON `{"sub", "adm", "res", "exp"}`, the
-mac HMAC-SHA256 of the payload under SECRET_KEY. It is verified with no Redis or
+mac HMAC-SHA256 of the payload under a key derived from SECRET_KEY. It is verified with no Redis or
 Postgres round trip, so any instance sharing SECRET_KEY accepts what another issued.
 With SECRET_KEY unset, a random key made once per process signs them instead: a token
 then works only on the instance that issued it (one `orchesity serve` is fine; several
@@ -61,8 +61,11 @@ def _process_key() -> bytes:
 
 
 def _key(settings: Settings) -> bytes:
+    """The signing key: derived from SECRET_KEY for this use alone (a token's mac never
+    doubles as anything else SECRET_KEY may come to sign), else the process's own."""
     if settings.SECRET_KEY is not None:
-        return settings.SECRET_KEY.get_secret_value().encode()
+        return hmac.new(settings.SECRET_KEY.get_secret_value().encode(), b"orchesity stream tokens v1",
+                        hashlib.sha256).digest()
     return _process_key()
 
 
