@@ -252,6 +252,19 @@ async def test_stream_text_then_usage(httpx_mock: HTTPXMock, make: Make) -> None
     assert json.loads(httpx_mock.get_request().content)["stream"] is True  # type: ignore[union-attr]
 
 
+async def test_a_stream_whose_headers_say_no_request_is_left_carries_when_they_reset(
+        httpx_mock: HTTPXMock, make: Make) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    reset = (datetime.now(UTC) + timedelta(seconds=42)).isoformat()
+    httpx_mock.add_response(url=URL, stream=IteratorStream(sse(START, *text_events("Hi"), *END)), headers={
+        "content-type": "text/event-stream", "anthropic-ratelimit-requests-remaining": "0",
+        "anthropic-ratelimit-requests-reset": reset})
+    chunks = await collect(make())
+    assert all(c.limit_reset_s is None for c in chunks[:-1])
+    assert chunks[-1].is_final and chunks[-1].limit_reset_s == pytest.approx(42, abs=2)
+
+
 async def test_stream_tool_use_becomes_tool_call_deltas(httpx_mock: HTTPXMock, make: Make) -> None:
     stream_response(httpx_mock, sse(START, *text_events("Looking."), {"type": "content_block_stop", "index": 0},
         {"type": "content_block_start", "index": 1,
