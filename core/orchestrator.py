@@ -22,13 +22,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 
 from core import cache
 from core.cache import CachePolicy
 from core.dwa.router import Decision, Router
+from core.dwa.scoring import hedge_delay
 from core.dwa.state import Outcome, OutcomeKind, ProviderState, Snapshot
 from core.dwa.store import DWAStore
 from core import limits
@@ -110,7 +111,7 @@ class LLMRequest:
     tenant: str | None = None           # whose cache it reads and writes (None: the shared one)
     limits: Limits | None = None        # the caller's rate limits and budgets
     timeout: float | None = None        # overall deadline, seconds
-    hedge_after: float | None = None    # seconds: then a second deployment too (see _hedged)
+    hedge_after: float | Literal["auto"] | None = None  # seconds (or from the first's latency): see _hedged
 
     @property
     def serves(self) -> Capability:
@@ -225,6 +226,7 @@ class _Plan:
     picked: list[str] = field(default_factory=list)  # deployments picked so far, in order
     explored: set[str] = field(default_factory=set)  # deployments picked as a fresh look
     loads: dict[str, int] = field(default_factory=dict)  # each pick's load (Decision.load)
+    on_pick: asyncio.Event | None = None  # set at the first pick (a hedge "auto" waits for it)
 
 
 class Orchestrator:
@@ -489,6 +491,8 @@ class Orchestrator:
         if decision is not None:
             plan.picked.append(decision.provider)
             plan.loads[decision.provider] = decision.load
+            if plan.on_pick is not None:
+                plan.on_pick.set()
             if decision.explore:
                 plan.explored.add(decision.provider)
         return decision
@@ -569,11 +573,25 @@ class Orchestrator:
             return True
         return False
 
-    async def _hedged(self, plan: _Plan, slot: list[Adapter], after: float) -> Result:
+    async def _hedged(self, plan: _Plan, slot: list[Adapter], after: float | Literal["auto"]) -> Result:
         """The slot's call, and if it has not answered within `after` seconds, the same
         call to another of its deployments: the first success wins, the other is cancelled
-        (cancelled, it records no outcome: a slow provider is not held to have failed)."""
+        (cancelled, it records no outcome: a slow provider is not held to have failed).
+        "auto": `after` is the picked deployment's hedge_delay (twice its mean latency);
+        a deployment that has never answered is not hedged."""
+        started = time.perf_counter()
+        if after == "auto":
+            plan.on_pick = asyncio.Event()
         first = asyncio.ensure_future(self._complete_slot(plan, slot))
+        if after == "auto":
+            picked = asyncio.ensure_future(plan.on_pick.wait())  # type: ignore[union-attr]
+            await asyncio.wait([first, picked], return_when=asyncio.FIRST_COMPLETED)
+            picked.cancel()
+            state = plan.snapshot.states.get(plan.picked[0]) if plan.picked else None
+            delay = hedge_delay(state, self.router.config) if state is not None else None
+            if first.done() or delay is None:
+                return await first
+            after = max(0.0, delay - (time.perf_counter() - started))
         done, _ = await asyncio.wait([first], timeout=after)
         rest = [a for a in slot if a.name not in plan.picked]
         if done or not rest:

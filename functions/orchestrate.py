@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
@@ -58,8 +58,9 @@ class _Sampling(BaseModel):
     cache: CacheOptions | None = None
     timeout: Float | None = Field(default=None, gt=0, le=600)
     # Ask a second deployment if the first has not answered within this (off by default;
-    # not for streams): the first answer wins, the other call is cancelled, not failed.
-    hedge_after_ms: Int | None = Field(default=None, ge=1, le=600_000)
+    # not for streams; "auto": twice the first's mean latency): the first answer wins, the
+    # other call is cancelled, not failed.
+    hedge_after_ms: Annotated[Int, Field(ge=1, le=600_000)] | Literal["auto"] | None = None
 
     @model_validator(mode="after")
     def _no_hedged_stream(self) -> "_Sampling":
@@ -123,8 +124,9 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
     return [m.model_dump(exclude_none=True) for m in messages]
 
 
-def _hedge(body: _Sampling) -> float | None:
-    return body.hedge_after_ms / 1000.0 if body.hedge_after_ms is not None else None
+def _hedge(body: _Sampling) -> float | Literal["auto"] | None:
+    ms = body.hedge_after_ms
+    return ms if ms is None or ms == "auto" else ms / 1000.0
 
 
 def _policy(body: _Sampling) -> CachePolicy:

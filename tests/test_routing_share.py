@@ -133,3 +133,30 @@ async def test_the_gateway_learns_which_upstream_slows_down_as_calls_pile_up(gat
     small, large = stats["small"]["slowdown_per_call"], stats["large"]["slowdown_per_call"]
     assert small is not None and large is not None, stats
     assert small > 3 * large, (small, large)  # (both shrunk toward 0: few loads far from the mean)
+
+
+async def test_an_auto_hedge_asks_another_upstream_when_a_call_runs_far_past_its_mean(
+        gateway_settings: Settings, tmp_path: Path) -> None:
+    """`first` answers in 20 ms, but its fourth call hangs for 3 s; `hedge_after_ms: "auto"`
+    asks `second` after twice first's mean latency, so that call is answered in well
+    under a second, by second, and first is not held to have failed."""
+    calls: Counter[str] = Counter()
+
+    @asynccontextmanager
+    async def wait(model: str) -> AsyncIterator[None]:
+        calls[model] += 1
+        await asyncio.sleep(3.0 if model == "m-first" and calls[model] == 4 else 0.02)
+        yield
+
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], "hedge_after_ms": "auto",
+            "cache": {"no_cache": True}, "strategy": "priority"}
+    async with gateway_before(chat_upstream(wait), ("first", "second"), gateway_settings, tmp_path) as client:
+        warm = [await client.post("/v1/chat/completions", json=body) for _ in range(3)]
+        started = time.monotonic()
+        hedged = await client.post("/v1/chat/completions", json=body)
+        took = time.monotonic() - started
+        stats = (await client.get("/api/llm/dwa/stats")).json()["provider_stats"]
+    assert [r.headers["x-orchesity-provider"] for r in warm] == ["first"] * 3  # answered before any hedge
+    assert hedged.status_code == 200 and hedged.headers["x-orchesity-provider"] == "second", hedged.text
+    assert hedged.json()["orchesity"]["dwa_selection_reason"] == "hedged" and took < 1.0
+    assert stats["first"]["failures"] == 0 and stats["first"]["in_flight"] == 0

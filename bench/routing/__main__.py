@@ -37,7 +37,7 @@ def make_policy(name: str, scenario: Scenario, world: Any, kv: Any, run_id: str)
 
 
 async def run_scenario(scenario: Scenario, strategies: tuple[str, ...], kv: Any, run_id: str,
-                       hedge_after_s: float | None = None) -> dict[str, Any]:
+                       hedge_after_s: float | str | None = None) -> dict[str, Any]:
     from bench.routing.sim import make_world, recovery_times, simulate, summary, traffic_share
 
     out: dict[str, Any] = {}
@@ -54,6 +54,7 @@ async def run_scenario(scenario: Scenario, strategies: tuple[str, ...], kv: Any,
             "recovery": recovery_times(scenario, run),
             "share": traffic_share(scenario, run),
             "failovers": run.failovers,
+            "hedges": run.hedges,
             "errors": run.errors,
             "rate_limited": run.rate_limited,
             "requests": run.requests,
@@ -79,7 +80,7 @@ def largest_share(attempts: dict[str, list[float]], after_s: float | None) -> fl
 
 
 async def run_all(scenarios: list[Scenario], strategies: tuple[str, ...],
-                  hedge_after_s: float | None = None) -> dict[str, dict[str, Any]]:
+                  hedge_after_s: float | str | None = None) -> dict[str, dict[str, Any]]:
     from core.embedded import start_redis
     from core.kv import RedisKV
 
@@ -111,6 +112,11 @@ def report_scenario(scenario: Scenario, result: dict[str, Any], wall: float) -> 
             f"   {name:<16}{m['mean_latency_ms']:>9.0f}{m['p95_latency_ms']:>9.0f}"
             f"{100 * m['success_rate']:>8.2f}%{m['cost']:>9.2f}{m['regret_pct']:>+8.1f}%{entry['failovers']:>9}"
         )
+    hedged = {name: entry for name, entry in result.items() if name in HEDGED}
+    if hedged:
+        lines.append("   hedged: " + ", ".join(f"{name} {entry['hedges']} requests "
+                                               f"({100 * entry['hedges'] / max(1, entry['requests']):.1f}%)"
+                                               for name, entry in hedged.items()))
     if scenario.even_after_s is not None:
         lines.append(f"   largest share of the attempts after {scenario.even_after_s:g} s (identical providers): "
                      + ", ".join(f"{name} {100 * entry['largest_share']:.0f}%" for name, entry in result.items()
@@ -198,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", metavar="NAMES", help="comma-separated built-in scenarios to run")
     parser.add_argument("--strategies", metavar="NAMES", help="comma-separated strategies (default: all)")
     parser.add_argument("--quick", action="store_true", help="a quarter of the traffic, for a smoke run")
-    parser.add_argument("--hedge-after-ms", metavar="MS", type=float,
-                        help="also run load_balanced and adaptive with requests hedged after MS")
+    parser.add_argument("--hedge-after-ms", metavar="MS|auto",
+                        help="also run load_balanced and adaptive with requests hedged after MS "
+                             "(auto: twice the picked provider's mean latency, as the gateway's)")
     parser.add_argument("--micro", action="store_true",
                         help="only measure CPU per routing decision for 10 providers")
     args = parser.parse_args(argv)
@@ -232,12 +239,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown strategies {sorted(unknown)}; known: {', '.join(STRATEGIES)}")
 
     started = time.perf_counter()
+    hedge: float | str | None = None
     if args.hedge_after_ms is not None:
-        if args.hedge_after_ms <= 0:
-            parser.error("--hedge-after-ms must be positive")
+        try:
+            hedge = "auto" if args.hedge_after_ms == "auto" else float(args.hedge_after_ms) / 1000.0
+        except ValueError:
+            hedge = -1.0
+        if hedge != "auto" and hedge <= 0:  # type: ignore[operator]
+            parser.error("--hedge-after-ms is a positive number of milliseconds, or auto")
         strategies += HEDGED
-    results = asyncio.run(run_all(scenarios, strategies,
-                                  None if args.hedge_after_ms is None else args.hedge_after_ms / 1000.0))
+    results = asyncio.run(run_all(scenarios, strategies, hedge))
     print("\n".join(check_targets(results)))
     print(f"\ntotal wall time {time.perf_counter() - started:.1f} s")
 
@@ -249,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                                     for k, v in r.items()} for s, r in results.items()}}
         out.write_text(json.dumps(shaped, indent=2) + "\n")
         details = {s: {k: {key: v[key] for key in ("recovery", "failovers", "errors", "rate_limited",
-                                                    "requests", "reasons", "largest_share")} for k, v in r.items()}
+                                                    "requests", "reasons", "largest_share", "hedges")} for k, v in r.items()}
                    for s, r in results.items()}
         details_path = out.with_name(out.stem + ".details.json")
         details_path.write_text(json.dumps(details, indent=2) + "\n")

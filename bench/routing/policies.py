@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from core.dwa import DWAConfig, Outcome, OutcomeKind, ProviderProfile, RedisDWAStore, Router
+from core.dwa.scoring import hedge_delay
 from core.kv import KV
 from core.settings import RoutingStrategy
 
@@ -65,6 +66,12 @@ class DWAPolicy:
             fresh=(request.rid, name) in self.explored, load=self.loads.pop((request.rid, name), 0),
         ))
         self.explored.discard((request.rid, name))
+
+    async def hedge_delay(self, request: Request, name: str, now: float) -> float | None:
+        """The gateway's hedge_after_ms "auto" for a call to `name` (core's hedge_delay)."""
+        router = self.routers[request.instance]
+        state = (await router.store.read([name], now)).states[name]
+        return hedge_delay(state, router.config)
 
     async def cancel(self, request: Request, name: str, now: float) -> None:
         """A hedge's other call, cancelled: no outcome, only its place in flight freed."""

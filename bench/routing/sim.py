@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Literal, Protocol, Sequence
 
 from bench.routing.scenario import Scenario
 from bench.routing.world import CallResult, Request, World, requests_for
@@ -22,6 +22,8 @@ class Policy(Protocol):
     async def record(self, request: Request, name: str, result: CallResult, now: float) -> None: ...
 
     async def cancel(self, request: Request, name: str, now: float) -> None: ...  # only when hedging
+
+    async def hedge_delay(self, request: Request, name: str, now: float) -> float | None: ...  # hedging "auto"
 
 
 @dataclass
@@ -35,6 +37,7 @@ class RunResult:
     failovers: int = 0
     rate_limited: int = 0
     errors: int = 0
+    hedges: int = 0            # requests also sent to a second provider (hedging)
 
 
 def make_world(scenario: Scenario) -> tuple[World, list[Request]]:
@@ -42,12 +45,13 @@ def make_world(scenario: Scenario) -> tuple[World, list[Request]]:
 
 
 async def simulate(scenario: Scenario, world: World, requests: list[Request], policy: Policy,
-                   hedge_after_s: float | None = None) -> RunResult:
+                   hedge_after_s: float | Literal["auto"] | None = None) -> RunResult:
     """Run the traffic through `policy`. With `hedge_after_s`, a request not answered by
     then is also sent to another provider (once), as the gateway's hedge_after_ms does:
     each of the two fails over on its own, the first success wins and the other call is
     cancelled (it frees its provider at once and records no outcome). Streams are not
-    hedged, as the gateway hedges only whole replies."""
+    hedged, as the gateway hedges only whole replies. "auto": after the policy's
+    hedge_delay for the provider it picked (none when it has no figure)."""
     names = [p.name for p in scenario.providers]
     prices = {p.name: (p.input_price_per_1k, p.output_price_per_1k) for p in scenario.providers}
     result = RunResult(attempts={n: [] for n in names}, successes_at={n: [] for n in names})
@@ -73,12 +77,12 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
             world.in_flight[name] -= 1
             await policy.cancel(request, name, now)
 
-    async def attempt(request: Request, now: float) -> bool:
+    async def attempt(request: Request, now: float) -> str | None:
         nonlocal seq
         already = tried.setdefault(request.rid, [])
         name = await policy.pick(request, now, already)
         if name is None:
-            return False
+            return None
         already.append(name)
         result.attempts[name].append(now)
         call = world.call(name, now, request)
@@ -89,22 +93,27 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
         running.setdefault(request.rid, {})[seq] = name
         heapq.heappush(heap, (now + call.latency, seq, 1, (request, name, call)))
         seq += 1
-        return True
+        return name
 
     while heap:
         now, call_id, kind, data = heapq.heappop(heap)
         if kind == 0:
             request = data  # type: ignore[assignment]
-            if not await attempt(request, now):  # type: ignore[arg-type]
+            name = await attempt(request, now)  # type: ignore[arg-type]
+            if name is None:
                 await finish(request, now, False)  # type: ignore[arg-type]
             elif hedge_after_s is not None and not request.stream:  # type: ignore[union-attr]
-                heapq.heappush(heap, (now + hedge_after_s, seq, 2, request))
-                seq += 1
+                delay = (await policy.hedge_delay(request, name, now)  # type: ignore[arg-type]
+                         if hedge_after_s == "auto" else hedge_after_s)
+                if delay is not None:
+                    heapq.heappush(heap, (now + delay, seq, 2, request))
+                    seq += 1
             continue
         if kind == 2:  # the hedge: still unanswered, one call in flight
             request = data  # type: ignore[assignment]
             if len(running.get(request.rid, {})) == 1 and len(tried[request.rid]) < len(names):  # type: ignore[union-attr]
-                await attempt(request, now)  # type: ignore[arg-type]
+                if await attempt(request, now) is not None:  # type: ignore[arg-type]
+                    result.hedges += 1
             continue
         if call_id in cancelled:
             cancelled.discard(call_id)

@@ -56,6 +56,11 @@ class DWAConfig:
     probe_timeout_s: float = 30.0   # a claimed half-open probe expires after this
     rate_limit_default_s: float = 5.0  # cooldown after a 429 that carried no Retry-After
 
+    # -- hedge_after_ms "auto": a second deployment after this many times the first's mean
+    # latency (about its p95 at the spread LLM calls show), never sooner than hedge_min_s
+    hedge_factor: float = 2.0
+    hedge_min_s: float = 0.05
+
     # -- calls in flight too long (see StoreBase.mark_overdue): failures in progress
     overdue_factor: float = 6.0     # a call running this many times the provider's mean latency...
     overdue_min_s: float = 1.0      # ...and at least this long

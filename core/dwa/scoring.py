@@ -212,6 +212,16 @@ def tolerant(speed: float, config: DWAConfig) -> float:
     return 1.0 - (r - 1.0 - t) / t * (1.0 - 1.0 / (1.0 + 2.0 * t))
 
 
+def hedge_delay(state: ProviderState, config: DWAConfig) -> float | None:
+    """When to ask a second deployment for a call `state`'s provider is answering
+    (hedge_after_ms "auto"): hedge_factor × its mean latency, at least hedge_min_s;
+    None before it has answered anything (nothing to tell a slow call by)."""
+    if state.latency_mean <= 0.0:
+        return None
+    delay = config.hedge_factor * state.latency_mean
+    return delay if delay > config.hedge_min_s else config.hedge_min_s
+
+
 def p95_latency(state: ProviderState) -> float | None:
     """Approximate p95 latency (seconds) from a log-normal fit of the decayed moments of
     ln(latency); None without samples. Cheap and smooth; it assumes a unimodal, right-
