@@ -80,3 +80,27 @@ async def test_a_hedged_request_is_answered_by_the_second_provider_and_the_first
     assert run.errors == 0 and world.in_flight == {"slow": 0, "quick": 0}
     stats = await policy.routers[0].stats(["slow", "quick"], scenario.duration_s + 10)
     assert stats["slow"]["samples"] == 0 and stats["slow"]["in_flight"] == 0  # cancelled: nothing recorded
+
+
+async def test_an_auto_hedge_follows_the_picked_providers_mean_latency(kv: Any) -> None:
+    """`usual` answers in 100 ms until it slows 30-fold at 20 s; hedged "auto" (twice its
+    mean), those requests go to `other` after 0.2 s and are answered by 0.4 s."""
+    import uuid
+
+    from bench.routing.policies import DWAPolicy
+    from bench.routing.sim import simulate
+    from bench.routing.world import requests_for
+    from core.settings import RoutingStrategy
+
+    scenario = parse_scenario({"name": "auto", "seed": 9, "duration_s": 40, "rate_per_s": 1, "output_tokens": [10, 10],
+                               "providers": [
+                                   {"name": "usual", "ttft_ms": 100, "ms_per_token": 0, "jitter": 0.0, "priority": 1,
+                                    "phases": [{"start_s": 20, "end_s": 40, "latency_factor": 30}]},
+                                   {"name": "other", "ttft_ms": 200, "ms_per_token": 0, "jitter": 0.0, "priority": 2}]})
+    requests = requests_for(scenario)
+    world = World(scenario)
+    policy = DWAPolicy(scenario, kv, RoutingStrategy.priority, namespace=f"auto-{uuid.uuid4().hex[:8]}")
+    run = await simulate(scenario, world, requests, policy, hedge_after_s="auto")
+    slow = sum(r.arrival >= 20 for r in requests)
+    assert run.hedges == slow and run.errors == 0
+    assert sorted(round(x, 3) for x in run.latencies) == [0.1] * (len(requests) - slow) + [0.4] * slow
