@@ -62,6 +62,13 @@ class _Sampling(BaseModel):
     # other call is cancelled, not failed.
     hedge_after_ms: Annotated[Int, Field(ge=1, le=600_000)] | Literal["auto"] | None = None
 
+    @field_validator("hedge_after_ms", mode="before")
+    @classmethod
+    def _hedge_is_ms_or_auto(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError('hedge_after_ms is a number of milliseconds (1 to 600000), or "auto"')
+        return value
+
     @model_validator(mode="after")
     def _no_hedged_stream(self) -> "_Sampling":
         if self.stream and self.hedge_after_ms is not None:

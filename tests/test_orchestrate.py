@@ -525,6 +525,7 @@ async def test_a_hedged_request_is_answered_by_a_second_deployment_when_the_firs
         stats = await dwa_stats(gw)
         bad = await gw.client.post("/v1/chat/completions", json={**body, "hedge_after_ms": 0})
         streamed = await gw.client.post("/v1/chat/completions", json={**body, "hedge_after_ms": 50, "stream": True})
+        vague = await gw.client.post("/v1/chat/completions", json={**body, "hedge_after_ms": "soon"})
     assert hedged.status_code == 200, hedged.text
     assert hedged.headers["x-orchesity-provider"] == "quick"
     assert hedged.json()["orchesity"]["dwa_selection_reason"] == "hedged"
@@ -532,3 +533,4 @@ async def test_a_hedged_request_is_answered_by_a_second_deployment_when_the_firs
     assert stats["slowpoke"]["failures"] == 0 and stats["slowpoke"]["in_flight"] == 0  # cancelled, not failed
     assert bad.status_code in (400, 422) and "hedge_after_ms" in bad.text
     assert streamed.status_code in (400, 422) and "not streams" in streamed.text  # refused, not silently unhedged
+    assert vague.status_code in (400, 422) and 'milliseconds (1 to 600000), or \\"auto\\"' in vague.text
