@@ -580,11 +580,10 @@ class Orchestrator:
         "auto": `after` is the picked deployment's hedge_delay (twice its mean latency);
         a deployment that has never answered is not hedged."""
         started = time.perf_counter()
-        if after == "auto":
-            plan.on_pick = asyncio.Event()
+        plan.on_pick = asyncio.Event() if after == "auto" else None
         first = asyncio.ensure_future(self._complete_slot(plan, slot))
-        if after == "auto":
-            picked = asyncio.ensure_future(plan.on_pick.wait())  # type: ignore[union-attr]
+        if plan.on_pick is not None:
+            picked = asyncio.ensure_future(plan.on_pick.wait())
             await asyncio.wait([first, picked], return_when=asyncio.FIRST_COMPLETED)
             picked.cancel()
             state = plan.snapshot.states.get(plan.picked[0]) if plan.picked else None

@@ -114,17 +114,14 @@ def _observed(state: ProviderState, stream: bool, config: DWAConfig) -> tuple[fl
 def loaded(state: ProviderState, config: DWAConfig) -> float:
     """latency_norm as expected at the provider's load now (in flight + this call).
 
-    The slope of the least-squares line of the samples' latency_norm on the load they
-    met (decayed moments, see scripts.py), never below 0 and shrunk by load_ridge (16
-    calls²) of load variance (so samples at nearly one load say nothing), times how much busier
-    than its samples' mean load the provider is now; never less than the plain mean
-    when it is less busy (a latency that rose with the load is as likely to be a slow
-    spell that kept calls in flight longer, Little's law, as a capacity wall: so the
-    line only ever warns). A provider whose latency does not depend on how busy we keep
-    it (a large hosted API) has a slope of about 0 and keeps its mean; one with a
-    capacity wall (a self-hosted pool, a small host) is expected slower as calls pile
-    up on it, before its answers come back slower. Measured in bench.routing's
-    `diurnal`: load_balanced from +26.7% of the oracle's mean to +5.7%."""
+    The plain mean, plus load_slope × how much busier than its samples' mean load the
+    provider is now; never less than the plain mean when it is less busy (a latency
+    that rose with the load is as likely to be a slow spell that kept calls in flight
+    longer, Little's law, as a capacity wall: so the line only ever warns). A provider
+    whose latency does not depend on how busy we keep it (a large hosted API) has a
+    slope of about 0 and keeps its mean; one with a capacity wall (a self-hosted pool, a
+    small host) is expected slower as calls pile up on it, before its answers come back
+    slower (bench.routing's `diurnal`)."""
     mean = state.latency_norm
     slope = load_slope(state, config)
     if slope == 0.0:
@@ -134,7 +131,10 @@ def loaded(state: ProviderState, config: DWAConfig) -> float:
 
 
 def load_slope(state: ProviderState, config: DWAConfig) -> float:
-    """How much latency_norm grows per call in flight (0 without loads, never below 0)."""
+    """How much latency_norm grows per call in flight: the slope of the least-squares
+    line of the samples' latency_norm on the load they met (decayed moments, see
+    scripts.py), shrunk by load_ridge (16 calls²) of load variance so that samples at
+    nearly one load say nothing; 0 without loads, never below 0."""
     if not state.load_sq:
         return 0.0
     n = state.load_mean
