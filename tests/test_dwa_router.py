@@ -141,11 +141,35 @@ async def test_a_provider_judged_slow_on_a_few_samples_is_looked_at_afresh_and_s
     assert 0.4 <= picks["alpha"] / 2000 <= 0.6, picks  # and shares half, the next ten seconds
 
 
+def test_a_long_call_is_suspected_sooner_at_a_provider_that_has_been_failing() -> None:
+    """Two providers whose answers take about 2 s (σ 0.3 in ln s), each with a call
+    running 3.5 s: that is in the last 3% of `reliable`'s answers, so it counts as under
+    half a failure; `failing` lost one call in six lately, so it counts nearly whole."""
+    import math
+
+    from core.dwa.state import ProviderState
+    from core.dwa.store import StoreBase
+
+    store = StoreBase([ProviderProfile("reliable"), ProviderProfile("failing")])
+    counted = {}
+    for name, failures in (("reliable", 0.0), ("failing", 40.0)):
+        state = ProviderState(name, store.profile(name), successes=200.0, failures=failures,
+                              latency_mean=2.1, log_mean=math.log(2.0), log_sq=math.log(2.0) ** 2 + 0.09)
+        store.start(name, T0 - 3.5)
+        store.start(name, T0 - 0.5)  # younger than its usual latency: not looked at
+        store.mark_overdue(state, T0)
+        counted[name] = state.failures - failures
+        if not failures:
+            assert state.failure_time == pytest.approx(3.5)  # a failure in progress costs its age so far
+    assert 0.2 < counted["reliable"] < 0.5 and counted["failing"] > 0.8, counted
+
+
 async def test_calls_hanging_far_past_a_providers_latency_count_against_it_before_they_time_out(
         kv: KV, ns: str) -> None:
     """alpha starts hanging: its calls will time out after 30 s. Before the first of them
-    comes back, the ones running six times its usual latency already count as failures
-    in progress, and traffic moves to beta."""
+    comes back, the ones running far past its usual latency (here 1 s, overdue_min_s,
+    for calls that took 0.5 s each) already count as failures in progress, and traffic
+    moves to beta."""
     store = RedisDWAStore(kv, [ProviderProfile("alpha"), ProviderProfile("beta")], namespace=ns)
     router = Router(store, rng=random.Random(5))
     names = NAMES[:2]
@@ -162,7 +186,7 @@ async def test_calls_hanging_far_past_a_providers_latency_count_against_it_befor
         if decision.provider == "beta":
             await router.record(Outcome("beta", OutcomeKind.SUCCESS, 0.6, now, output_tokens=100))
     hanging = picks["alpha"]
-    assert 0 < hanging <= 20, picks  # some went to alpha until their age (3 s: 6 × 0.5 s) gave it away
+    assert 0 < hanging <= 8, picks  # some went to alpha until their age gave it away
     late: Counter[str] = Counter()
     for _ in range(20):
         now += 0.25

@@ -109,13 +109,59 @@ def test_a_quiet_provider_drifts_back_toward_the_best_latency() -> None:
 
 def test_a_provider_not_heard_from_for_a_while_is_tried_again_once() -> None:
     best = state("best", norm=0.010, weight=100)
-    slow = state("slow", norm=0.030, weight=3)  # three times slower, recently sampled
+    slow = state("slow", norm=0.030, weight=3, latency_history=0.010)  # slowed lately, fast before
     r = router(RoutingStrategy.latency)
     assert r.decide(snapshot(best, slow)).provider == "best"
     slow.last_success = NOW - CONFIG.explore_after_s - 1
     assert r.decide(snapshot(best, slow)).provider == "slow"  # time to look again
     slow.in_flight = 1  # the look is under way: no more until it answers
     assert r.decide(snapshot(best, slow)).provider == "best"
+
+
+def test_a_provider_slow_all_along_is_looked_at_less_often_than_one_that_slowed_lately() -> None:
+    """Each look at a provider three times slower costs twice the best's latency: one
+    that has always been that slow is looked at √3 times less often (every 52 s, not
+    30 s); one whose long memory says it used to be fast is still looked at every 30 s."""
+    best = state("best", norm=0.010, weight=100)
+    always = state("always", norm=0.030, weight=3, latency_history=0.030)
+    lately = state("lately", norm=0.030, weight=3, latency_history=0.010)
+    r = router(RoutingStrategy.latency)
+    for quiet in (always, lately):
+        quiet.last_success = NOW - CONFIG.explore_after_s - 1
+    assert r.decide(snapshot(best, always)).provider == "best"
+    assert r.decide(snapshot(best, lately)).provider == "lately"
+    always.last_success = NOW - CONFIG.explore_after_s * 3 ** 0.5 - 1
+    assert r.decide(snapshot(best, always)).provider == "always"
+
+
+def test_a_failure_costs_the_time_it_took() -> None:
+    """Both fail 3% of the time. `timeouts` is 10% faster when it answers, but its
+    failures take 20 s before the caller can fail over (3% × 20 s outweighs 10% of a
+    2 s call), so it loses to `steady`; with failures that take 0.3 s it wins."""
+    def pair(failure_time: float) -> list[ProviderState]:
+        fast = state("timeouts", ok=97, fail=3, norm=0.009, weight=100, latency_mean=2.0,
+                     failure_time=failure_time)
+        return [fast, state("steady", ok=97, fail=3, norm=0.010, weight=100, latency_mean=2.2,
+                            failure_time=0.3)]
+
+    slow_failures = evaluate(pair(20.0), CONFIG, NOW)
+    assert slow_failures.speed[0] < 0.9 and slow_failures.speed[1] == 1.0
+    quick_failures = evaluate(pair(0.3), CONFIG, NOW)
+    assert quick_failures.speed[0] == 1.0 and quick_failures.quality[0] > quick_failures.quality[1]
+
+
+def test_one_lucky_answer_earns_one_more_call_at_a_time_not_the_traffic() -> None:
+    """A provider whose only recent answer looked three times faster than the best gets
+    calls up to its evidence plus ramp_calls in flight, then waits for their answers
+    (a heavy-tailed provider's lucky draw would otherwise take the traffic)."""
+    best = state("best", norm=0.010, weight=100, in_flight=5)
+    lucky = state("lucky", norm=0.003, weight=1.0)
+    r = router()
+    assert r.decide(snapshot(best, lucky)).provider == "lucky"
+    lucky.in_flight = 2
+    assert {r.decide(snapshot(best, lucky)).provider for _ in range(50)} == {"best"}
+    best.tripped, best.open_until = True, NOW + 5  # nothing else to go to: it is used anyway
+    assert r.decide(snapshot(best, lucky)).provider == "lucky"
 
 
 def test_calls_in_flight_count_as_pending_samples() -> None:

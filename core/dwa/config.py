@@ -27,7 +27,8 @@ class DWAConfig:
     # the best candidate), so a provider nobody has sampled lately drifts back toward
     # "faster than the best" and gets re-tried; after explore_after_s without a sample
     # it is tried at once (one call, then it waits for the answer): a sample per
-    # provider per 30 s or so, whatever the traffic and however slow it looked.
+    # provider per 30 s or so, whatever the traffic; per 30 s × √r for one r times
+    # slower than the best all along (history_half_life_s; see scoring.py).
     latency_half_life_s: float = 6.0
     evidence_half_life_s: float = 20.0
     explore_after_s: float = 30.0   # no latency sample for this long: evidence counts as 0;
@@ -35,6 +36,8 @@ class DWAConfig:
     explore_min_s: float = 0.5      # candidates' evidence, after this long without a sample
     ttft_tokens: float = 40.0  # routing compares latency / (output tokens + this); see scoring.py
     load_ridge: float = 16.0        # calls² of load variance that shrink the latency-on-load slope
+    history_half_life_s: float = 600.0  # the long memory of latency_norm (explore_after_s)
+    ramp_calls: float = 1.0         # calls in flight beyond a candidate's evidence before it waits
     latency_prior_weight: float = 1.0
     latency_optimism: float = 0.1   # the prior is this much faster than the best mean seen
     default_latency_s: float = 1.0  # the prior when no candidate has data (all then share it)
@@ -62,8 +65,9 @@ class DWAConfig:
     hedge_min_s: float = 0.05
 
     # -- calls in flight too long (see StoreBase.mark_overdue): failures in progress
-    overdue_factor: float = 6.0     # a call running this many times the provider's mean latency...
-    overdue_min_s: float = 1.0      # ...and at least this long
+    overdue_min_s: float = 1.0      # a call younger than this is never suspected
+    overdue_prior: float = 0.02     # the least failure rate assumed of a call running long
+    overdue_min_sigma: float = 0.25  # the least spread assumed of a provider's latencies (ln s)
 
     # -- shared in-flight counts (see store.py)
     in_flight_max_age_s: float = 30.0  # other instances' counts older than this are ignored

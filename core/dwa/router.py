@@ -242,6 +242,8 @@ class Router:
                 "in_flight": state.in_flight,
                 "mean_latency_ms": state.latency_mean * 1000 if _f(d.get("ok")) > 0 else None,
                 "p95_latency_ms": p95 * 1000 if p95 is not None else None,
+                # what a failure costs before failover (a timeout's seconds; a 503's few ms)
+                "failure_ms": state.failure_time * 1000 if state.failure_time > 0 else None,
                 "ttft_ms": state.ttft_mean * 1000 if _f(d.get("fw")) > 0 else None,
                 "seconds_per_output_token": _f(d["pm"]) if _f(d.get("pw")) > 0 else None,
                 "samples": int(_f(d.get("n"))),

@@ -10,9 +10,12 @@ state.py; everything already decayed to `now` by elapsed time):
                    prior, so a provider that was down an hour ago is not still punished.
                    (Failures while its circuit is open are the breaker's business and
                    are not counted in F; see breaker.py.) F also counts this process's
-                   calls running 6x the provider's mean latency (failures in progress,
-                   StoreBase.mark_overdue): a provider that hangs is left before its
-                   first timeout comes back.
+                   calls running unusually long, each by the chance it is a failure
+                   (failures in progress, StoreBase.mark_overdue): a provider that
+                   hangs is left before its first timeout comes back. A fresh look
+                   (below) that succeeds also discounts F by S / (S + F): a provider
+                   that failed 40% of its calls and answers again is believed sooner
+                   than one that fails 3% of them.
 
     latency        L = (W'·m + k₀·L*) / (W' + k₀)
                    m: the decayed mean of latency / (output tokens + 40), with a 6 s
@@ -35,8 +38,12 @@ state.py; everything already decayed to `now` by elapsed time):
                    back (a sample or two per provider every 30-90 s, so exploration
                    costs less the more traffic there is).
                    After 30 s without a sample W counts as 0: a provider that looked
-                   slow is tried once every 30 s or so, however slow it looked, so a
-                   recovery is noticed within about that. So too, after 0.5 s, for a
+                   slow is tried again, so a recovery is noticed within about that. A
+                   look at a provider r times slower than the best costs r − 1 of the
+                   best's latencies, so one that has been that slow all along (over
+                   the 10 min memory of m, `latency_history`) is looked at every
+                   30 s × √r (a √ because the cost of noticing a recovery late grows
+                   with the interval too); one that slowed lately, every 30 s. So too, after 0.5 s, for a
                    candidate holding less than 0.5% of the candidates' evidence: a
                    verdict drawn from a few answers (a cold start's) is checked at once
                    when traffic is heavy, at a cost of at most that share of it. Such a
@@ -44,9 +51,20 @@ state.py; everything already decayed to `now` by elapsed time):
                    joining them (the Lua's `fresh`), so one answer undoes the verdict.
                    W' = W + calls in flight: pending calls count at the current mean
                    (the "kriging believer" for pending observations), so while the
-                   answer to one exploratory call is awaited, no more are sent.
+                   answer to one exploratory call is awaited, no more are sent. And a
+                   candidate with W + 1 calls in flight or more waits for their answers
+                   (`unproven`, unless all do): one answer that looked fast, a heavy
+                   tail's lucky draw, earns one call more at a time, not the traffic;
+                   a provider really that fast ramps up, doubling per latency.
 
-    speed          v = min(L) / L                          (1 for the fastest candidate)
+    expected time  E = L + (1 − a) · T_f
+                   T_f: the decayed mean time its failures took (in the units of L: a
+                   non-stream's divided by its replies' mean size), so a provider that
+                   fails 3% of its calls by a 20 s timeout is 30% slower than it looks
+                   when it answers, and one whose failures are quick 503s is not. Left
+                   out for a fresh look, which would otherwise never happen.
+
+    speed          v = min(E) / E                          (1 for the fastest candidate)
     price factor   c = (min(P) + ε) / (P + ε)              P: blended price per 1k tokens
     baseline       b' = 1 − λ + λ·b                        b: the recompute job's weight
 
@@ -145,16 +163,17 @@ def load_slope(state: ProviderState, config: DWAConfig) -> float:
 class Evaluation:
     """The formula's terms for each candidate, as parallel lists (cheap to build)."""
 
-    __slots__ = ("availability", "latency", "speed", "price", "quality", "exploring")
+    __slots__ = ("availability", "latency", "speed", "price", "quality", "exploring", "unproven")
 
     def __init__(self, availability: list[float], latency: list[float], speed: list[float], price: list[float],
-                 quality: list[float], exploring: list[bool]) -> None:
+                 quality: list[float], exploring: list[bool], unproven: list[bool]) -> None:
         self.availability = availability
         self.latency = latency
         self.speed = speed
         self.price = price
         self.quality = quality
         self.exploring = exploring  # its evidence was set aside: a call would be a fresh look
+        self.unproven = unproven  # more calls in flight than answers to go on: wait for them
 
 
 def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
@@ -171,19 +190,26 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
     avails: list[float] = []
     latencies: list[float] = []
     exploring: list[bool] = []
+    unproven: list[bool] = []
+    ramp = config.ramp_calls
     for state, (weight, mean) in zip(states, observed):
         avails.append(availability(state.successes, state.failures, config))
         fresh = False
         if mean > 0.0:
-            if state.last_success < stale_before or (weight < scarce and state.last_success < recent_before):
+            r = min(mean, state.latency_history or mean) / best
+            stale = stale_before if r <= 1.0 else now - config.explore_after_s * math.sqrt(r)
+            if state.last_success < stale or (weight < scarce and state.last_success < recent_before):
                 weight, fresh = 0.0, True  # nothing heard for a while, or too little of the traffic: look again
+        unproven.append(state.in_flight >= weight + ramp)
+        if mean > 0.0:
             weight += state.in_flight  # pending calls, imputed at the current mean
         latencies.append((weight * mean + k0 * prior) / (weight + k0))
         exploring.append(fresh and not state.in_flight)
+    costs = _with_failures(states, avails, latencies, exploring, stream)
     prices = [state.profile.unit_price for state in states]
     cheapest = min(prices)
-    fastest = min(latencies)
-    speeds = [fastest / latency for latency in latencies]
+    fastest = min(costs)
+    speeds = [fastest / cost for cost in costs]
     blend = config.baseline_blend
     qualities: list[float] = []
     for i, state in enumerate(states):
@@ -191,7 +217,32 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
         if state.baseline is not None:
             q *= 1.0 - blend + blend * state.baseline
         qualities.append(q)
-    return Evaluation(avails, latencies, speeds, prices, qualities, exploring)
+    return Evaluation(avails, latencies, speeds, prices, qualities, exploring, unproven)
+
+
+def _with_failures(states: Sequence[ProviderState], avails: list[float], latencies: list[float],
+                   exploring: list[bool], stream: bool) -> list[float]:
+    """Each candidate's expected time to an answer, in the units of `latencies`: L + (1 − a)
+    × the mean time its failures took (converted like latency: a non-stream's failure time
+    is divided by its replies' mean size, latency_mean / latency_norm)."""
+    if not any(state.failure_time for state in states):
+        return latencies
+    scale = 0.0  # seconds → the latency unit, from a candidate that has both means
+    if not stream:
+        for state in states:
+            if state.latency_mean > 0.0 and state.latency_norm > 0.0:
+                scale = state.latency_norm / state.latency_mean
+                break
+    costs = []
+    for state, a, latency, fresh in zip(states, avails, latencies, exploring):
+        tf = state.failure_time
+        if tf > 0.0 and not fresh:
+            if not stream:
+                own = state.latency_norm / state.latency_mean if state.latency_mean > 0.0 else scale
+                tf *= own
+            latency += (1.0 - a) * tf
+        costs.append(latency)
+    return costs
 
 
 def tolerant(speed: float, config: DWAConfig) -> float:

@@ -9,6 +9,8 @@ The provider hash (KEYS[1]) holds, by field:
     t        time of the last update (the decay clock)
     s, f     successes / retryable failures (not counted while tripped), decayed with
              availability_half_life_s
+    fd       decayed mean duration of the failures f counts (s), weight f: what a
+             failure costs the caller before it can fail over (see scoring.py)
     lw, lm   decayed latency sample weight and mean latency (s); decayed with
              latency_half_life_s. A decayed mean is an EWMA whose alpha is set by the
              elapsed time: m += (x - m) / (w * 2^(-dt/H) + 1); a fresh look (the
@@ -19,6 +21,8 @@ The provider hash (KEYS[1]) holds, by field:
     qn qx qq decayed means of the load (calls in flight when the call started, itself
              included), of load × nm's sample, and of load²: nm as a function of the
              load, by least squares (see scoring.py); same weight lw
+    hw, hm   the same for nm over a long memory (history_half_life_s), not restarted
+             by a fresh look: how fast the provider has been, not just lately
     fw, fm   the same for time to first token (streams)
     pw, pm   the same for seconds per output token
     ew, fe   latency / TTFT samples decayed with evidence_half_life_s (slower): how
@@ -40,15 +44,15 @@ from core.kv import Script
 
 # Every numeric field, in the order the script reads and writes them.
 FIELDS = ("t", "s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe", "pw", "pm", "cf", "ho",
-          "ou", "tr", "pu", "rl", "n", "ok", "ko", "rlc", "ce", "ti", "to", "c", "ls", "le", "qn", "qx", "qq")
+          "ou", "tr", "pu", "rl", "n", "ok", "ko", "rlc", "ce", "ti", "to", "c", "ls", "le", "qn", "qx", "qq", "fd", "hw", "hm")
 # Statistics, written with 10 significant digits (short strings parse faster on every
 # read); times, counters and money are written in full (%.17g).
-SHORT = frozenset(("s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe", "pw", "pm", "qn", "qx", "qq"))
+SHORT = frozenset(("s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe", "pw", "pm", "qn", "qx", "qq", "fd", "hw", "hm"))
 
 # ARGV, in order (store.py builds them).
 RECORD_ARGS = ("now", "kind", "latency", "ttft", "tin", "tout", "cost", "retry", "eclass", "instance",
                "inflight", "hl_av", "hl_lat", "threshold", "cool0", "coolmax", "rl_default", "ttl",
-               "if_age", "ktok", "hl_ev", "fresh", "load")
+               "if_age", "ktok", "hl_ev", "fresh", "load", "hl_hist")
 
 
 def _lua_list(names: tuple[str, ...] | frozenset[str]) -> str:
@@ -65,6 +69,7 @@ now, latency, ttft, tin, tout, cost, retry = tonumber(now), tonumber(latency), t
 hl_av, hl_lat, hl_ev, threshold = tonumber(hl_av), tonumber(hl_lat), tonumber(hl_ev), tonumber(threshold)
 cool0, coolmax, rl_default = tonumber(cool0), tonumber(coolmax), tonumber(rl_default)
 ttl, if_age, ktok, load = tonumber(ttl), tonumber(if_age), tonumber(ktok), tonumber(load)
+hl_hist = tonumber(hl_hist)
 
 local raw = redis.call('HMGET', KEYS[1], unpack(FIELDS))
 local h = {}
@@ -79,13 +84,13 @@ local function decay(half_life) return math.exp(-0.6931471805599453 * dt / half_
 local da, dl, de = decay(hl_av), decay(hl_lat), decay(hl_ev)
 h.s = h.s * da; h.f = h.f * da
 h.lw = h.lw * dl; h.fw = h.fw * dl; h.pw = h.pw * dl
-h.ew = h.ew * de; h.fe = h.fe * de
+h.ew = h.ew * de; h.fe = h.fe * de; h.hw = h.hw * decay(hl_hist)
 
 h.n = h.n + 1
 h.ti = h.ti + tin; h.to = h.to + tout; h.c = h.c + cost
 if kind == 'ok' then
   -- a fresh look (see Outcome.fresh): the means start again from this sample
-  if fresh == '1' then h.lw = 0; h.fw = 0; h.pw = 0 end
+  if fresh == '1' then h.lw = 0; h.fw = 0; h.pw = 0; if h.s + h.f > 0 then h.f = h.f * h.s / (h.s + h.f) end end
   h.ok = h.ok + 1; h.s = h.s + 1; h.cf = 0
   local x = math.max(latency, 0.000001)
   local lx = math.log(x)
@@ -93,6 +98,7 @@ if kind == 'ok' then
   h.lm = h.lm + (x - h.lm) / h.lw
   local xn = x / (tout + ktok)
   h.nm = h.nm + (xn - h.nm) / h.lw
+  h.hw = h.hw + 1; h.hm = h.hm + (xn - h.hm) / h.hw
   h.qn = h.qn + (load - h.qn) / h.lw
   h.qx = h.qx + (load * xn - h.qx) / h.lw
   h.qq = h.qq + (load * load - h.qq) / h.lw
@@ -109,7 +115,7 @@ else
     -- While the circuit is tripped the breaker is the model: the calls that were
     -- already in flight when it opened, and failed probes, say nothing new, and
     -- counting them would keep availability down long after a recovery.
-    if h.ho ~= 1 then h.f = h.f + 1 end
+    if h.ho ~= 1 then h.f = h.f + 1; h.fd = h.fd + (latency - h.fd) / h.f end
   elseif kind == 'rate' then
     h.rlc = h.rlc + 1
   else

@@ -63,8 +63,9 @@ class ProviderState:
     successes / failures: time-decayed counts (the Beta posterior's evidence).
     latency_weight: the evidence behind latency_norm (seconds per output token +
     DWAConfig.ttft_tokens, what routing compares): its samples, decayed with
-    evidence_half_life_s; ttft_* likewise for streams (seconds). latency_mean (seconds) and log_mean / log_sq (decayed moments of
-    ln latency, for a p95 estimate) are only filled for stats (read_details).
+    evidence_half_life_s; ttft_* likewise for streams (seconds). latency_mean (seconds) and
+    log_mean / log_sq (decayed moments of ln latency: the latency's spread, for a p95
+    estimate and for calls running unusually long) come with every read.
     tripped: the breaker opened and no success has closed it since; open_until: end of
     the current open period (half-open after it); probe_until: a claimed half-open probe
     is running until then; rate_limited_until: a 429's Retry-After.
@@ -94,6 +95,8 @@ class ProviderState:
     load_mean: float = 0.0   # decayed means of the load, load × latency_norm sample, load²
     load_cross: float = 0.0  # (see scripts.py): latency_norm as a function of the load
     load_sq: float = 0.0
+    latency_history: float = 0.0  # latency_norm over a long memory (history_half_life_s)
+    failure_time: float = 0.0  # the mean duration of the failures counted in `failures` (s)
     log_mean: float = 0.0
     log_sq: float = 0.0
     details: dict[str, Any] | None = None  # every stored field; filled only for stats

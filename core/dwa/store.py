@@ -33,15 +33,17 @@ from typing import Any, Protocol
 
 from core.dwa.config import DWAConfig
 from core.dwa.profile import ProviderProfile
+from core.dwa.scoring import availability
 from core.dwa.scripts import CLAIM_PROBE, RECORD, SCRIPTS
 from core.dwa.state import Outcome, ProviderState, Snapshot
 from core.kv import KEY_PREFIX, KV, Command, Script
 
 _LN2 = math.log(2.0)
+_SQRT2 = math.sqrt(2.0)
 _exp = math.exp  # a global, not an attribute lookup: decode_state runs per candidate
 
 # The fields a routing decision needs, in the order HMGET returns them.
-HOT_FIELDS = ("t", "s", "f", "ew", "nm", "ls", "rl", "ho", "ou", "pu", "fe", "fm", "lm", "qn", "qx", "qq")
+HOT_FIELDS = ("t", "s", "f", "ew", "nm", "ls", "rl", "ho", "ou", "pu", "fe", "fm", "lm", "qn", "qx", "qq", "fd", "hm", "l1", "l2")
 
 
 class DWAStore(Protocol):
@@ -124,7 +126,7 @@ def decode_state(name: str, profile: ProviderProfile, hot: Sequence[Any], in_fli
     """
     if baseline is not None:
         baseline = min(1.0, max(0.0, float(baseline)))
-    t, s, f, ew, nm, ls, rl, ho, ou, pu, fe, fm, lm, qn, qx, qq = hot
+    t, s, f, ew, nm, ls, rl, ho, ou, pu, fe, fm, lm, qn, qx, qq, fd, hm, l1, l2 = hot
     if t is None:  # never recorded (or reset): the priors
         return ProviderState(name, profile, in_flight=in_flight, baseline=baseline)
     # the outcome update writes every field, so none is None from here
@@ -148,6 +150,12 @@ def decode_state(name: str, profile: ProviderProfile, hot: Sequence[Any], in_fli
     state.latency_mean = float(lm)
     if qq is not None and qq != "0":  # outcomes with a load (older states have none)
         state.load_mean, state.load_cross, state.load_sq = float(qn), float(qx), float(qq)
+    if fd is not None and fd != "0":
+        state.failure_time = float(fd)
+    if hm is not None:
+        state.latency_history = float(hm)
+    if l2 is not None:
+        state.log_mean, state.log_sq = float(l1), float(l2)
     return state
 
 
@@ -156,8 +164,6 @@ def attach_details(state: ProviderState, details: dict[str, Any]) -> None:
     state.details = details
     state.consecutive_failures = int(_num(details.get("cf")))
     state.latency_mean = _num(details.get("lm"))
-    state.log_mean = _num(details.get("l1"))
-    state.log_sq = _num(details.get("l2"))
 
 
 class StoreBase:
@@ -206,19 +212,38 @@ class StoreBase:
         return left
 
     def mark_overdue(self, state: ProviderState, now: float) -> None:
-        """Count this process's calls to `state`'s provider that have run for over
-        overdue_factor × its mean latency (and overdue_min_s) as failures in progress:
-        a provider that hangs is avoided before its first timeout comes back."""
+        """Count this process's calls to `state`'s provider that are running unusually
+        long as failures in progress: a provider that hangs is avoided before its first
+        timeout comes back.
+
+        A call still running at age τ is a failure with probability p / (p + (1 − p) ×
+        P(a success takes longer than τ)): p is the provider's failure rate (1 − a), and
+        a success's latency follows the log-normal fit of its moments (σ at least
+        overdue_min_sigma). So a provider that rarely fails is suspected only far out in
+        its tail, one that has been failing soon after its usual time; each call counts
+        by that probability, and costs at least its age (failure_time). Calls younger
+        than overdue_min_s, or than the fit's one-σ latency, are not looked at."""
         pending = self._pending.get(state.name)
-        if not pending or state.latency_mean <= 0.0:
+        if not pending or state.log_sq <= 0.0:
             return
         config = self.config
-        limit = now - max(config.overdue_min_s, config.overdue_factor * state.latency_mean)
-        late = 0
-        for at in pending:
-            if at < limit:
-                late += 1
-        state.failures += late
+        mu = state.log_mean
+        sigma = max(config.overdue_min_sigma, math.sqrt(max(0.0, state.log_sq - mu * mu)))
+        limit = now - max(config.overdue_min_s, math.exp(mu + sigma))
+        p = max(config.overdue_prior, 1.0 - availability(state.successes, state.failures, config))
+        late = age = 0.0
+        for at in pending:  # in the order the calls started
+            if at >= limit:
+                break
+            tau = now - at
+            tail = 0.5 * math.erfc((math.log(tau) - mu) / (sigma * _SQRT2))
+            w = p / (p + (1.0 - p) * tail)
+            late += w
+            age += w * tau
+        if late:
+            f = state.failures
+            state.failure_time = (f * state.failure_time + age) / (f + late)
+            state.failures = f + late
 
     def local_in_flight(self, name: str) -> int:
         return self._local.get(name, 0)
@@ -250,6 +275,7 @@ class RedisDWAStore(StoreBase):
             cfg.cooldown_s, cfg.cooldown_max_s, cfg.rate_limit_default_s, cfg.state_ttl_s,
             cfg.in_flight_max_age_s, cfg.ttft_tokens, cfg.evidence_half_life_s,
         )
+        self._history_arg = cfg.history_half_life_s
 
     # -- keys --------------------------------------------------------------------------
     def _keys_for(self, name: str) -> tuple[str, str]:
@@ -338,6 +364,7 @@ class RedisDWAStore(StoreBase):
             repr(float(outcome.ttft_s or 0.0)), int(outcome.input_tokens), int(outcome.output_tokens),
             repr(cost), repr(float(outcome.retry_after_s or 0.0)), outcome.error or outcome.kind.value,
             self.instance_id, left, *self._record_args, "1" if outcome.fresh else "0", outcome.load,
+            self._history_arg,
         )
         return RECORD.command(self._keys_for(name), args)
 

@@ -48,14 +48,21 @@ def _argmax(values: Sequence[float]) -> int:
     return best
 
 
+def _waiting(ev: Evaluation) -> list[bool]:
+    """The candidates to pass over: those with more calls in flight than answers to go on
+    (Evaluation.unproven), unless every candidate is."""
+    unproven = ev.unproven
+    return unproven if not all(unproven) else [False] * len(unproven)
+
+
 def load_balanced(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tuple[int, str]:
     """Sample ∝ (quality, within the speed tolerance)^sharpness × load factor (see scoring.py)."""
     config = ctx.config
     gamma = config.sharpness
     weights = []
     total = 0.0
-    for state, q, v in zip(cands, ev.quality, ev.speed):
-        w = (q * tolerant(v, config) / v) ** gamma * load_factor(state, config)
+    for state, q, v, wait in zip(cands, ev.quality, ev.speed, _waiting(ev)):
+        w = 0.0 if wait else (q * tolerant(v, config) / v) ** gamma * load_factor(state, config)
         weights.append(w)
         total += w
     best = _argmax(ev.quality)
@@ -118,7 +125,10 @@ def adaptive(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tu
     exp_a = config.availability_exponent
     gauss = rng.gauss
     best, best_value = 0, -math.inf
+    waiting = _waiting(ev)
     for i, state in enumerate(cands):
+        if waiting[i]:
+            continue
         alpha = a0 + state.successes
         beta = b0 + state.failures
         n = alpha + beta

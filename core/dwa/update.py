@@ -43,6 +43,7 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
         h[name] *= dl
     for name in ("ew", "fe"):
         h[name] *= de
+    h["hw"] *= decay(config.history_half_life_s)
 
     h["n"] += 1
     h["ti"] += tin
@@ -51,6 +52,8 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
     if kind is OutcomeKind.SUCCESS:
         if outcome.fresh:  # a fresh look: the means restart from this sample
             h["lw"] = h["fw"] = h["pw"] = 0.0
+            if h["s"] + h["f"] > 0:  # and the failures count as much as they said it fails
+                h["f"] *= h["s"] / (h["s"] + h["f"])
         h["ok"] += 1
         h["s"] += 1
         h["cf"] = 0
@@ -60,6 +63,8 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
         h["lm"] += (x - h["lm"]) / h["lw"]
         xn = x / (tout + config.ttft_tokens)
         h["nm"] += (xn - h["nm"]) / h["lw"]
+        h["hw"] += 1
+        h["hm"] += (xn - h["hm"]) / h["hw"]
         h["qn"] += (outcome.load - h["qn"]) / h["lw"]
         h["qx"] += (outcome.load * xn - h["qx"]) / h["lw"]
         h["qq"] += (outcome.load * outcome.load - h["qq"]) / h["lw"]
@@ -81,6 +86,7 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
             h["cf"] += 1
             if h["ho"] != 1:  # failures while tripped are the breaker's business
                 h["f"] += 1
+                h["fd"] += (latency - h["fd"]) / h["f"]
         elif kind is OutcomeKind.RATE_LIMITED:
             h["rlc"] += 1
         else:
