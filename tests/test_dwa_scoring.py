@@ -182,9 +182,12 @@ def test_baseline_weight_blends_in() -> None:
 
 def test_load_factor_and_p95() -> None:
     s = state("a")
-    assert load_factor(s, CONFIG) == 1.0
-    s.in_flight = CONFIG.default_capacity
-    assert load_factor(s, CONFIG) == pytest.approx(0.5)
+    s.in_flight = 500
+    assert load_factor(s) == 1.0  # no max_concurrency: how busy it can be kept is learnt
+    capped = ProviderState("capped", ProviderProfile("capped", max_concurrency=8))
+    assert load_factor(capped) == 1.0
+    capped.in_flight = 8
+    assert load_factor(capped) == pytest.approx(0.5)
     assert p95_latency(state("none", norm=None, weight=0.0)) is None
     s.log_mean, s.log_sq = math.log(2.0), math.log(2.0) ** 2 + 0.25  # sigma 0.5
     assert p95_latency(s) == pytest.approx(2.0 * math.exp(1.6449 * 0.5), rel=1e-3)

@@ -49,7 +49,6 @@ class DWAConfig:
     sharpness: float = 16.0         # load_balanced samples providers ∝ quality ** sharpness
     speed_tolerance: float = 0.02   # slower than the fastest by less than this counts as as fast
     baseline_blend: float = 0.2     # weight of the recompute job's baseline weight
-    default_capacity: int = 64      # in-flight scale when a profile sets no max_concurrency
     cost_min_availability: float = 0.5  # `cost` skips providers less available than this
 
     # -- circuit breaker (see breaker.py)

@@ -11,7 +11,7 @@ class ProviderProfile:
 
     `priority`: lower is preferred by the `priority` strategy (ties: the order given).
     Prices are USD per 1,000 tokens. `max_concurrency` scales the in-flight penalty
-    (None: `DWAConfig.default_capacity`).
+    (None: no penalty; see scoring.load_factor).
     """
 
     name: str

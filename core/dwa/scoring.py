@@ -76,7 +76,9 @@ good as one 20% slower. Cost enters with a small exponent: it breaks near-ties i
 default strategy (the `cost` strategy exists for cost-first routing).
 
 load_balanced then samples provider i with probability ∝ q̂_i^16 / (1 + (n_i / C_i)²),
-where n_i is the in-flight count, C_i the provider's max_concurrency (default 64), and
+where n_i is the in-flight count, C_i the provider's max_concurrency (without one the
+factor is 1: a hosted API takes hundreds of calls at once, and a wall shows in its
+answers, `loaded`; a default of 64 sent adaptive to slower providers at a peak), and
 q̂ = q with v replaced by `tolerant(v)`: within 2% of the fastest counts as as fast
 (rejoining v by 4%), since the gateway's own timing noise is of that order. The
 sampling is sharp enough that a provider 25% slower gets ~3% of the traffic (and the mean latency
@@ -113,9 +115,12 @@ def price_factor(price: float, cheapest: float, config: DWAConfig) -> float:
     return (cheapest + floor) / (price + floor)
 
 
-def load_factor(state: ProviderState, config: DWAConfig) -> float:
-    """1 when idle, ½ at max_concurrency in flight, falling fast beyond."""
-    capacity = state.profile.max_concurrency or config.default_capacity
+def load_factor(state: ProviderState) -> float:
+    """1 when idle, ½ at the profile's max_concurrency in flight, falling fast beyond; 1
+    without a max_concurrency (how busy it can be kept is then learnt: `loaded`)."""
+    capacity = state.profile.max_concurrency
+    if not capacity:
+        return 1.0
     x = state.in_flight / capacity
     return 1.0 / (1.0 + x * x)
 

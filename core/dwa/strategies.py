@@ -62,7 +62,7 @@ def load_balanced(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) 
     weights = []
     total = 0.0
     for state, q, v, wait in zip(cands, ev.quality, ev.speed, _waiting(ev)):
-        w = 0.0 if wait else (q * tolerant(v, config) / v) ** gamma * load_factor(state, config)
+        w = 0.0 if wait else (q * tolerant(v, config) / v) ** gamma * load_factor(state)
         weights.append(w)
         total += w
     best = _argmax(ev.quality)
@@ -138,7 +138,7 @@ def adaptive(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tu
             a = 1e-3 if a < 1e-3 else (1.0 if a > 1.0 else a)
         else:
             a = rng.betavariate(alpha, beta) or 1e-3
-        value = ev.quality[i] * (a / mean_a) ** exp_a * load_factor(state, config)
+        value = ev.quality[i] * (a / mean_a) ** exp_a * load_factor(state)
         if value > best_value:
             best, best_value = i, value
     return best, "adaptive_sample"
