@@ -37,6 +37,7 @@ class DWAConfig:
     ttft_tokens: float = 40.0  # routing compares latency / (output tokens + this); see scoring.py
     load_ridge: float = 16.0        # calls² of load variance that shrink the latency-on-load slope
     history_half_life_s: float = 600.0  # the long memory of latency_norm (explore_after_s)
+    latency_draw_sigma: float = 0.3  # adaptive: a sample's spread (ln s) for its latency draws
     ramp_calls: float = 1.0         # calls in flight beyond a candidate's evidence before it waits
     latency_prior_weight: float = 1.0
     latency_optimism: float = 0.1   # the prior is this much faster than the best mean seen

@@ -168,10 +168,10 @@ def load_slope(state: ProviderState, config: DWAConfig) -> float:
 class Evaluation:
     """The formula's terms for each candidate, as parallel lists (cheap to build)."""
 
-    __slots__ = ("availability", "latency", "speed", "price", "quality", "exploring", "unproven")
+    __slots__ = ("availability", "latency", "speed", "price", "quality", "exploring", "unproven", "evidence")
 
     def __init__(self, availability: list[float], latency: list[float], speed: list[float], price: list[float],
-                 quality: list[float], exploring: list[bool], unproven: list[bool]) -> None:
+                 quality: list[float], exploring: list[bool], unproven: list[bool], evidence: list[float]) -> None:
         self.availability = availability
         self.latency = latency
         self.speed = speed
@@ -179,6 +179,7 @@ class Evaluation:
         self.quality = quality
         self.exploring = exploring  # its evidence was set aside: a call would be a fresh look
         self.unproven = unproven  # more calls in flight than answers to go on: wait for them
+        self.evidence = evidence  # W' + k₀: the samples behind `latency`, pending calls included
 
 
 def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
@@ -196,6 +197,7 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
     latencies: list[float] = []
     exploring: list[bool] = []
     unproven: list[bool] = []
+    evidence: list[float] = []
     ramp = config.ramp_calls
     for state, (weight, mean) in zip(states, observed):
         avails.append(availability(state.successes, state.failures, config))
@@ -209,6 +211,7 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
         if mean > 0.0:
             weight += state.in_flight  # pending calls, imputed at the current mean
         latencies.append((weight * mean + k0 * prior) / (weight + k0))
+        evidence.append(weight + k0)
         exploring.append(fresh and not state.in_flight)
     costs = _with_failures(states, avails, latencies, exploring, stream)
     prices = [state.profile.unit_price for state in states]
@@ -222,7 +225,7 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
         if state.baseline is not None:
             q *= 1.0 - blend + blend * state.baseline
         qualities.append(q)
-    return Evaluation(avails, latencies, speeds, prices, qualities, exploring, unproven)
+    return Evaluation(avails, latencies, speeds, prices, qualities, exploring, unproven, evidence)
 
 
 def _with_failures(states: Sequence[ProviderState], avails: list[float], latencies: list[float],

@@ -37,6 +37,7 @@ class Context:
         return self._local_rr - 1
 
 
+_exp, _sqrt = math.exp, math.sqrt
 Strategy = Callable[[Sequence[ProviderState], Evaluation, Context], tuple[int, str]]
 
 
@@ -106,16 +107,19 @@ def lowest_cost(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) ->
 
 
 def adaptive(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tuple[int, str]:
-    """Thompson sampling on the success posteriors, optimism on latency.
+    """Thompson sampling on the success posteriors and on the latency means.
 
     For each candidate draw a success probability from its decayed posterior
-    Beta(α₀ + S, β₀ + F) and take the best draw of the quality formula (times the load
-    factor). A provider that failed a little lately has a wide posterior and keeps
-    getting an occasional request, in proportion to the chance it is actually the best.
+    Beta(α₀ + S, β₀ + F), and a latency around its estimate with the standard error of a
+    mean of W' samples (ln-spread latency_draw_sigma / √W'), and take the best draw of
+    the quality formula (times the load factor). A provider that failed a little lately
+    has a wide posterior and keeps getting an occasional request, in proportion to the
+    chance it is actually the best; two providers as fast as each other share the load
+    (their means are known to a few percent), and one 25% slower gets none.
 
-    Latency is not sampled: a draw per decision explores in proportion to traffic (at 8
-    requests/s, a provider one noisy sample behind would get a third of them). Latency
-    exploration comes from the optimistic estimate instead (scoring.py): an unused
+    The latency draw explores little: a provider known from one sample has a wide draw,
+    but gets no more calls than its evidence allows until they answer (`unproven`).
+    Exploring the rest comes from the optimistic estimate (scoring.py): an unused
     provider's estimate drifts toward the best one with time, and after explore_after_s
     without a sample it is tried once, whatever the traffic: that notices a recovery.
     """
@@ -124,6 +128,7 @@ def adaptive(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tu
     a0, b0 = config.prior_success, config.prior_failure
     exp_a = config.availability_exponent
     gauss = rng.gauss
+    sigma = config.latency_draw_sigma
     best, best_value = 0, -math.inf
     waiting = _waiting(ev)
     for i, state in enumerate(cands):
@@ -138,7 +143,8 @@ def adaptive(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tu
             a = 1e-3 if a < 1e-3 else (1.0 if a > 1.0 else a)
         else:
             a = rng.betavariate(alpha, beta) or 1e-3
-        value = ev.quality[i] * (a / mean_a) ** exp_a * load_factor(state)
+        speed = _exp(sigma * gauss(0.0, 1.0) / _sqrt(ev.evidence[i]))
+        value = ev.quality[i] * (a / mean_a) ** exp_a * speed * load_factor(state)
         if value > best_value:
             best, best_value = i, value
     return best, "adaptive_sample"
