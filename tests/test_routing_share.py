@@ -135,6 +135,36 @@ async def test_the_gateway_learns_which_upstream_slows_down_as_calls_pile_up(gat
     assert small > 3 * large, (small, large)  # (both shrunk toward 0: few loads far from the mean)
 
 
+async def test_a_faster_upstream_whose_failures_take_a_second_loses_to_a_steady_one(gateway_settings: Settings,
+                                                                                  tmp_path: Path) -> None:
+    """`flaky` answers in 20 ms, but one call in ten fails with a 503 after 1 s; `steady`
+    answers every call in 40 ms. Counting a failure by the time it costs (20 ms + 10% of
+    1 s is 120 ms a call), the gateway sends most of the traffic to steady; by
+    availability alone (0.9² × twice the speed) flaky would keep it."""
+    from starlette.responses import JSONResponse
+
+    calls: Counter[str] = Counter()
+
+    class Failed(Exception):
+        pass
+
+    @asynccontextmanager
+    async def wait(model: str) -> AsyncIterator[None]:
+        calls[model] += 1
+        if model == "m-flaky" and calls[model] % 10 == 0:
+            await asyncio.sleep(1.0)
+            raise Failed
+        await asyncio.sleep(0.02 if model == "m-flaky" else 0.04)
+        yield
+
+    app = chat_upstream(wait)
+    app.add_exception_handler(Failed, lambda request, exc: JSONResponse({"error": "overloaded"}, status_code=503))
+    async with gateway_before(app, ("flaky", "steady"), gateway_settings, tmp_path) as client:
+        served = await load(client, callers=8, seconds=10.0)
+    late = Counter(name for at, name in served if at >= 5.0)
+    assert late["steady"] > 3 * late["flaky"], (late, calls)
+
+
 async def test_an_auto_hedge_asks_another_upstream_when_a_call_runs_far_past_its_mean(
         gateway_settings: Settings, tmp_path: Path) -> None:
     """`first` answers in 20 ms, but its fourth call hangs for 3 s; `hedge_after_ms: "auto"`
