@@ -134,6 +134,20 @@ def test_a_provider_slow_all_along_is_looked_at_less_often_than_one_that_slowed_
     assert r.decide(snapshot(best, always)).provider == "always"
 
 
+def test_a_cold_starts_verdict_is_checked_at_once_but_not_that_of_a_provider_slow_all_along() -> None:
+    """Both hold a sliver of the evidence and looked 20 times slower than the best: `cold`
+    from its first 4 answers (a cold start), so it is looked at again within a second;
+    `slow` from 40 answers over minutes, so it waits for its √r interval."""
+    best = state("best", norm=0.010, weight=1000)
+    cold = state("cold", norm=0.200, weight=2, latency_history=0.200, history_weight=4)
+    slow = state("slow", norm=0.200, weight=2, latency_history=0.200, history_weight=40)
+    for quiet in (cold, slow):
+        quiet.last_success = NOW - 1
+    r = router(RoutingStrategy.latency)
+    assert r.decide(snapshot(best, cold)).provider == "cold"
+    assert r.decide(snapshot(best, slow)).provider == "best"
+
+
 def test_a_failure_costs_the_time_it_took() -> None:
     """Both fail 3% of the time. `timeouts` is 10% faster when it answers, but its
     failures take 20 s before the caller can fail over (3% × 20 s outweighs 10% of a

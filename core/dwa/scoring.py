@@ -43,10 +43,13 @@ state.py; everything already decayed to `now` by elapsed time):
                    best's latencies, so one that has been that slow all along (over
                    the 10 min memory of m, `latency_history`) is looked at every
                    30 s × √r (a √ because the cost of noticing a recovery late grows
-                   with the interval too); one that slowed lately, every 30 s. So too, after 0.5 s, for a
-                   candidate holding less than 0.5% of the candidates' evidence: a
-                   verdict drawn from a few answers (a cold start's) is checked at once
-                   when traffic is heavy, at a cost of at most that share of it. Such a
+                   with the interval too); one that slowed lately, every 30 s. So too,
+                   after 0.5 s, for a candidate holding less than 0.5% of the
+                   candidates' evidence: a verdict drawn from a few answers (a cold
+                   start's) is checked at once when traffic is heavy, at a cost of at
+                   most that share of it; for one that looked slower than the best,
+                   only while its long memory holds fewer than 8 answers (a cold
+                   start's verdict, not that of a provider slow all along). Such a
                    call is a fresh look: its latency replaces the old means instead of
                    joining them (the Lua's `fresh`), so one answer undoes the verdict.
                    W' = W + calls in flight: pending calls count at the current mean
@@ -193,6 +196,7 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
     stale_before = now - config.explore_after_s
     recent_before = now - config.explore_min_s
     scarce = sum(weight for weight, _ in observed) * config.explore_share
+    few = config.explore_few_answers
     avails: list[float] = []
     latencies: list[float] = []
     exploring: list[bool] = []
@@ -205,7 +209,8 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
         if mean > 0.0:
             r = min(mean, state.latency_history or mean) / best
             stale = stale_before if r <= 1.0 else now - config.explore_after_s * math.sqrt(r)
-            if state.last_success < stale or (weight < scarce and state.last_success < recent_before):
+            if state.last_success < stale or (weight < scarce and state.last_success < recent_before
+                                              and (r <= 1.0 or state.history_weight < few)):
                 weight, fresh = 0.0, True  # nothing heard for a while, or too little of the traffic: look again
         unproven.append(state.in_flight >= weight + ramp)
         if mean > 0.0:

@@ -95,7 +95,8 @@ class ProviderState:
     load_mean: float = 0.0   # decayed means of the load, load × latency_norm sample, load²
     load_cross: float = 0.0  # (see scripts.py): latency_norm as a function of the load
     load_sq: float = 0.0
-    latency_history: float = 0.0  # latency_norm over a long memory (history_half_life_s)
+    latency_history: float = 0.0  # latency_norm over a long memory (history_half_life_s)...
+    history_weight: float = 0.0   # ...and its samples, so decayed (not decayed to `now`)
     failure_time: float = 0.0  # the mean duration of the failures counted in `failures` (s)
     log_mean: float = 0.0
     log_sq: float = 0.0
