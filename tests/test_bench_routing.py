@@ -104,3 +104,27 @@ async def test_an_auto_hedge_follows_the_picked_providers_mean_latency(kv: Any) 
     slow = sum(r.arrival >= 20 for r in requests)
     assert run.hedges == slow and run.errors == 0
     assert sorted(round(x, 3) for x in run.latencies) == [0.1] * (len(requests) - slow) + [0.4] * slow
+
+
+
+def test_seeds_average_a_scenarios_runs_under_different_luck(tmp_path: Any) -> None:
+    """`--seeds 2` reports, per strategy, the mean of the runs with the scenario's seed and
+    with seed + 1000: what each gives alone."""
+    import json
+
+    from bench.routing.__main__ import main
+    from bench.routing.scenario import SCENARIO_DIR
+
+    source = json.loads((SCENARIO_DIR / "steady.json").read_text())
+
+    def run(seed: int, *extra: str) -> float:
+        scenario, out = tmp_path / f"steady-{seed}.json", tmp_path / f"out-{seed}-{len(extra)}.json"
+        scenario.write_text(json.dumps(dict(source, seed=seed)))
+        assert main(["--quick", "--scenario", str(scenario), "--strategies", "oracle,random", "--json", str(out),
+                     *extra]) == 0
+        return json.loads(out.read_text())["scenarios"]["steady"]["random"]["mean_latency_ms"]
+
+    seed = source["seed"]
+    first, second = run(seed), run(seed + 1000)
+    assert first != second  # another seed, other luck
+    assert run(seed, "--seeds", "2") == pytest.approx((first + second) / 2)

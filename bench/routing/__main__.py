@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ STRATEGIES = ("load_balanced", "round_robin", "random", "priority", "latency", "
               "litellm_shuffle", "litellm_latency", "oracle")
 DWA_STRATEGIES = STRATEGIES[:7]
 HEDGED = ("load_balanced+hedge", "adaptive+hedge")  # with --hedge-after-ms: the gateway's hedge_after_ms
+SEED_STEP = 1000  # --seeds N runs a scenario with its seed, seed + 1000, ...
 
 
 def make_policy(name: str, scenario: Scenario, world: Any, kv: Any, run_id: str) -> Any:
@@ -79,8 +81,28 @@ def largest_share(attempts: dict[str, list[float]], after_s: float | None) -> fl
     return max(late) / sum(late) if sum(late) else None
 
 
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from a scenario's runs under several seeds: each metric's mean (the
+    regret too, each run's against its own oracle), the counts summed, the identical
+    providers' largest share the worst of the runs; the recovery and the plot's shares
+    are the first run's."""
+    if len(runs) == 1:
+        return runs[0]
+    out: dict[str, Any] = {}
+    for name, first in runs[0].items():
+        entries = [run[name] for run in runs]
+        shares = [e["largest_share"] for e in entries if e["largest_share"] is not None]
+        out[name] = dict(first, metrics={key: sum(e["metrics"][key] for e in entries) / len(entries)
+                                         for key in first["metrics"]},
+                         largest_share=max(shares) if shares else None,
+                         wall_s=sum(e["wall_s"] for e in entries),
+                         **{key: sum(e[key] for e in entries)
+                            for key in ("failovers", "hedges", "errors", "rate_limited", "requests")})
+    return out
+
+
 async def run_all(scenarios: list[Scenario], strategies: tuple[str, ...],
-                  hedge_after_s: float | str | None = None) -> dict[str, dict[str, Any]]:
+                  hedge_after_s: float | str | None = None, seeds: int = 1) -> dict[str, dict[str, Any]]:
     from core.embedded import start_redis
     from core.kv import RedisKV
 
@@ -92,18 +114,23 @@ async def run_all(scenarios: list[Scenario], strategies: tuple[str, ...],
             run_id = f"bench-{uuid.uuid4().hex[:8]}"
             for scenario in scenarios:
                 started = time.perf_counter()
-                results[scenario.name] = await run_scenario(scenario, strategies, kv, run_id, hedge_after_s)
+                runs = [await run_scenario(replace(scenario, seed=scenario.seed + SEED_STEP * k), strategies, kv,
+                                           f"{run_id}:{k}", hedge_after_s) for k in range(seeds)]
+                results[scenario.name] = combine(runs)
                 print(report_scenario(scenario, results[scenario.name],
-                                      time.perf_counter() - started), flush=True)
+                                      time.perf_counter() - started, seeds), flush=True)
         finally:
             await kv.close()
     return results
 
 
-def report_scenario(scenario: Scenario, result: dict[str, Any], wall: float) -> str:
+def report_scenario(scenario: Scenario, result: dict[str, Any], wall: float, seeds: int = 1) -> str:
     lines = [f"\n== {scenario.name}: {scenario.description}",
              f"   {scenario.duration_s:.0f} simulated s, {scenario.rate_per_s:g} req/s, "
              f"{scenario.instances} instance(s), {len(scenario.providers)} providers; ran in {wall:.1f} s"]
+    if seeds > 1:
+        lines.append(f"   the mean of {seeds} runs, seeds {scenario.seed} to "
+                     f"{scenario.seed + SEED_STEP * (seeds - 1)} by {SEED_STEP} (counts: their sum)")
     header = f"   {'strategy':<16}{'mean ms':>9}{'p95 ms':>9}{'success':>9}{'cost $':>9}{'regret':>9}{'failover':>9}"
     lines.append(header)
     for name, entry in result.items():
@@ -207,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hedge-after-ms", metavar="MS|auto",
                         help="also run load_balanced and adaptive with requests hedged after MS "
                              "(auto: twice the picked provider's mean latency, as the gateway's)")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="run each scenario with N seeds and report the means (one seed's luck "
+                             "moves a scenario's regret by several points)")
     parser.add_argument("--micro", action="store_true",
                         help="only measure CPU per routing decision for 10 providers")
     args = parser.parse_args(argv)
@@ -248,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         if hedge != "auto" and hedge <= 0:  # type: ignore[operator]
             parser.error("--hedge-after-ms is a positive number of milliseconds, or auto")
         strategies += HEDGED
-    results = asyncio.run(run_all(scenarios, strategies, hedge))
+    if args.seeds < 1:
+        parser.error("--seeds is a positive number of runs per scenario")
+    results = asyncio.run(run_all(scenarios, strategies, hedge, args.seeds))
     print("\n".join(check_targets(results)))
     print(f"\ntotal wall time {time.perf_counter() - started:.1f} s")
 
