@@ -43,7 +43,8 @@ _SQRT2 = math.sqrt(2.0)
 _exp = math.exp  # a global, not an attribute lookup: decode_state runs per candidate
 
 # The fields a routing decision needs, in the order HMGET returns them.
-HOT_FIELDS = ("t", "s", "f", "ew", "nm", "ls", "rl", "ho", "ou", "pu", "fe", "fm", "lm", "qn", "qx", "qq", "fd", "hm", "hw", "l1", "l2")
+HOT_FIELDS = ("t", "s", "f", "ew", "nm", "ls", "rl", "ho", "ou", "pu", "fe", "fm", "lm", "qn", "qx", "qq",
+              "fd", "hm", "hw", "l1", "l2")
 
 
 class DWAStore(Protocol):
