@@ -148,6 +148,16 @@ def test_a_cold_starts_verdict_is_checked_at_once_but_not_that_of_a_provider_slo
     assert r.decide(snapshot(best, slow)).provider == "best"
 
 
+def test_a_stream_goes_to_the_quicker_first_token_though_whole_replies_keep_it_busy() -> None:
+    """Streams are rare here: each deployment has one TTFT sample but a hundred answers.
+    `quick` starts streaming ten times sooner and has five whole replies in flight;
+    that is no reason to send the stream to the idle `slow` (its answers prove it)."""
+    quick = state("quick", weight=100, ttft_weight=1.0, ttft_mean=0.1, in_flight=5)
+    slow = state("slow", weight=100, ttft_weight=1.0, ttft_mean=1.0)
+    r = router()
+    assert {r.decide(snapshot(quick, slow), stream=True).provider for _ in range(20)} == {"quick"}
+
+
 def test_a_failure_costs_the_time_it_took() -> None:
     """Both fail 3% of the time. `timeouts` is 10% faster when it answers, but its
     failures take 20 s before the caller can fail over (3% × 20 s outweighs 10% of a
