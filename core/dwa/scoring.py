@@ -43,7 +43,8 @@ state.py; everything already decayed to `now` by elapsed time):
                    best's latencies, so one that has been that slow all along (over
                    the 10 min memory of m, `latency_history`) is looked at every
                    30 s × √r (a √ because the cost of noticing a recovery late grows
-                   with the interval too); one that slowed lately, every 30 s. So too,
+                   with the interval too); one that slowed lately, and any for a
+                   stream (the long memory is of whole replies), every 30 s. So too,
                    after 0.5 s, for a candidate holding less than 0.5% of the
                    candidates' evidence: a verdict drawn from a few answers (a cold
                    start's) is checked at once when traffic is heavy, at a cost of at
@@ -207,7 +208,8 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
         avails.append(availability(state.successes, state.failures, config))
         fresh = False
         if mean > 0.0:
-            r = min(mean, state.latency_history or mean) / best
+            # how much slower it has been (the long memory is of whole replies: streams keep 30 s)
+            r = 1.0 if stream else min(mean, state.latency_history or mean) / best
             stale = stale_before if r <= 1.0 else now - config.explore_after_s * math.sqrt(r)
             if state.last_success < stale or (weight < scarce and state.last_success < recent_before
                                               and (r <= 1.0 or state.history_weight < few)):
