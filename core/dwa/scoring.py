@@ -214,10 +214,9 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
             if state.last_success < stale or (weight < scarce and state.last_success < recent_before
                                               and (r <= 1.0 or state.history_weight < few)):
                 weight, fresh = 0.0, True  # nothing heard for a while, or too little of the traffic: look again
+            weight += state.in_flight  # pending calls, imputed at the current mean
         # answers of any kind prove it (latency_weight counts streams too; in_flight, all calls)
         unproven.append(state.in_flight >= (0.0 if fresh else state.latency_weight) + ramp)
-        if mean > 0.0:
-            weight += state.in_flight  # pending calls, imputed at the current mean
         latencies.append((weight * mean + k0 * prior) / (weight + k0))
         evidence.append(weight + k0)
         exploring.append(fresh and not state.in_flight)
