@@ -49,10 +49,13 @@ state.py; everything already decayed to `now` by elapsed time):
                    candidates' evidence: a verdict drawn from a few answers (a cold
                    start's) is checked at once when traffic is heavy, at a cost of at
                    most that share of it; for one that looked slower than the best,
-                   only while its long memory holds fewer than 8 answers (a cold
-                   start's verdict, not that of a provider slow all along). Such a
-                   call is a fresh look: its latency replaces the old means instead of
-                   joining them (the Lua's `fresh`), so one answer undoes the verdict.
+                   only until 2 such looks (`looks`, over the long memory) have
+                   confirmed it: a cold start's verdict was never checked, however
+                   many answers it drew from (a twin that lost the race out of its cold
+                   start holds a dozen), and a provider slow all along is not looked
+                   at twice a second. Such a call is a fresh look: its latency
+                   replaces the old means instead of joining them (the Lua's `fresh`),
+                   so one answer undoes the verdict.
                    W' = W + calls in flight: pending calls count at the current mean
                    (the "kriging believer" for pending observations), so while the
                    answer to one exploratory call is awaited, no more are sent. And a
@@ -197,7 +200,7 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
     stale_before = now - config.explore_after_s
     recent_before = now - config.explore_min_s
     scarce = sum(weight for weight, _ in observed) * config.explore_share
-    few = config.explore_few_answers
+    confirmed = config.explore_looks
     avails: list[float] = []
     latencies: list[float] = []
     exploring: list[bool] = []
@@ -212,7 +215,7 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
             r = 1.0 if stream else min(mean, state.latency_history or mean) / best
             stale = stale_before if r <= 1.0 else now - config.explore_after_s * math.sqrt(r)
             if state.last_success < stale or (weight < scarce and state.last_success < recent_before
-                                              and (r <= 1.0 or state.history_weight < few)):
+                                              and (r <= 1.0 or state.looks < confirmed)):
                 weight, fresh = 0.0, True  # nothing heard for a while, or too little of the traffic: look again
             weight += state.in_flight  # pending calls, imputed at the current mean
         # answers of any kind prove it (latency_weight counts streams too; in_flight, all calls)

@@ -23,6 +23,8 @@ The provider hash (KEYS[1]) holds, by field:
              load, by least squares (see scoring.py); same weight lw
     hw, hm   the same for nm over a long memory (history_half_life_s), not restarted
              by a fresh look: how fast the provider has been, not just lately
+    hx       fresh looks answered, decayed over that long memory: how often a verdict
+             was checked (a cold start's never was; see scoring.py)
     fw, fm   the same for time to first token (streams)
     pw, pm   the same for seconds per output token
     ew, fe   latency / TTFT samples decayed with evidence_half_life_s (slower): how
@@ -45,11 +47,11 @@ from core.kv import Script
 # Every numeric field, in the order the script reads and writes them.
 FIELDS = ("t", "s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe", "pw", "pm", "cf", "ho",
           "ou", "tr", "pu", "rl", "n", "ok", "ko", "rlc", "ce", "ti", "to", "c", "ls", "le", "qn", "qx", "qq",
-          "fd", "hw", "hm")
+          "fd", "hw", "hm", "hx")
 # Statistics, written with 10 significant digits (short strings parse faster on every
 # read); times, counters and money are written in full (%.17g).
 SHORT = frozenset(("s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe", "pw", "pm", "qn", "qx", "qq",
-                   "fd", "hw", "hm"))
+                   "fd", "hw", "hm", "hx"))
 
 # ARGV, in order (store.py builds them).
 RECORD_ARGS = ("now", "kind", "latency", "ttft", "tin", "tout", "cost", "retry", "eclass", "instance",
@@ -86,13 +88,17 @@ local function decay(half_life) return math.exp(-0.6931471805599453 * dt / half_
 local da, dl, de = decay(hl_av), decay(hl_lat), decay(hl_ev)
 h.s = h.s * da; h.f = h.f * da
 h.lw = h.lw * dl; h.fw = h.fw * dl; h.pw = h.pw * dl
-h.ew = h.ew * de; h.fe = h.fe * de; h.hw = h.hw * decay(hl_hist)
+local dh = decay(hl_hist)
+h.ew = h.ew * de; h.fe = h.fe * de; h.hw = h.hw * dh; h.hx = h.hx * dh
 
 h.n = h.n + 1
 h.ti = h.ti + tin; h.to = h.to + tout; h.c = h.c + cost
 if kind == 'ok' then
   -- a fresh look (see Outcome.fresh): the means start again from this sample
-  if fresh == '1' then h.lw = 0; h.fw = 0; h.pw = 0; if h.s + h.f > 0 then h.f = h.f * h.s / (h.s + h.f) end end
+  if fresh == '1' then
+    h.lw = 0; h.fw = 0; h.pw = 0; h.hx = h.hx + 1
+    if h.s + h.f > 0 then h.f = h.f * h.s / (h.s + h.f) end
+  end
   h.ok = h.ok + 1; h.s = h.s + 1; h.cf = 0
   local x = math.max(latency, 0.000001)
   local lx = math.log(x)

@@ -96,7 +96,7 @@ class ProviderState:
     load_cross: float = 0.0  # (see scripts.py): latency_norm as a function of the load
     load_sq: float = 0.0
     latency_history: float = 0.0  # latency_norm over a long memory (history_half_life_s)...
-    history_weight: float = 0.0   # ...and its samples so decayed, as of the last outcome
+    looks: float = 0.0  # ...and the fresh looks answered in it, as of the last outcome
     failure_time: float = 0.0  # the mean duration of the failures counted in `failures` (s)
     log_mean: float = 0.0
     log_sq: float = 0.0

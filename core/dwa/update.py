@@ -43,7 +43,9 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
         h[name] *= dl
     for name in ("ew", "fe"):
         h[name] *= de
-    h["hw"] *= decay(config.history_half_life_s)
+    dh = decay(config.history_half_life_s)
+    h["hw"] *= dh
+    h["hx"] *= dh
 
     h["n"] += 1
     h["ti"] += tin
@@ -52,6 +54,7 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
     if kind is OutcomeKind.SUCCESS:
         if outcome.fresh:  # a fresh look: the means restart from this sample
             h["lw"] = h["fw"] = h["pw"] = 0.0
+            h["hx"] += 1
             if h["s"] + h["f"] > 0:  # and the failures count as much as they said it fails
                 h["f"] *= h["s"] / (h["s"] + h["f"])
         h["ok"] += 1
