@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import random
 import uuid
 from collections import Counter
@@ -140,6 +141,37 @@ async def test_a_provider_judged_slow_on_a_few_samples_is_looked_at_afresh_and_s
     # within 15 s (once its evidence, decaying, is 0.5% of all), not after 30 s × √9
     assert looks and looks[0][1] == "alpha" and looks[0][0] < 3000, looks[:3]
     assert 0.4 <= picks["alpha"] / 2000 <= 0.6, picks  # and it shares half, from 20 s to 30 s
+
+
+async def test_a_provider_whose_timeouts_cost_30_s_gets_its_traffic_back_once_it_recovers(
+        kv: KV, ns: str) -> None:
+    """alpha answers in about 1 s and beta in 1.3 s, 5 calls a second; from 60 s to 120 s,
+    40% of alpha's calls hang until a 30 s timeout, and the traffic leaves it. Once it
+    has recovered, a look finds it answering and the traffic comes back: the spell's
+    failures are not kept on the books for minutes (before: one call in 30 s to alpha
+    for the 3 minutes after, its failure rate from then times 30 s held against it)."""
+    store = RedisDWAStore(kv, [ProviderProfile("alpha"), ProviderProfile("beta")], namespace=ns)
+    router = Router(store, rng=random.Random(5))
+    draws = random.Random(7)
+    finishing: list[tuple[float, int, Outcome]] = []  # calls in flight, by when they end
+    shares: dict[int, Counter[str]] = {}
+    now = T0
+    for call in range(1500):
+        while finishing and finishing[0][0] <= now:
+            await router.record(heapq.heappop(finishing)[2])
+        decision = await router.pick(["alpha", "beta"], now)
+        name = decision.provider
+        hangs = name == "alpha" and 60 <= now - T0 < 120 and draws.random() < 0.4
+        latency = 30.0 if hangs else (1.0 if name == "alpha" else 1.3) * draws.lognormvariate(0.0, 0.2)
+        heapq.heappush(finishing, (now + latency, call, Outcome(
+            name, OutcomeKind.FAILURE if hangs else OutcomeKind.SUCCESS, latency, now + latency,
+            output_tokens=0 if hangs else 200, error="timeout" if hangs else None, fresh=decision.explore,
+            load=decision.load)))
+        shares.setdefault(int(now - T0) // 30, Counter())[name] += 1
+        now += 0.2
+    assert shares[3]["beta"] > 0.9 * 150, shares  # the spell: traffic left alpha
+    back = shares[5] + shares[6]  # from 30 s after the recovery
+    assert back["alpha"] > 0.8 * 300, shares
 
 
 def test_a_long_call_is_suspected_sooner_at_a_provider_that_has_been_failing() -> None:

@@ -13,9 +13,13 @@ state.py; everything already decayed to `now` by elapsed time):
                    calls running unusually long, each by the chance it is a failure
                    (failures in progress, StoreBase.mark_overdue): a provider that
                    hangs is left before its first timeout comes back. A fresh look
-                   (below) that succeeds also discounts F by S / (S + F): a provider
-                   that failed 40% of its calls and answers again is believed sooner
-                   than one that fails 3% of them.
+                   (below) that succeeds clears F: traffic left the provider for its
+                   failures, so only a look can tell the spell is over, and the ramp
+                   rule (below) bounds what a lucky look at one still failing costs
+                   (its calls running long count again within seconds). With S and F
+                   decaying together, the spell's failure rate would otherwise outlive
+                   it: a provider that timed out 40% of its calls for two minutes got
+                   one call in 30 s for minutes after it recovered.
 
     latency        L = (W'·m + k₀·L*) / (W' + k₀)
                    m: the decayed mean of latency / (output tokens + 40), with a 6 s
@@ -64,12 +68,16 @@ state.py; everything already decayed to `now` by elapsed time):
                    tail's lucky draw, earns one call more at a time, not the traffic;
                    a provider really that fast ramps up, doubling per latency.
 
-    expected time  E = L + (1 − a) · T_f
+    expected time  E = L + F / (S + F + α₀ + β₀) · T_f
                    T_f: the decayed mean time its failures took (in the units of L: a
                    non-stream's divided by its replies' mean size), so a provider that
                    fails 3% of its calls by a 20 s timeout is 30% slower than it looks
-                   when it answers, and one whose failures are quick 503s is not. Left
-                   out for a fresh look, which would otherwise never happen.
+                   when it answers, and one whose failures are quick 503s is not. The
+                   failure rate is the evidence's, without the prior's β₀: the prior is
+                   a doubt about a provider little heard from, not a failure that costs
+                   T_f (at 5% × a 28 s T_f it kept a recovered provider looking 70%
+                   slower than it answers). Left out for a fresh look, which would
+                   otherwise never happen.
 
     speed          v = min(E) / E                          (1 for the fastest candidate)
     price factor   c = (min(P) + ε) / (P + ε)              P: blended price per 1k tokens
@@ -223,7 +231,7 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
         latencies.append((weight * mean + k0 * prior) / (weight + k0))
         evidence.append(weight + k0)
         exploring.append(fresh and not state.in_flight)
-    costs = _with_failures(states, avails, latencies, exploring, stream)
+    costs = _with_failures(states, latencies, exploring, stream, config)
     prices = [state.profile.unit_price for state in states]
     cheapest = min(prices)
     fastest = min(costs)
@@ -238,11 +246,12 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
     return Evaluation(avails, latencies, speeds, prices, qualities, exploring, unproven, evidence)
 
 
-def _with_failures(states: Sequence[ProviderState], avails: list[float], latencies: list[float],
-                   exploring: list[bool], stream: bool) -> list[float]:
-    """Each candidate's expected time to an answer, in the units of `latencies`: L + (1 − a)
-    × the mean time its failures took (converted like latency: a non-stream's failure time
-    is divided by its replies' mean size, latency_mean / latency_norm)."""
+def _with_failures(states: Sequence[ProviderState], latencies: list[float], exploring: list[bool],
+                   stream: bool, config: DWAConfig) -> list[float]:
+    """Each candidate's expected time to an answer, in the units of `latencies`: L + the
+    evidence's failure rate × the mean time its failures took (converted like latency: a
+    non-stream's failure time is divided by its replies' mean size, latency_mean /
+    latency_norm)."""
     if not any(state.failure_time for state in states):
         return latencies
     scale = 0.0  # seconds → the latency unit, from a candidate that has both means
@@ -251,14 +260,16 @@ def _with_failures(states: Sequence[ProviderState], avails: list[float], latenci
             if state.latency_mean > 0.0 and state.latency_norm > 0.0:
                 scale = state.latency_norm / state.latency_mean
                 break
+    prior = config.prior_success + config.prior_failure
     costs = []
-    for state, a, latency, fresh in zip(states, avails, latencies, exploring):
+    for state, latency, fresh in zip(states, latencies, exploring):
         tf = state.failure_time
         if tf > 0.0 and not fresh:
             if not stream:
                 own = state.latency_norm / state.latency_mean if state.latency_mean > 0.0 else scale
                 tf *= own
-            latency += (1.0 - a) * tf
+            f = state.failures
+            latency += f / (state.successes + f + prior) * tf
         costs.append(latency)
     return costs
 

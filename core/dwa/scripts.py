@@ -94,10 +94,10 @@ h.ew = h.ew * de; h.fe = h.fe * de; h.hw = h.hw * dh; h.hx = h.hx * dh
 h.n = h.n + 1
 h.ti = h.ti + tin; h.to = h.to + tout; h.c = h.c + cost
 if kind == 'ok' then
-  -- a fresh look (see Outcome.fresh): the means start again from this sample
+  -- a fresh look (see Outcome.fresh): the means start again from this sample, and
+  -- the failures that kept traffic away are over (see scoring.py)
   if fresh == '1' then
-    h.lw = 0; h.fw = 0; h.pw = 0; h.hx = h.hx + 1
-    if h.s + h.f > 0 then h.f = h.f * h.s / (h.s + h.f) end
+    h.lw = 0; h.fw = 0; h.pw = 0; h.f = 0; h.hx = h.hx + 1
   end
   h.ok = h.ok + 1; h.s = h.s + 1; h.cf = 0
   local x = math.max(latency, 0.000001)

@@ -55,8 +55,7 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
         if outcome.fresh:  # a fresh look: the means restart from this sample
             h["lw"] = h["fw"] = h["pw"] = 0.0
             h["hx"] += 1
-            if h["s"] + h["f"] > 0:  # and the failures count as much as they said it fails
-                h["f"] *= h["s"] / (h["s"] + h["f"])
+            h["f"] = 0.0  # and the failures that kept traffic away are over
         h["ok"] += 1
         h["s"] += 1
         h["cf"] = 0
