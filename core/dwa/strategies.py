@@ -112,9 +112,10 @@ def adaptive(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tu
     For each candidate draw a success probability from its decayed posterior
     Beta(α₀ + S, β₀ + F), and a latency around its estimate with the standard error of a
     mean of W' samples (ln-spread latency_draw_sigma / √W'), and take the best draw of
-    the quality formula (times the load factor). A provider that failed a little lately
-    has a wide posterior and keeps getting an occasional request, in proportion to the
-    chance it is actually the best; two providers as fast as each other share the load
+    the quality formula on the speed load_balanced samples on (`tolerant`: within 2% of
+    the fastest counts as as fast), times the load factor. A provider that failed a
+    little lately has a wide posterior and keeps getting an occasional request, in
+    proportion to the chance it is actually the best; two providers as fast as each other share the load
     (their means are known to a few percent), and one 25% slower gets none.
 
     The latency draw explores little: a provider known from one sample has a wide draw,
@@ -144,7 +145,8 @@ def adaptive(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tu
         else:
             a = rng.betavariate(alpha, beta) or 1e-3
         speed = _exp(sigma * gauss(0.0, 1.0) / _sqrt(ev.evidence[i]))
-        value = ev.quality[i] * (a / mean_a) ** exp_a * speed * load_factor(state)
+        v = ev.speed[i]
+        value = ev.quality[i] * tolerant(v, config) / v * (a / mean_a) ** exp_a * speed * load_factor(state)
         if value > best_value:
             best, best_value = i, value
     return best, "adaptive_sample"
