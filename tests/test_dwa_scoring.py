@@ -135,7 +135,7 @@ def test_a_provider_slow_all_along_is_looked_at_less_often_than_one_that_slowed_
 
 
 def test_a_cold_starts_verdict_is_checked_at_once_but_not_that_of_a_provider_slow_all_along() -> None:
-    """All hold a sliver of the evidence and look 20 times slower than the best. `cold`
+    """All hold a sliver of the evidence and look 13 to 20 times slower than the best. `cold`
     and `raced` from a cold start: its first 4 answers, or the dozen `raced` drew while
     losing the race out of it (a CI run starved a twin that way); no look has checked
     either verdict, so each is looked at again within a second. `slow`'s verdict two
@@ -312,7 +312,7 @@ def test_adaptive_mostly_exploits_and_still_explores_an_uncertain_provider() -> 
 def test_providers_within_the_timing_noise_of_each_other_share_evenly(strategy: RoutingStrategy) -> None:
     """Two identical deployments whose means the gateway's own timing noise put 1.5%
     apart: neither strategy takes that for a difference (adaptive's narrow latency draws
-    gave the "faster" one 64%)."""
+    gave the "faster" one 63%)."""
     snap = snapshot(state("one", norm=0.01000, weight=100), state("two", norm=0.01015, weight=100))
     r = router(strategy)
     picks = Counter(r.decide(snap).provider for _ in range(4000))
