@@ -276,9 +276,8 @@ class RedisDWAStore(StoreBase):
         self._record_args = (
             cfg.availability_half_life_s, cfg.latency_half_life_s, cfg.failure_threshold,
             cfg.cooldown_s, cfg.cooldown_max_s, cfg.rate_limit_default_s, cfg.state_ttl_s,
-            cfg.in_flight_max_age_s, cfg.ttft_tokens, cfg.evidence_half_life_s,
+            cfg.in_flight_max_age_s, cfg.ttft_tokens, cfg.evidence_half_life_s, cfg.history_half_life_s,
         )
-        self._history_arg = cfg.history_half_life_s
 
     # -- keys --------------------------------------------------------------------------
     def _keys_for(self, name: str) -> tuple[str, str]:
@@ -367,7 +366,6 @@ class RedisDWAStore(StoreBase):
             repr(float(outcome.ttft_s or 0.0)), int(outcome.input_tokens), int(outcome.output_tokens),
             repr(cost), repr(float(outcome.retry_after_s or 0.0)), outcome.error or outcome.kind.value,
             self.instance_id, left, *self._record_args, "1" if outcome.fresh else "0", outcome.load,
-            self._history_arg,
         )
         return RECORD.command(self._keys_for(name), args)
 

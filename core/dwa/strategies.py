@@ -56,6 +56,11 @@ def _waiting(ev: Evaluation) -> list[bool]:
     return unproven if not all(unproven) else [False] * len(unproven)
 
 
+def _tolerant_quality(q: float, v: float, config: DWAConfig) -> float:
+    """q̂: the quality with its speed v read within the speed tolerance (scoring.tolerant)."""
+    return q * tolerant(v, config) / v
+
+
 def load_balanced(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tuple[int, str]:
     """Sample ∝ (quality, within the speed tolerance)^sharpness × load factor (see scoring.py)."""
     config = ctx.config
@@ -63,7 +68,7 @@ def load_balanced(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) 
     weights = []
     total = 0.0
     for state, q, v, wait in zip(cands, ev.quality, ev.speed, _waiting(ev)):
-        w = 0.0 if wait else (q * tolerant(v, config) / v) ** gamma * load_factor(state)
+        w = 0.0 if wait else _tolerant_quality(q, v, config) ** gamma * load_factor(state)
         weights.append(w)
         total += w
     best = _argmax(ev.quality)
@@ -115,8 +120,9 @@ def adaptive(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tu
     the quality formula on the speed load_balanced samples on (`tolerant`: within 2% of
     the fastest counts as as fast), times the load factor. A provider that failed a
     little lately has a wide posterior and keeps getting an occasional request, in
-    proportion to the chance it is actually the best; two providers as fast as each other share the load
-    (their means are known to a few percent), and one 25% slower gets none.
+    proportion to the chance it is actually the best; two providers as fast as each
+    other share the load (their means are known to a few percent), and one 25% slower
+    gets none.
 
     The latency draw explores little: a provider known from one sample has a wide draw,
     but gets no more calls than its evidence allows until they answer (`unproven`).
@@ -145,8 +151,8 @@ def adaptive(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tu
         else:
             a = rng.betavariate(alpha, beta) or 1e-3
         speed = _exp(sigma * gauss(0.0, 1.0) / _sqrt(ev.evidence[i]))
-        v = ev.speed[i]
-        value = ev.quality[i] * tolerant(v, config) / v * (a / mean_a) ** exp_a * speed * load_factor(state)
+        value = (_tolerant_quality(ev.quality[i], ev.speed[i], config) * (a / mean_a) ** exp_a * speed
+                 * load_factor(state))
         if value > best_value:
             best, best_value = i, value
     return best, "adaptive_sample"
