@@ -19,7 +19,6 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.responses import Response
 
@@ -34,6 +33,7 @@ from core.providers.base import ProviderError
 from core.services import Services
 from functions.http import ApiError, JSONResponse, create_app, entry_points, services
 from functions.llm import LLM, Float, Int, on_behalf, routing_headers
+from functions.routing import LeanRoute
 
 # The anthropic-version values the surface accepts (what Anthropic's API and SDKs send);
 # answers have the Messages API's shape of 2023-06-01, which later versions extend.
@@ -62,7 +62,7 @@ def _invalid(exc: RequestValidationError) -> str:
     return "; ".join(problems) or "invalid request"
 
 
-class AnthropicRoute(APIRoute):
+class AnthropicRoute(LeanRoute):
     """A route whose errors, its key's and its body's included, have Anthropic's shape."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:

@@ -33,8 +33,9 @@ from core.services import Services
 from core.settings import RoutingStrategy
 from functions.http import JSONResponse, create_app, entry_points, error_body, services
 from functions.llm import LLM, CacheOptions, Float, Int, failure_of, no_deployment, on_behalf, refused, routing_headers
+from functions.routing import LeanRoute
 
-router = APIRouter(tags=["orchestrate"])
+router = APIRouter(tags=["orchestrate"], route_class=LeanRoute)
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")

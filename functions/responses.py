@@ -33,8 +33,9 @@ from core.services import Services
 from core.settings import RoutingStrategy
 from functions.http import ApiError, JSONResponse, create_app, entry_points, services
 from functions.llm import LLM, CacheOptions, Float, Int, failure_of, no_deployment, on_behalf, refused, routing_headers
+from functions.routing import LeanRoute
 
-router = APIRouter(tags=["responses"])
+router = APIRouter(tags=["responses"], route_class=LeanRoute)
 
 # `include` asks for extras of output this gateway never makes (reasoning, searches,
 # code runs, input images echoed), so there is nothing to add; except for this one.

@@ -1,0 +1,143 @@
+"""LeanRoute: FastAPI's APIRoute with a shorter path for the LLM routes' well-formed requests.
+
+FastAPI's handler reads the body, decides its content type through `email.message`,
+solves each dependency (a cache key, an exit stack and the parameter checks per node)
+and validates, whatever the route's shape. Measured in-process on this 2-core machine,
+an endpoint with a model body and two dependencies cost 85 µs of CPU per request, a
+Starlette route in the same FastAPI app 26 µs; on the gateway's chat route this path
+took a request from 2.25 to 1.89 million instructions (callgrind), about 15%.
+
+The route stays a FastAPI route (its OpenAPI schema, its dependencies as declared, its
+tests' view of who owns it); only the handler behind `get_route_handler` (FastAPI's
+documented hook for a custom route class) changes, and only for a route of this shape:
+
+- one body parameter, a pydantic model (not embedded), and no path, query, header or
+  cookie parameters, no `Response`/`BackgroundTasks`/security parameters, no response
+  model;
+- dependencies that are coroutine functions taking at most the `Request` and other such
+  dependencies (`services`, the `require(scope)` principals).
+
+A request takes the short path only when its body is JSON that the model accepts and no
+OpenTelemetry provider is observing it (FastAPI's telemetry then wants its operation
+spans). Anything else (no body, another content type, broken JSON, a body the model
+refuses) goes to FastAPI's own handler, which answers exactly as it always has; the body
+read once is cached by Starlette's Request, so it is not read twice. The short path
+solves the dependencies in FastAPI's order (each once per request), before the endpoint
+runs, so a missing key is refused as before.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import Request
+from fastapi import routing as fastapi_routing
+from fastapi.dependencies.models import Dependant
+from fastapi.encoders import jsonable_encoder
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from core import fastjson
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def _plain(dependant: Dependant, *, body: bool = False) -> bool:
+    """True if `dependant` is a coroutine function taking nothing but the request, other
+    such dependencies and (with `body`) its body."""
+    return (not (dependant.path_params or dependant.query_params or dependant.header_params
+                 or dependant.cookie_params or (dependant.body_params and not body))
+            and dependant.websocket_param_name is None and dependant.http_connection_param_name is None
+            and dependant.response_param_name is None and dependant.background_tasks_param_name is None
+            and dependant.security_scopes_param_name is None and dependant.use_cache
+            and inspect.iscoroutinefunction(dependant.call)
+            and all(_plain(sub) for sub in dependant.dependencies))
+
+
+def _model(route: APIRoute) -> type[BaseModel] | None:
+    """The route's body model if the route has the short path's shape, else None."""
+    dependant = route.dependant
+    if (len(dependant.body_params) != 1 or route.response_model not in (None, Any)
+            or getattr(route, "_embed_body_fields", True) or not _plain(dependant, body=True)):
+        return None
+    annotation = dependant.body_params[0].field_info.annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _included_elsewhere(route: APIRoute) -> bool:
+    """True while FastAPI builds this route's handler for an inclusion that changes its
+    dependencies (`include_router(..., dependencies=...)`): the short path, which reads
+    `route.dependant`, would not see them, so FastAPI's handler serves it."""
+    context_var = getattr(fastapi_routing, "_effective_route_context_var", None)
+    context = context_var.get() if context_var is not None else None
+    if context is None or getattr(context, "original_route", None) is not route:
+        return False
+    effective = getattr(context, "dependant", None)
+    return effective is None or [d.call for d in effective.dependencies] != [
+        d.call for d in route.dependant.dependencies]
+
+
+async def _solve(dependant: Dependant, request: Request, solved: dict[Any, Any]) -> Any:
+    if dependant.call in solved:
+        return solved[dependant.call]
+    kwargs: dict[str, Any] = {}
+    if dependant.request_param_name:
+        kwargs[dependant.request_param_name] = request
+    for sub in dependant.dependencies:
+        value = await _solve(sub, request, solved)
+        if sub.name:
+            kwargs[sub.name] = value
+    value = solved[dependant.call] = await dependant.call(**kwargs)  # type: ignore[misc]
+    return value
+
+
+def _json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    kind = content_type.partition(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+class LeanRoute(APIRoute):
+    """An APIRoute whose well-formed JSON requests skip FastAPI's generic handler (above)."""
+
+    def get_route_handler(self) -> Handler:
+        standard = super().get_route_handler()
+        model = _model(self)
+        if model is None or _included_elsewhere(self):
+            return standard
+        dependant = self.dependant
+        body_name = dependant.body_params[0].name
+        status_code = self.status_code
+        response_class = self.response_class
+        response_class = getattr(response_class, "value", response_class)  # FastAPI's Default(...)
+
+        async def handler(request: Request) -> Response:
+            if request.scope.get("fastapi.telemetry") is not None:
+                return await standard(request)
+            raw = await request.body()
+            if not raw or not _json(request.headers.get("content-type")):
+                return await standard(request)
+            try:
+                body = model.model_validate(fastjson.loads(raw))
+            except ValueError:  # broken JSON (orjson.JSONDecodeError) or a ValidationError
+                return await standard(request)  # its errors, worded as FastAPI words them
+            solved: dict[Any, Any] = {}
+            kwargs: dict[str, Any] = {}
+            if dependant.request_param_name:
+                kwargs[dependant.request_param_name] = request
+            for sub in dependant.dependencies:
+                value = await _solve(sub, request, solved)
+                if sub.name:
+                    kwargs[sub.name] = value
+            kwargs[body_name] = body
+            result = await dependant.call(**kwargs)  # type: ignore[misc]
+            if isinstance(result, Response):
+                return result
+            extra = {"status_code": status_code} if status_code is not None else {}
+            return response_class(jsonable_encoder(result), **extra)
+
+        return handler
