@@ -1,4 +1,4 @@
-"""A lean Redis client: RESP over asyncio, replies parsed by hiredis, commands pipelined.
+"""A lean Redis client: RESP over asyncio, commands packed and replies parsed by hiredis, pipelined.
 
 Why not redis-py's asyncio client: on the gateway's hot path its pipeline machinery
 (retry wrapper, per-reply timeout contexts, pure-Python connection reads) cost about
@@ -32,23 +32,8 @@ class ConnectionLost(ConnectionError):
 
 
 def pack(commands: Sequence[Sequence[Any]]) -> bytes:
-    parts: list[bytes] = []
-    append = parts.append
-    for command in commands:
-        append(b"*%d\r\n" % len(command))
-        for arg in command:
-            if isinstance(arg, bytes):
-                data = arg
-            elif isinstance(arg, str):
-                data = arg.encode()
-            elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
-                data = repr(arg).encode()
-            else:
-                raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
-            append(b"$%d\r\n" % len(data))
-            append(data)
-            append(b"\r\n")
-    return b"".join(parts)
+    """`commands` as RESP, in one buffer (hiredis's C encoder: str, bytes, int and float only)."""
+    return b"".join([hiredis.pack_command(tuple(command)) for command in commands])
 
 
 class _Protocol(asyncio.Protocol):
