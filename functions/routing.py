@@ -14,16 +14,18 @@ documented hook for a custom route class) changes, and only for a route of this 
 - one body parameter, a pydantic model (not embedded), and no path, query, header or
   cookie parameters, no `Response`/`BackgroundTasks`/security parameters, no response
   model;
-- dependencies that are coroutine functions taking at most the `Request` and other such
-  dependencies (`services`, the `require(scope)` principals).
+- dependencies, its router's and its inclusion's too, that are coroutine functions
+  taking at most the `Request` and other such dependencies (`services`, the
+  `require(scope)` principals).
 
 A request takes the short path only when its body is JSON that the model accepts and no
 OpenTelemetry provider is observing it (FastAPI's telemetry then wants its operation
 spans). Anything else (no body, another content type, broken JSON, a body the model
 refuses) goes to FastAPI's own handler, which answers exactly as it always has; the body
 read once is cached by Starlette's Request, so it is not read twice. The short path
-solves the dependencies in FastAPI's order (each once per request), before the endpoint
-runs, so a missing key is refused as before.
+solves the dependencies in FastAPI's order, each once per request, before the endpoint
+runs, so a request without a valid key is refused as before; a result that is not a
+Response is encoded as FastAPI would, with the app's or router's response class.
 """
 
 from __future__ import annotations
@@ -57,41 +59,40 @@ def _plain(dependant: Dependant, *, body: bool = False) -> bool:
             and all(_plain(sub) for sub in dependant.dependencies))
 
 
-def _model(route: APIRoute) -> type[BaseModel] | None:
-    """The route's body model if the route has the short path's shape, else None."""
-    dependant = route.dependant
-    if (len(dependant.body_params) != 1 or route.response_model not in (None, Any)
-            or getattr(route, "_embed_body_fields", True) or not _plain(dependant, body=True)):
+def _served(route: APIRoute) -> Any:
+    """What FastAPI serves `route` with: while it builds the handler of an inclusion
+    (FastAPI 0.16x's `include_router` keeps one route and builds a handler per inclusion,
+    under a context variable), that inclusion's dependant, response class and status,
+    which hold what the inclusion adds; otherwise the route's own."""
+    context_var = getattr(fastapi_routing, "_effective_route_context_var", None)
+    context = context_var.get() if context_var is not None else None
+    return context if context is not None and getattr(context, "original_route", None) is route else route
+
+
+def _model(served: Any) -> type[BaseModel] | None:
+    """The body model if what is served has the short path's shape, else None."""
+    dependant = getattr(served, "dependant", None)
+    if (dependant is None or len(dependant.body_params) != 1
+            or getattr(served, "response_model", None) not in (None, Any)
+            or getattr(served, "_embed_body_fields", True) or not _plain(dependant, body=True)):
         return None
     annotation = dependant.body_params[0].field_info.annotation
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
 
 
-def _included_elsewhere(route: APIRoute) -> bool:
-    """True while FastAPI builds this route's handler for an inclusion that changes its
-    dependencies (`include_router(..., dependencies=...)`): the short path, which reads
-    `route.dependant`, would not see them, so FastAPI's handler serves it."""
-    context_var = getattr(fastapi_routing, "_effective_route_context_var", None)
-    context = context_var.get() if context_var is not None else None
-    if context is None or getattr(context, "original_route", None) is not route:
-        return False
-    effective = getattr(context, "dependant", None)
-    return effective is None or [d.call for d in effective.dependencies] != [
-        d.call for d in route.dependant.dependencies]
-
-
-async def _solve(dependant: Dependant, request: Request, solved: dict[Any, Any]) -> Any:
-    if dependant.call in solved:
-        return solved[dependant.call]
+async def _arguments(dependant: Dependant, request: Request, solved: dict[Any, Any]) -> dict[str, Any]:
+    """`dependant`'s request and dependencies, each dependency called once per request."""
     kwargs: dict[str, Any] = {}
     if dependant.request_param_name:
         kwargs[dependant.request_param_name] = request
     for sub in dependant.dependencies:
-        value = await _solve(sub, request, solved)
+        if sub.call in solved:
+            value = solved[sub.call]
+        else:
+            value = solved[sub.call] = await sub.call(**await _arguments(sub, request, solved))  # type: ignore[misc]
         if sub.name:
             kwargs[sub.name] = value
-    value = solved[dependant.call] = await dependant.call(**kwargs)  # type: ignore[misc]
-    return value
+    return kwargs
 
 
 def _json(content_type: str | None) -> bool:
@@ -106,14 +107,14 @@ class LeanRoute(APIRoute):
 
     def get_route_handler(self) -> Handler:
         standard = super().get_route_handler()
-        model = _model(self)
-        if model is None or _included_elsewhere(self):
+        served = _served(self)
+        model = _model(served)
+        if model is None:
             return standard
-        dependant = self.dependant
+        dependant: Dependant = served.dependant
         body_name = dependant.body_params[0].name
-        status_code = self.status_code
-        response_class = self.response_class
-        response_class = getattr(response_class, "value", response_class)  # FastAPI's Default(...)
+        status_code = served.status_code
+        response_class = getattr(served.response_class, "value", served.response_class)  # FastAPI's Default(...)
 
         async def handler(request: Request) -> Response:
             if request.scope.get("fastapi.telemetry") is not None:
@@ -125,16 +126,8 @@ class LeanRoute(APIRoute):
                 body = model.model_validate(fastjson.loads(raw))
             except ValueError:  # broken JSON (orjson.JSONDecodeError) or a ValidationError
                 return await standard(request)  # its errors, worded as FastAPI words them
-            solved: dict[Any, Any] = {}
-            kwargs: dict[str, Any] = {}
-            if dependant.request_param_name:
-                kwargs[dependant.request_param_name] = request
-            for sub in dependant.dependencies:
-                value = await _solve(sub, request, solved)
-                if sub.name:
-                    kwargs[sub.name] = value
-            kwargs[body_name] = body
-            result = await dependant.call(**kwargs)  # type: ignore[misc]
+            kwargs = await _arguments(dependant, request, {})
+            result = await dependant.call(**kwargs, **{body_name: body})  # type: ignore[misc]
             if isinstance(result, Response):
                 return result
             extra = {"status_code": status_code} if status_code is not None else {}

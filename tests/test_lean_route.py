@@ -53,8 +53,14 @@ def _client(app: FastAPI) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
 
 
+class Marked(JSONResponse):
+    """The app's default response class: what a route's plain (non-Response) result takes."""
+
+    media_type = "application/x-marked+json"
+
+
 def _app(route_class: type, **include: Any) -> FastAPI:
-    app = FastAPI()
+    app = FastAPI(default_response_class=Marked)
     app.include_router(_router(route_class), **include)
     return app
 
