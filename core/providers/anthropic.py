@@ -97,7 +97,7 @@ class AnthropicAdapter(NativeAdapter):
                 await response.aread()
             finally:
                 await response.aclose()
-            raise self._status_error(response.status_code, _json_or_text(response), response.headers)
+            raise self._status_error(response.status_code, _json_or_text(response.content), response.headers)
         return response
 
     async def complete(self, request: ChatRequest, *, timeout: float | None = None) -> Completion:
@@ -110,12 +110,10 @@ class AnthropicAdapter(NativeAdapter):
         try:
             remaining = deadline - loop.time()
             async with asyncio.timeout(remaining):
-                response = await self._send(body, remaining)
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-            data = fastjson.loads(response.content)
+                reply = await self._get_direct()(self._url, body, remaining)
+            if reply.status >= 400:
+                raise self._status_error(reply.status, _json_or_text(reply.content), reply.headers)
+            data = fastjson.loads(reply.content)
             if isinstance(data, dict) and data.get("type") == "error":
                 raise self._event_error(data.get("error"))
             completion = anthropic_format.completion(data)
@@ -130,7 +128,7 @@ class AnthropicAdapter(NativeAdapter):
         finally:
             self._slots.release()
         completion.model = completion.model or spec.model
-        completion.limit_reset_s = limit_reset(response.headers)
+        completion.limit_reset_s = limit_reset(reply.headers)
         if completion.usage.counted:
             completion.usage = tokens.counted_usage(request.messages, completion.text, spec.model,
                                                     tool_calls=completion.tool_calls)

@@ -135,19 +135,14 @@ class GeminiAdapter(NativeAdapter):
         deadline = loop.time() + budget
         await self._slots.acquire(budget, spec.name)
         try:
-            transport = self._get_transport()
+            direct = self._get_direct()
             replies = []
             async with asyncio.timeout_at(deadline):
                 for url, payload in calls:
-                    remaining = deadline - loop.time()
-                    response = await transport.handle_async_request(self._request(url, payload, remaining))
-                    try:
-                        await response.aread()
-                    finally:
-                        await response.aclose()
-                    if response.status_code >= 400:
-                        raise self._status_error(response.status_code, _json_or_text(response), response.headers)
-                    replies.append(fastjson.loads(response.content))
+                    reply = await direct(url, fastjson.dumps(payload), deadline - loop.time())
+                    if reply.status >= 400:
+                        raise self._status_error(reply.status, _json_or_text(reply.content), reply.headers)
+                    replies.append(fastjson.loads(reply.content))
             return replies
         except TimeoutError:
             raise ProviderTimeout(f"no reply within {budget:g}s", deployment=spec.name) from None
@@ -158,12 +153,11 @@ class GeminiAdapter(NativeAdapter):
         finally:
             self._slots.release()
 
-    def _request(self, url: httpx2.URL, payload: dict[str, Any], timeout: float, *,
-                 stream: bool = False) -> httpx2.Request:
-        # The timeout extension bounds each phase (connect, each read): for a stream, the
-        # wait for the first byte and every gap after it.
+    def _stream_request(self, payload: dict[str, Any], timeout: float) -> httpx2.Request:
+        # The timeout extension bounds each phase (connect, each read): the wait for the
+        # first byte and every gap after it.
         phases = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
-        return httpx2.Request("POST", url, headers=self._stream_headers if stream else self._headers,
+        return httpx2.Request("POST", self._stream_url, headers=self._stream_headers,
                               content=fastjson.dumps(payload), extensions={"timeout": phases})
 
     async def stream(self, request: ChatRequest, *, timeout: float | None = None) -> AsyncIterator[Chunk]:
@@ -179,7 +173,7 @@ class GeminiAdapter(NativeAdapter):
         try:
             try:
                 response = await self._get_transport().handle_async_request(
-                    self._request(self._stream_url, body, budget, stream=True))
+                    self._stream_request(body, budget))
             except Exception as exc:
                 raise self._error(exc) from None
             try:
@@ -188,7 +182,7 @@ class GeminiAdapter(NativeAdapter):
                         await response.aread()
                     except Exception as exc:
                         raise self._error(exc) from None
-                    raise self._status_error(response.status_code, _json_or_text(response), response.headers)
+                    raise self._status_error(response.status_code, _json_or_text(response.content), response.headers)
                 async with aclosing(self._read_stream(response, request)) as chunks:
                     async for chunk in chunks:
                         yield chunk

@@ -341,6 +341,23 @@ class _ReplyBody(httpx2.AsyncByteStream):
             self._pool._release(self._connection, self._exchange)
 
 
+def _origin(url: httpx2.URL) -> tuple[bytes, bytes, int]:
+    default_port = _DEFAULT_PORTS.get(url.raw_scheme)
+    if default_port is None:
+        raise httpx2.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
+    return url.raw_scheme, url.raw_host, url.port or default_port
+
+
+class Prepared:
+    """A request line and headers (`ProviderTransport.prepare`) to send with many bodies."""
+
+    __slots__ = ("origin", "head")
+
+    def __init__(self, origin: tuple[bytes, bytes, int], head: bytes) -> None:
+        self.origin = origin
+        self.head = head  # the request line and headers, less Content-Length and the blank line
+
+
 class ProviderTransport(httpx2.AsyncBaseTransport):
     """HTTP/1.1 connections by origin, behind httpx2's public transport interface."""
 
@@ -371,19 +388,43 @@ class ProviderTransport(httpx2.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         if self._closed:
             raise RuntimeError("the transport is closed")
-        url = request.url
-        scheme = url.raw_scheme
-        default_port = _DEFAULT_PORTS.get(scheme)
-        if default_port is None:
-            raise httpx2.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}")
-        origin = (scheme, url.raw_host, url.port or default_port)
-        timeouts = request.extensions.get("timeout", {})
+        origin = _origin(request.url)
         headers = request.headers.raw
-        head = self._head(request.method.encode("ascii"), url.raw_path, headers)
+        head = self._head(request.method.encode("ascii"), request.url.raw_path, headers)
         body = [part async for part in request.stream]  # type: ignore[union-attr]
         if any(name.lower() == b"transfer-encoding" for name, _ in headers):
             body = [b"%x\r\n%b\r\n" % (len(part), part) for part in body if part] + [b"0\r\n\r\n"]
+        connection, exchange, read_timeout = await self._exchange(
+            origin, b"".join([head, *body]), request.method == "HEAD", request.extensions.get("timeout", {}))
+        return httpx2.Response(
+            exchange.status,
+            headers=exchange.headers,
+            stream=_ReplyBody(self, connection, exchange, read_timeout),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": exchange.reason},
+        )
 
+    def prepare(self, url: httpx2.URL, headers: httpx2.Headers) -> Prepared:
+        """A POST to `url` with `headers` (and the Host httpx2 adds), checked and encoded
+        once, to send with many bodies (`post_prepared`)."""
+        fixed = [(name, value) for name, value in httpx2.Request("POST", url, headers=headers).headers.raw
+                 if name.lower() not in (b"content-length", b"transfer-encoding")]
+        return Prepared(_origin(url), self._head(b"POST", url.raw_path, fixed)[:-2])
+
+    async def post_prepared(self, prepared: Prepared, body: bytes,
+                            timeouts: dict[str, float | None]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """`prepared` with `body`, as `handle_async_request` would send it, and the reply
+        read to its end: its status, headers and (still encoded) body. The same
+        connections, limits, timeouts and errors, without httpx2's models around them."""
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        payload = b"%bContent-Length: %d\r\n\r\n%b" % (prepared.head, len(body), body)
+        connection, exchange, read_timeout = await self._exchange(prepared.origin, payload, False, timeouts)
+        content = b"".join([part async for part in _ReplyBody(self, connection, exchange, read_timeout)])
+        return exchange.status, exchange.headers, content
+
+    async def _exchange(self, origin: tuple[bytes, bytes, int], payload: bytes, head_only: bool,
+                        timeouts: dict[str, float | None]) -> tuple[_Connection, _Exchange, float | None]:
+        """Send `payload` on a connection to `origin` and wait for the reply's head."""
         semaphore = self._in_use
         if semaphore is not None:
             if semaphore.locked():
@@ -399,8 +440,8 @@ class ProviderTransport(httpx2.AsyncBaseTransport):
         try:
             connection = self._take_idle(origin) or await self._connect(origin, timeouts.get("connect"))
             self._busy.add(connection)
-            exchange = connection.exchange = _Exchange(head_only=request.method == "HEAD")
-            await connection.send(b"".join([head, *body]), timeouts.get("write"))
+            exchange = connection.exchange = _Exchange(head_only=head_only)
+            await connection.send(payload, timeouts.get("write"))
             read_timeout = timeouts.get("read")
             while not exchange.headers_done:
                 if exchange.error is not None:
@@ -413,12 +454,7 @@ class ProviderTransport(httpx2.AsyncBaseTransport):
             if semaphore is not None:
                 semaphore.release()
             raise
-        return httpx2.Response(
-            exchange.status,
-            headers=exchange.headers,
-            stream=_ReplyBody(self, connection, exchange, read_timeout),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": exchange.reason},
-        )
+        return connection, exchange, read_timeout
 
     @staticmethod
     def _head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:

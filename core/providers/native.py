@@ -1,7 +1,8 @@
 """What the adapters of providers' own HTTP APIs share (anthropic.py, gemini.py): the
 deployment, its concurrency slots, its connection pool (the project's, http_pool.py,
-made on first use; or the transport a caller gave, which is never closed here), the key
-scrubbed from every message, and httpx2's exceptions as ProviderErrors.
+made on first use; or the transport a caller gave, which is never closed here), the
+direct path's sender on it (direct.py), the key scrubbed from every message, and
+httpx2's exceptions as ProviderErrors.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from core.providers.base import ProviderBadResponse, ProviderError, ProviderTime
 
 if TYPE_CHECKING:
     from core.providers.config import DeploymentSpec
+    from core.providers.direct import DirectPost
 
 MAX_MESSAGE = 1000  # characters of a provider's error message kept in our errors
 
@@ -33,6 +35,8 @@ class NativeAdapter:
         self._pool_url = pool_url  # the origin the pool connects to
         self._given_transport = transport  # owned by the caller, not closed here
         self._transport: httpx2.AsyncBaseTransport | None = transport
+        self._direct: DirectPost | None = None
+        self._headers = httpx2.Headers()  # the non-streamed calls' (the subclass sets them)
         self._slots = Slots(spec.max_concurrency)
 
     def __repr__(self) -> str:
@@ -55,10 +59,19 @@ class NativeAdapter:
                 max_connections=self.spec.max_concurrency, max_keepalive_connections=64))  # as openai_compat
         return transport
 
+    def _get_direct(self) -> DirectPost:
+        """The non-streamed calls' sender: `_headers` over `_get_transport()`."""
+        direct = self._direct
+        if direct is None:
+            from core.providers.direct import DirectPost
+
+            direct = self._direct = DirectPost(self._get_transport(), self._headers)
+        return direct
+
     async def aclose(self) -> None:
         transport = self._transport
         if transport is not None and self._given_transport is None:
-            self._transport = None
+            self._transport = self._direct = None
             await transport.aclose()
 
     def _scrub(self, text: str) -> str:

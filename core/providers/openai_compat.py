@@ -72,6 +72,8 @@ from core.providers.base import (
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
+    from core.providers.direct import DirectPost
+
     from core.providers.config import DeploymentSpec
 
 CHAT_PATH = "/chat/completions"
@@ -90,8 +92,8 @@ class OpenAICompatAdapter:
         self._client: AsyncOpenAI | None = None
         self._slots = Slots(spec.max_concurrency)
         self._options: dict[str, Any] | None = None  # per-call request options, minus timeout
-        # Set with the SDK client, on first use: every call's transport; the direct path's URL, headers.
-        self._transport: httpx2.AsyncBaseTransport
+        # Set with the SDK client, on first use: the direct path's sender (on every call's transport), URLs, headers.
+        self._direct: DirectPost
         self._urls: dict[str, httpx2.URL]
         self._headers = httpx2.Headers()
         self._drop = tuple(spec.drop_params)
@@ -118,6 +120,7 @@ class OpenAICompatAdapter:
     def _make_client(self) -> AsyncOpenAI:
         from openai import AsyncOpenAI, Omit
 
+        from core.providers.direct import DirectPost
         from core.providers.http_pool import transport_for
 
         spec = self.spec
@@ -140,7 +143,6 @@ class OpenAICompatAdapter:
         )
         base = str(client.base_url).rstrip("/")
         self._urls = {path: httpx2.URL(base + path) for path in (CHAT_PATH, EMBEDDINGS_PATH)}
-        self._transport = transport
         if spec.provider != "openai":
             # The SDK reads OPENAI_ORG_ID / OPENAI_PROJECT_ID / OPENAI_ADMIN_KEY from the
             # environment; they are OpenAI's business only.
@@ -157,6 +159,7 @@ class OpenAICompatAdapter:
             self._headers["OpenAI-Organization"] = client.organization
         if client.project:
             self._headers["OpenAI-Project"] = client.project
+        self._direct = DirectPost(transport, self._headers)
         options: dict[str, Any] = {"security": _SECURITY}
         if key is None:
             options["headers"] = {"Authorization": Omit()}
@@ -237,20 +240,12 @@ class OpenAICompatAdapter:
                 self._get_client()
             remaining = deadline - loop.time()
             body = fastjson.dumps(payload)
-            # The timeout extension bounds each phase (connect, each read); this bounds the call.
-            phases = {"connect": remaining, "read": remaining, "write": remaining, "pool": remaining}
+            # The phases' timeouts bound each phase (connect, each read); this bounds the call.
             async with asyncio.timeout(remaining):
-                response = await self._transport.handle_async_request(httpx2.Request(
-                    "POST", self._urls[path], headers=self._headers, content=body,
-                    extensions={"timeout": phases}))
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-                if response.status_code >= 400:
-                    raise self._status_error(response.status_code, _json_or_text(response),
-                                             response.headers) from None
-                return fastjson.loads(response.content), response.headers
+                reply = await self._direct(self._urls[path], body, remaining)
+            if reply.status >= 400:
+                raise self._status_error(reply.status, _json_or_text(reply.content), reply.headers) from None
+            return fastjson.loads(reply.content), reply.headers
         except TimeoutError:
             raise ProviderTimeout(f"no reply within {budget:g}s", deployment=spec.name) from None
         except ProviderError:
@@ -519,12 +514,12 @@ def _require_object(data: Any, deployment: str) -> None:
         raise ProviderBadResponse(f"expected a JSON object, got {kind}", deployment=deployment)
 
 
-def _json_or_text(response: httpx2.Response) -> object:
+def _json_or_text(content: bytes) -> object:
     """An error reply's body: JSON when it is JSON, else its text (for the message)."""
     try:
-        return response.json()
+        return fastjson.loads(content)
     except ValueError:
-        return response.text
+        return content.decode("utf-8", "replace")
 
 
 async def _sse_data(response: httpx2.Response) -> AsyncIterator[str]:
