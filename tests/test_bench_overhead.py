@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,3 +268,15 @@ def test_round_trip_counter_counts_upstash_rest_calls(redis_server, redis_url: s
     assert result["ok_requests"] == 20
     assert abs(result["round_trips_per_request"] - 2) < 0.2, result
     assert abs(result["commands_per_request"] - 4) < 0.2, result
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed (apt-get install valgrind)")
+def test_the_instruction_count_of_a_few_gateway_requests(tmp_path: Path) -> None:
+    from bench.overhead import instructions
+
+    out = tmp_path / "count.json"
+    argv = ["--requests", "3", "--warmup", "1", "--data-dir", str(tmp_path / "data"), "--json", str(out)]
+    assert instructions.main(argv) == 0  # and only 200s from the gateway, or it fails
+    result = json.loads(out.read_text())
+    assert result["path"] == "miss" and result["requests"] == 3
+    assert 100_000 < result["instructions_per_request"] < 50_000_000
