@@ -10,7 +10,9 @@ reused. This pool does the same job with one asyncio Protocol per connection and
 `ProviderTransport` implements httpx2's public transport interface,
 `AsyncBaseTransport.handle_async_request(httpx2.Request) -> httpx2.Response`, and raises
 httpx2's own exceptions (`ConnectTimeout`, `ReadTimeout`, `RemoteProtocolError`, ...), so
-httpx2's client, the openai SDK and the adapter's direct path use it as any transport. It
+httpx2's client and the openai SDK use it as any transport. Beside that interface,
+`prepare` and `post_prepared` send one request head, checked and encoded once, with many
+bodies and return the reply as bytes: the adapters' direct path (direct.py). It
 is not httpx2's `AsyncHTTPTransport`, so pytest-httpx (which patches that class) does not
 answer for it: tests that mock provider HTTP hand the adapter httpx2's stock transport.
 httpx2 is pinned in pyproject.toml because this module reimplements the contract that

@@ -16,8 +16,8 @@ How it uses the SDK, and why:
   reads no proxy from the environment itself, hence the choice here), and so does the
   direct path below. A transport passed in (tests: httpx2's stock one, which
   pytest-httpx answers for) is used as it is, for every call, and not closed here.
-- Non-streamed calls, the hot path, are sent straight to that transport, with the URL
-  and headers the SDK would send built once per deployment. Under load the SDK's
+- Non-streamed calls, the hot path, are sent straight to that transport (direct.py),
+  with the URL and headers the SDK would send built once per deployment. Under load the SDK's
   per-call request building (options, URL and header merging, its retry and auth
   wrappers) was about half of the gateway's CPU per request, and httpx2's client layer
   (URL merging, auth and redirect wrappers, cookies) a fifth of what was left (py-spy,
