@@ -17,8 +17,8 @@ How it uses the SDK, and why:
   direct path below. A transport passed in (tests: httpx2's stock one, which
   pytest-httpx answers for) is used as it is, for every call, and not closed here.
 - Non-streamed calls, the hot path, are sent straight to that transport (direct.py),
-  with the URL and headers the SDK would send built once per deployment. Under load the SDK's
-  per-call request building (options, URL and header merging, its retry and auth
+  with the URL and headers the SDK would send built once per deployment. Under load the
+  SDK's per-call request building (options, URL and header merging, its retry and auth
   wrappers) was about half of the gateway's CPU per request, and httpx2's client layer
   (URL merging, auth and redirect wrappers, cookies) a fifth of what was left (py-spy,
   bench/overhead). Neither does anything a provider call needs; the status-to-error
@@ -72,9 +72,8 @@ from core.providers.base import (
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-    from core.providers.direct import DirectPost
-
     from core.providers.config import DeploymentSpec
+    from core.providers.direct import DirectPost
 
 CHAT_PATH = "/chat/completions"
 EMBEDDINGS_PATH = "/embeddings"
@@ -92,7 +91,8 @@ class OpenAICompatAdapter:
         self._client: AsyncOpenAI | None = None
         self._slots = Slots(spec.max_concurrency)
         self._options: dict[str, Any] | None = None  # per-call request options, minus timeout
-        # Set with the SDK client, on first use: the direct path's sender (on every call's transport), URLs, headers.
+        # Set with the SDK client, on first use: the direct path's sender (on the transport
+        # every call takes), its URLs and headers.
         self._direct: DirectPost
         self._urls: dict[str, httpx2.URL]
         self._headers = httpx2.Headers()
