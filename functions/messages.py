@@ -13,7 +13,7 @@ the request log), so any family may serve it. Errors have Anthropic's shape,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -33,7 +33,7 @@ from core.providers.base import ProviderError
 from core.services import Services
 from functions.http import ApiError, JSONResponse, create_app, entry_points, services
 from functions.llm import LLM, Float, Int, on_behalf, routing_headers
-from functions.routing import LeanRoute
+from functions.routing import Handler, LeanRoute
 
 # The anthropic-version values the surface accepts (what Anthropic's API and SDKs send);
 # answers have the Messages API's shape of 2023-06-01, which later versions extend.
@@ -65,7 +65,7 @@ def _invalid(exc: RequestValidationError) -> str:
 class AnthropicRoute(LeanRoute):
     """A route whose errors, its key's and its body's included, have Anthropic's shape."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
