@@ -27,6 +27,7 @@ from core.db import unusable
 from core.kv import KVUnavailable
 from core.services import Services
 from core.settings import Settings, SettingsError, load_settings
+from functions.routing import StaticPaths
 
 log = logging.getLogger("orchesity.http")
 
@@ -337,6 +338,7 @@ def create_app(*routers: APIRouter, title: str, settings: Settings | None = None
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-orchesity-overhead-ms"])
     app.add_middleware(Guard, limit=settings.MAX_REQUEST_BYTES, receive_timeout=settings.RECEIVE_TIMEOUT_SECONDS)
+    StaticPaths.install(app.router)
     return app
 
 

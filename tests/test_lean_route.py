@@ -1,8 +1,9 @@
-"""LeanRoute (functions/routing.py): the LLM routes' short path answers as FastAPI does.
+"""LeanRoute and StaticPaths (functions/routing.py): the short paths answer as FastAPI does.
 
 Each test builds the same endpoint twice, once as FastAPI's APIRoute and once as a
-LeanRoute, and sends both the same requests: whatever the short path takes or hands
-back to FastAPI, the caller must not be able to tell the two apart.
+LeanRoute (or once with FastAPI's route matching and once with StaticPaths in front of
+it), and sends both the same requests: whatever the short path takes or hands back to
+FastAPI, the caller must not be able to tell the two apart.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, Field
 
 from functions.http import JSONResponse
-from functions.routing import LeanRoute
+from functions.routing import LeanRoute, StaticPaths
 
 
 class Item(BaseModel):
@@ -59,9 +60,11 @@ class Marked(JSONResponse):
     media_type = "application/x-marked+json"
 
 
-def _app(route_class: type, **include: Any) -> FastAPI:
+def _app(route_class: type, *, static_paths: bool = False, **include: Any) -> FastAPI:
     app = FastAPI(default_response_class=Marked)
     app.include_router(_router(route_class), **include)
+    if static_paths:
+        StaticPaths.install(app.router)
     return app
 
 
@@ -93,16 +96,108 @@ async def test_a_lean_route_answers_every_request_as_fastapi_does(content: bytes
     assert ours.headers.get("content-type") == theirs.headers.get("content-type")
 
 
-async def test_a_dependency_added_where_a_lean_router_is_included_still_guards_it() -> None:
+@pytest.mark.parametrize("static_paths", [False, True])
+async def test_a_dependency_added_where_a_lean_router_is_included_still_guards_it(static_paths: bool) -> None:
     async def closed() -> None:
         raise HTTPException(403, "closed")
 
-    guarded = _app(LeanRoute, dependencies=[Depends(closed)])
-    async with _client(guarded) as client, _client(_app(LeanRoute)) as open_client:
-        refused = await client.post("/items", json={"name": "a"}, headers=KEY)
-        served = await open_client.post("/items", json={"name": "a"}, headers=KEY)
-    assert refused.status_code == 403
-    assert served.status_code == 201 and served.json()["who"] == "main:caller"
+    guarded = _app(LeanRoute, static_paths=static_paths, dependencies=[Depends(closed)])
+    async with _client(guarded) as client, _client(_app(LeanRoute, static_paths=static_paths)) as open_client:
+        for _ in range(2):  # the second, with StaticPaths, replays the first's matching
+            refused = await client.post("/items", json={"name": "a"}, headers=KEY)
+            served = await open_client.post("/items", json={"name": "a"}, headers=KEY)
+            assert refused.status_code == 403
+            assert served.status_code == 201 and served.json()["who"] == "main:caller"
+
+
+@pytest.mark.parametrize("route_class", [LeanRoute, APIRoute])
+async def test_dependency_overrides_apply_to_a_lean_route(route_class: type) -> None:
+    app = _app(route_class)
+    app.dependency_overrides[store] = lambda: {"store": "override"}
+    async with _client(app) as client:
+        response = await client.post("/items", json={"name": "a"}, headers=KEY)
+    assert (response.status_code, response.json()["store"], response.json()["who"]) == (201, "override",
+                                                                                         "override:caller")
+
+
+def _routed(static_paths: bool) -> FastAPI:
+    """An app with a lean route, a route with a path parameter, a GET route, and a path
+    that two methods share, each on its own router."""
+    app = _app(LeanRoute, static_paths=False)
+    other = APIRouter()
+
+    @other.get("/things/{thing}")
+    async def thing(thing: str) -> dict[str, str]:
+        return {"thing": thing}
+
+    @other.get("/items")
+    async def list_items() -> list[str]:
+        return ["a"]
+
+    @other.get("/ping")
+    async def ping(request: Request) -> dict[str, Any]:
+        return {"route": request.scope["route"].path, "params": request.path_params}
+
+    app.include_router(other)
+    if static_paths:
+        StaticPaths.install(app.router)
+    return app
+
+
+ROUTED = [("POST", "/items", {"name": "a"}, KEY), ("POST", "/items", {"name": "a"}, {}),
+          ("POST", "/items", {"name": ""}, KEY), ("GET", "/items", None, {}), ("PUT", "/items", None, {}),
+          ("POST", "/items/", {"name": "a"}, KEY), ("GET", "/things/x", None, {}), ("GET", "/things/y", None, {}),
+          ("GET", "/ping", None, {}), ("HEAD", "/ping", None, {}), ("GET", "/missing", None, {}),
+          ("DELETE", "/ping", None, {})]
+
+
+async def test_static_paths_answer_every_request_as_fastapis_matching_does() -> None:
+    async with _client(_routed(True)) as ours, _client(_routed(False)) as theirs:
+        for _ in range(3):  # first learnt, then replayed
+            for method, path, body, headers in ROUTED:
+                a = await ours.request(method, path, json=body, headers=headers)
+                b = await theirs.request(method, path, json=body, headers=headers)
+                assert (a.status_code, a.content, a.headers.get("content-type"), a.headers.get("allow"),
+                        a.headers.get("location")) == (b.status_code, b.content, b.headers.get("content-type"),
+                                                       b.headers.get("allow"), b.headers.get("location")), (method, path)
+
+
+async def test_static_paths_match_a_path_once_and_a_path_with_parameters_every_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of StaticPaths (its cost is measured in bench/overhead)."""
+    import fastapi.routing
+
+    matched: list[str] = []
+    match = fastapi.routing._IncludedRouter._match
+
+    def counting(self: Any, scope: dict[str, Any]) -> Any:
+        result = match(self, scope)
+        if result[2] is not None:
+            matched.append(f"{scope['method']} {scope['path']}")
+        return result
+
+    monkeypatch.setattr(fastapi.routing._IncludedRouter, "_match", counting)
+    async with _client(_routed(True)) as client:
+        for _ in range(3):
+            assert (await client.post("/items", json={"name": "a"}, headers=KEY)).status_code == 201
+            assert (await client.get("/things/x")).json() == {"thing": "x"}
+            assert (await client.get("/ping")).json() == {"route": "/ping", "params": {}}
+            assert (await client.put("/items")).status_code == 405
+    each = matched.count("GET /things/x") // 3  # FastAPI's matching of one request (it matches twice)
+    assert each >= 1 and matched.count("GET /things/x") == 3 * each
+    assert matched.count("GET /ping") == matched.count("POST /items") == each  # the first request only
+    assert matched.count("PUT /items") >= 3  # a 405 is not learnt
+
+
+class _Span(trace.NonRecordingSpan):
+    """Keeps the names a span is given (FastAPI renames a request's span to its route)."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(trace.INVALID_SPAN_CONTEXT)
+        self.names = names
+
+    def update_name(self, name: str) -> None:
+        self.names.append(name)
 
 
 class _Tracer(trace.NoOpTracer):
@@ -111,12 +206,12 @@ class _Tracer(trace.NoOpTracer):
 
     def start_span(self, name: str, *args: Any, **kwargs: Any) -> trace.Span:
         self.names.append(name)
-        return super().start_span(name, *args, **kwargs)
+        return _Span(self.names)
 
     @contextlib.contextmanager
     def start_as_current_span(self, name: str, *args: Any, **kwargs: Any) -> Iterator[trace.Span]:
         self.names.append(name)
-        yield trace.INVALID_SPAN
+        yield _Span(self.names)
 
 
 class _Provider(trace.TracerProvider):
@@ -131,11 +226,13 @@ async def test_under_opentelemetry_a_lean_route_keeps_fastapis_operation_spans()
     provider = _Provider()
     app = FastAPI(telemetry={"tracer_provider": provider})  # type: ignore[call-arg]
     app.include_router(_router(LeanRoute))
+    StaticPaths.install(app.router)
     async with _client(app) as client:
-        response = await client.post("/items", json={"name": "a"}, headers=KEY)
-    assert response.status_code == 201
-    assert "POST" in " ".join(provider.names)  # the request's span
-    assert "fastapi.dependencies" in provider.names  # FastAPI's own handler served it
+        for _ in range(2):
+            response = await client.post("/items", json={"name": "a"}, headers=KEY)
+            assert response.status_code == 201
+    assert provider.names.count("POST /items") == 2  # each request's span, named for its route
+    assert provider.names.count("fastapi.dependencies") == 2  # FastAPI's own handler served both
 
 
 async def test_a_well_formed_request_skips_fastapis_dependency_solver(monkeypatch: pytest.MonkeyPatch) -> None:
