@@ -270,6 +270,40 @@ def test_round_trip_counter_counts_upstash_rest_calls(redis_server, redis_url: s
     assert abs(result["commands_per_request"] - 4) < 0.2, result
 
 
+def test_round_trip_counter_counts_the_log_drain_apart(redis_server) -> None:
+    """A drain's batches come with the requests, not with time, so the idle rate misses
+    them: they are counted apart, and a request's figures stay its own."""
+    import redis
+
+    client = redis.Redis(unix_socket_path=redis_server.socket_path)
+    stream = "orchesity:test:bench-drain"
+
+    def send() -> int:  # a request: one pipeline of two commands
+        pipe = client.pipeline(transaction=False)
+        pipe.incr("orchesity:test:bench-n")
+        pipe.xadd(stream, {"e": "{}"})
+        pipe.execute()
+        if int(client.xlen(stream)) >= 4:  # every fourth request, a drain: three round trips
+            ids = [entry_id for entry_id, _ in client.xrange(stream, count=500)]
+            client.xdel(stream, *ids)
+        return 200
+
+    try:
+        for _ in range(3):
+            send()
+        counter = RedisCounter(redis_server.socket_path)
+        try:
+            result = per_request(counter, 40, send, idle_seconds=0.3)
+        finally:
+            counter.close()
+    finally:
+        client.delete(stream, "orchesity:test:bench-n")
+        client.close()
+    assert abs(result["round_trips_per_request"] - 1) < 0.1, result
+    assert abs(result["commands_per_request"] - 2) < 0.1, result
+    assert abs(result["drain_round_trips_per_request"] - 1.5) < 0.1, result  # XLEN each time, XRANGE + XDEL every 4th
+
+
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed (apt-get install valgrind)")
 def test_the_instruction_count_of_a_few_gateway_requests(tmp_path: Path) -> None:
     from bench.overhead import instructions
