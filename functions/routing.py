@@ -31,7 +31,7 @@ serves every request, as it is the one that applies them.
 
 StaticPaths, in front of the app's router, spares a request to a static path FastAPI's
 route matching (0.16x keeps each included router as a branch and walks them all, twice
-for the branch that matches: 1.36 → 1.20 million instructions per chat request). It
+for the branch that matches: 1.36 → 1.21 million instructions per chat request). It
 learns from FastAPI: the first request to a method and path is matched by FastAPI, and
 if that chose an APIRoute without path parameters, what the matching wrote into the
 scope and the inclusion's handler are remembered and replayed for the next requests to
@@ -188,7 +188,7 @@ class StaticPaths:
         decided, fastapi_state, app = known
         scope.update(decided)
         scope["path_params"] = {}
-        scope[_FASTAPI_SCOPE] = {**scope.get(_FASTAPI_SCOPE, {}), **fastapi_state}
+        scope.setdefault(_FASTAPI_SCOPE, {}).update(fastapi_state)  # in place, as FastAPI's matching does
         await app(scope, receive, send)
 
     def _learn(self, key: tuple[str, str, str], scope: ASGIScope) -> None:
