@@ -244,6 +244,17 @@ def test_a_tiny_run_writes_the_new_sections(tmp_path: Path) -> None:
 
 # --- REST round trips behind the Upstash endpoint ------------------------------------------
 
+def _counted(redis_server, requests: int, send) -> dict:
+    """per_request over `requests` calls of `send`, after three uncounted ones."""
+    for _ in range(3):
+        send()
+    counter = RedisCounter(redis_server.socket_path)
+    try:
+        return per_request(counter, requests, send, idle_seconds=0.3)
+    finally:
+        counter.close()
+
+
 def test_round_trip_counter_counts_upstash_rest_calls(redis_server, redis_url: str) -> None:
     import httpx
 
@@ -258,13 +269,7 @@ def test_round_trip_counter_counts_upstash_rest_calls(redis_server, redis_url: s
             http.post("/pipeline", json=[["SET", key, "1"], ["INCR", key], ["GET", key]]).raise_for_status()
             return http.post("/", json=["DEL", key]).status_code
 
-        for _ in range(3):  # the endpoint's Redis connection opened before counting
-            send()
-        counter = RedisCounter(redis_server.socket_path)
-        try:
-            result = per_request(counter, 20, send, idle_seconds=0.3)
-        finally:
-            counter.close()
+        result = _counted(redis_server, 20, send)  # the endpoint's Redis connection opened first
     assert result["ok_requests"] == 20
     assert abs(result["round_trips_per_request"] - 2) < 0.2, result
     assert abs(result["commands_per_request"] - 4) < 0.2, result
@@ -289,13 +294,7 @@ def test_round_trip_counter_counts_the_log_drain_apart(redis_server) -> None:
         return 200
 
     try:
-        for _ in range(3):
-            send()
-        counter = RedisCounter(redis_server.socket_path)
-        try:
-            result = per_request(counter, 40, send, idle_seconds=0.3)
-        finally:
-            counter.close()
+        result = _counted(redis_server, 40, send)
     finally:
         client.delete(stream, "orchesity:test:bench-n")
         client.close()
