@@ -81,6 +81,28 @@ async def test_a_stuck_connection_is_closed_and_the_next_call_reconnects(
         await client.close()
 
 
+async def test_each_caller_times_out_at_its_own_deadline(redis_process: RedisProcess) -> None:
+    client = RespClient(redis_process.url, timeout=0.3, connections=1)
+    loop = asyncio.get_running_loop()
+    ended: dict[str, float] = {}
+    try:
+        assert await client.execute([["PING"]]) == ["PONG"]
+        redis_process.signal(signal.SIGSTOP)  # nothing is answered from here on
+        started = loop.time()
+        first = asyncio.ensure_future(client.execute([["PING"]]))
+        await asyncio.sleep(0.15)
+        second = asyncio.ensure_future(client.execute([["PING"]]))  # due 0.15 s after the first
+        for name, call in (("first", first), ("second", second)):
+            call.add_done_callback(lambda _, name=name: ended.setdefault(name, loop.time() - started))
+        done, _ = await asyncio.wait([first, second], timeout=3.0)
+        assert done == {first, second}  # neither waits on past its deadline
+        assert all(isinstance(call.exception(), TimeoutError) for call in done)
+        assert 0.3 <= ended["first"] < ended["second"] and ended["second"] >= 0.45
+    finally:
+        redis_process.signal(signal.SIGCONT)
+        await client.close()
+
+
 @pytest.mark.parametrize("url, reply", [
     ("redis://:secret@127.0.0.1:{port}", None),  # AUTH never answered
     ("redis://127.0.0.1:{port}/3", None),  # SELECT never answered
