@@ -131,8 +131,7 @@ class LeanRoute(APIRoute):
         body_name = dependant.body_params[0].name
         status_code = served.status_code
         response_class = getattr(served.response_class, "value", served.response_class)  # FastAPI's Default(...)
-
-        overrides = served.dependency_overrides_provider
+        overrides = getattr(served, "dependency_overrides_provider", None)  # the app, whose overrides apply
 
         async def handler(request: Request) -> Response:
             if request.scope.get("fastapi.telemetry") is not None or getattr(overrides, "dependency_overrides", None):
@@ -165,7 +164,6 @@ class StaticPaths:
     """The app's router, with FastAPI's choice for each static path remembered (above)."""
 
     def __init__(self, router: Router) -> None:
-        self.router = router
         self.standard: ASGIApp = router.middleware_stack
         self.known: dict[tuple[str, str, str], tuple[dict[str, Any], dict[str, Any], ASGIApp]] = {}
 
