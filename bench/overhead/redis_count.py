@@ -191,11 +191,11 @@ def per_request(counter: RedisCounter, requests: int, send: Callable[[], int], *
     def rate(count: float) -> float:
         return count / baseline.seconds if baseline.seconds else 0.0
 
-    idle_drain = drained(baseline)
-    drain = drained(delta) - rate(idle_drain) * delta.seconds
-    reads = delta.reads - drained(delta) - rate(baseline.reads - idle_drain) * delta.seconds
-    writes = delta.writes - drained(delta) - rate(baseline.writes - idle_drain) * delta.seconds
-    commands = delta.total_commands - drained(delta) - rate(baseline.total_commands - idle_drain) * delta.seconds
+    idle_drain, run_drain = drained(baseline), drained(delta)
+    drain = run_drain - rate(idle_drain) * delta.seconds
+    reads = delta.reads - run_drain - rate(baseline.reads - idle_drain) * delta.seconds
+    writes = delta.writes - run_drain - rate(baseline.writes - idle_drain) * delta.seconds
+    commands = delta.total_commands - run_drain - rate(baseline.total_commands - idle_drain) * delta.seconds
     ok = sum(1 for s in statuses if 200 <= s < 300)
     return {
         "requests": requests,
