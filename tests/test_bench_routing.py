@@ -109,7 +109,7 @@ async def test_an_auto_hedge_follows_the_picked_providers_mean_latency(kv: Any) 
 
 def test_seeds_average_a_scenarios_runs_under_different_luck(tmp_path: Any) -> None:
     """`--seeds 2` reports, per strategy, the mean of the runs with the scenario's seed and
-    with seed + 1000: what each gives alone."""
+    with seed + 1000: what each gives alone, and the standard error of that mean."""
     import json
 
     from bench.routing.__main__ import main
@@ -117,14 +117,18 @@ def test_seeds_average_a_scenarios_runs_under_different_luck(tmp_path: Any) -> N
 
     source = json.loads((SCENARIO_DIR / "steady.json").read_text())
 
-    def run(seed: int, *extra: str) -> float:
+    def run(seed: int, *extra: str) -> dict[str, float]:
         scenario, out = tmp_path / f"steady-{seed}.json", tmp_path / f"out-{seed}-{len(extra)}.json"
         scenario.write_text(json.dumps(dict(source, seed=seed)))
         assert main(["--quick", "--scenario", str(scenario), "--strategies", "oracle,random", "--json", str(out),
                      *extra]) == 0
-        return json.loads(out.read_text())["scenarios"]["steady"]["random"]["mean_latency_ms"]
+        return json.loads(out.read_text())["scenarios"]["steady"]["random"]
 
     seed = source["seed"]
     first, second = run(seed), run(seed + 1000)
-    assert first != second  # another seed, other luck
-    assert run(seed, "--seeds", "2") == pytest.approx((first + second) / 2)
+    assert first["mean_latency_ms"] != second["mean_latency_ms"]  # another seed, other luck
+    both = run(seed, "--seeds", "2")
+    assert both["mean_latency_ms"] == pytest.approx((first["mean_latency_ms"] + second["mean_latency_ms"]) / 2)
+    # and how far the two runs' regrets lie apart: the standard error of their mean
+    assert both["regret_se_pct"] == pytest.approx(abs(first["regret_pct"] - second["regret_pct"]) / 2)
+    assert "regret_se_pct" not in first

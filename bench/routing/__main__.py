@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import statistics
 import sys
 import tempfile
 import time
@@ -83,17 +85,19 @@ def largest_share(attempts: dict[str, list[float]], after_s: float | None) -> fl
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One result from a scenario's runs under several seeds: each metric's mean (the
-    regret too, each run's against its own oracle), the counts summed, the identical
-    providers' largest share the worst of the runs; the recovery and the plot's shares
-    are the first run's."""
+    regret too, each run's against its own oracle) and the regret's standard error
+    (`regret_se_pct`: a change that moves the mean by less than about twice it is a
+    seed's luck, not the change), the counts summed, the identical providers' largest
+    share the worst of the runs; the recovery and the plot's shares are the first run's."""
     if len(runs) == 1:
         return runs[0]
     out: dict[str, Any] = {}
     for name, first in runs[0].items():
         entries = [run[name] for run in runs]
         shares = [e["largest_share"] for e in entries if e["largest_share"] is not None]
-        out[name] = dict(first, metrics={key: sum(e["metrics"][key] for e in entries) / len(entries)
-                                         for key in first["metrics"]},
+        metrics = {key: sum(e["metrics"][key] for e in entries) / len(entries) for key in first["metrics"]}
+        metrics["regret_se_pct"] = statistics.stdev(e["metrics"]["regret_pct"] for e in entries) / math.sqrt(len(entries))
+        out[name] = dict(first, metrics=metrics,
                          largest_share=max(shares) if shares else None,
                          wall_s=sum(e["wall_s"] for e in entries),
                          **{key: sum(e[key] for e in entries)
@@ -132,12 +136,14 @@ def report_scenario(scenario: Scenario, result: dict[str, Any], wall: float, see
         lines.append(f"   the mean of {seeds} runs, seeds {scenario.seed} to "
                      f"{scenario.seed + SEED_STEP * (seeds - 1)} by {SEED_STEP} (counts: their sum)")
     header = f"   {'strategy':<16}{'mean ms':>9}{'p95 ms':>9}{'success':>9}{'cost $':>9}{'regret':>9}{'failover':>9}"
-    lines.append(header)
+    lines.append(header + (f"{'± se':>7}" if seeds > 1 else ""))
     for name, entry in result.items():
         m = entry["metrics"]
+        se = m.get("regret_se_pct")
         lines.append(
             f"   {name:<16}{m['mean_latency_ms']:>9.0f}{m['p95_latency_ms']:>9.0f}"
             f"{100 * m['success_rate']:>8.2f}%{m['cost']:>9.2f}{m['regret_pct']:>+8.1f}%{entry['failovers']:>9}"
+            + (f"{se:>7.1f}" if se is not None else "")
         )
     hedged = {name: entry for name, entry in result.items() if name in HEDGED}
     if hedged:
@@ -288,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         shaped = {"scenarios": {s: {k: {key: v["metrics"][key] for key in
-                                        ("mean_latency_ms", "p95_latency_ms", "success_rate", "cost", "regret_pct")}
+                                        ("mean_latency_ms", "p95_latency_ms", "success_rate", "cost", "regret_pct",
+                                         "regret_se_pct") if key in v["metrics"]}
                                     for k, v in r.items()} for s, r in results.items()}}
         out.write_text(json.dumps(shaped, indent=2) + "\n")
         details = {s: {k: {key: v[key] for key in ("recovery", "failovers", "errors", "rate_limited",
