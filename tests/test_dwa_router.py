@@ -230,6 +230,67 @@ async def test_calls_hanging_far_past_a_providers_latency_count_against_it_befor
     assert late["beta"] >= 19, late  # none of its timeouts is back yet, and it is avoided
 
 
+async def test_a_busy_provider_that_starts_hanging_is_left_before_a_minute_of_answers_outweighs_it(
+        kv: KV, ns: str) -> None:
+    """alpha has answered 8 calls a second in about 1 s for a minute; then 40% of its
+    calls hang until a 30 s timeout. Against that minute of answers, the calls running
+    long are a failure rate of a few percent for seconds; among the calls started since
+    the spell began they are four in ten, which is what the next call meets. Traffic
+    leaves alpha within two of its latencies (before: 18 calls hung, the traffic left
+    after 4.5 s), long before the first timeout comes back."""
+    store = RedisDWAStore(kv, [ProviderProfile("alpha"), ProviderProfile("beta")], namespace=ns)
+    router = Router(store, rng=random.Random(3))
+    draws = random.Random(11)
+    finishing: list[tuple[float, int, Outcome]] = []  # calls that will answer, by when
+    hung = 0
+    picks: dict[int, Counter[str]] = {}  # by second of the spell (-1: the second before it)
+    now = T0
+    for call in range(8 * 75):  # 60 s healthy, then 15 s of the spell
+        while finishing and finishing[0][0] <= now:
+            await router.record(heapq.heappop(finishing)[2])
+        decision = await router.pick(["alpha", "beta"], now)
+        name = decision.provider
+        second = int(now - T0) - 60
+        if name == "alpha" and second >= 0 and draws.random() < 0.4:
+            hung += 1  # its timeout would come back after 30 s: after this test
+        else:
+            latency = (1.0 if name == "alpha" else 1.2) * draws.lognormvariate(0.0, 0.2)
+            heapq.heappush(finishing, (now + latency, call, Outcome(
+                name, OutcomeKind.SUCCESS, latency, now + latency, output_tokens=200, fresh=decision.explore,
+                load=decision.load)))
+        picks.setdefault(second, Counter())[name] += 1
+        now += 0.125
+    assert picks[-1]["alpha"] >= 6, picks[-1]  # it was the faster one
+    assert hung <= 10, hung
+    assert sum(picks[s]["alpha"] for s in range(3, 15)) == 0, picks
+
+
+def test_calls_running_long_count_by_their_cohort_when_the_failure_rate_cannot_explain_them() -> None:
+    """A provider with 400 answers on its books and six calls running 2-3.5 s, far past
+    its usual second. Eight others started in the same span and were answered: six in
+    fifteen of that cohort are hanging, and the failures say so (before: 400 answers
+    diluted them to 1.5%). With 200 answered in the span instead, six stragglers are what
+    its failure rate and tail explain, and they count only as failures in progress."""
+    from core.dwa.state import ProviderState
+    from core.dwa.store import StoreBase
+
+    shares = {}
+    for answered in (8, 200):
+        store = StoreBase([ProviderProfile("alpha")])
+        state = ProviderState("alpha", store.profile("alpha"), successes=400.0, failures=4.0, latency_mean=1.0,
+                              log_mean=0.0, log_sq=0.04)
+        for k in range(6):
+            store.start("alpha", T0 - 3.5 + 0.3 * k)
+        for k in range(answered):
+            at = T0 - 3.4 + 1.4 * k / answered
+            store.start("alpha", at)
+            store.finish("alpha", at, ok=True)
+        store.mark_overdue(state, T0)
+        shares[answered] = state.failures / (state.successes + state.failures + 2.0)
+    assert shares[8] == pytest.approx(6 / 15, rel=0.05), shares
+    assert shares[200] < 0.03, shares
+
+
 async def test_every_strategy_through_pick(kv: KV, ns: str) -> None:
     for strategy in RoutingStrategy:
         router = make_router(kv, f"{ns}-{strategy.value}", strategy)

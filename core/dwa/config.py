@@ -69,6 +69,7 @@ class DWAConfig:
     overdue_min_s: float = 1.0      # a call younger than this is never suspected
     overdue_prior: float = 0.02     # the least failure rate assumed of a call running long
     overdue_min_sigma: float = 0.25  # the least spread assumed of a provider's latencies (ln s)
+    overdue_excess: float = 1.0     # calls running long beyond its failure rate's share: a spell
 
     # -- shared in-flight counts (see store.py)
     in_flight_max_age_s: float = 30.0  # other instances' counts older than this are ignored

@@ -12,7 +12,10 @@ state.py; everything already decayed to `now` by elapsed time):
                    are not counted in F; see breaker.py.) F also counts this process's
                    calls running unusually long, each by the chance it is a failure
                    (failures in progress, StoreBase.mark_overdue): a provider that
-                   hangs is left before its first timeout comes back. A fresh look
+                   hangs is left before its first timeout comes back. When more of
+                   the calls started since the oldest of those run long than its
+                   failure rate explains, their share is the rate the next call
+                   meets, not a few hanging calls against a minute of answers. A fresh look
                    (below) that succeeds clears F: traffic left the provider for its
                    failures, so only a look can tell the spell is over, and the ramp
                    rule (below) bounds what a lucky look at one still failing costs

@@ -25,6 +25,7 @@ it reports after finishing). Good enough for a load penalty; never used for limi
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import uuid
@@ -35,7 +36,7 @@ from core.dwa.config import DWAConfig
 from core.dwa.profile import ProviderProfile
 from core.dwa.scoring import availability
 from core.dwa.scripts import CLAIM_PROBE, RECORD, SCRIPTS
-from core.dwa.state import Outcome, ProviderState, Snapshot
+from core.dwa.state import Outcome, OutcomeKind, ProviderState, Snapshot
 from core.kv import KEY_PREFIX, KV, Command, Script
 
 _LN2 = math.log(2.0)
@@ -186,6 +187,7 @@ class StoreBase:
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
         self._local: dict[str, int] = {}
         self._pending: dict[str, list[float]] = {}  # when this process's calls in flight started
+        self._answered: dict[str, list[float]] = {}  # ...and its successes since the oldest of them (sorted)
         self._k_av = _LN2 / self.config.availability_half_life_s
         self._k_ev = _LN2 / self.config.evidence_half_life_s
 
@@ -202,8 +204,10 @@ class StoreBase:
         if at is not None:
             self._pending.setdefault(name, []).append(at)
 
-    def finish(self, name: str, started: float | None = None) -> int:
-        """A call to `name` ended (the one that started at about `started`); the count left."""
+    def finish(self, name: str, started: float | None = None, ok: bool = False) -> int:
+        """A call to `name` ended (the one that started at about `started`; answered if
+        `ok`); the count left. An answered call's start is kept while a call that started
+        before it is still running (mark_overdue's cohort)."""
         left = max(0, self._local.get(name, 0) - 1)
         self._local[name] = left
         pending = self._pending.get(name)
@@ -212,6 +216,16 @@ class StoreBase:
                 pending.pop()
             else:
                 pending.pop(min(range(len(pending)), key=lambda i: abs(pending[i] - started)))
+        answered = self._answered.get(name)
+        if not pending:
+            if answered:
+                answered.clear()
+        elif ok and started is not None:
+            if answered is None:
+                answered = self._answered[name] = []
+            bisect.insort(answered, started)
+            if answered[0] < pending[0]:  # older than every call still running: no cohort's
+                del answered[:bisect.bisect_left(answered, pending[0])]
         return left
 
     def mark_overdue(self, state: ProviderState, now: float) -> None:
@@ -224,8 +238,23 @@ class StoreBase:
         a success's latency follows the log-normal fit of its moments (σ at least
         overdue_min_sigma). So a provider that rarely fails is suspected only far out in
         its tail, one that has been failing soon after its usual time; each call counts
-        by that probability, and costs at least its age (failure_time). Calls younger
-        than overdue_min_s, or than the fit's one-σ latency, are not looked at."""
+        by that probability, and costs its age or, if longer, what the provider's
+        failures have taken (failure_time: a call at a provider whose calls time out
+        after 20 s is going to cost that much, if it is a failure). Calls younger than
+        overdue_min_s, or than the fit's one-σ latency, are not looked at.
+
+        Those counts weigh against the failures and successes of the last minute or so
+        (availability_half_life_s), which is right for a provider that fails now and then
+        but slow for one that has just started to hang: a minute of answers at 8 a second
+        dilutes four calls in ten hanging to a few percent for seconds while the calls
+        keep coming. So the calls are also weighed against their cohort, the calls that
+        started since the oldest of them and before the youngest: those still running
+        and those answered (this process's, `finish`). When more of the cohort is
+        running long than the provider's failure rate explains (by at least
+        overdue_excess calls), the cohort's share, late / (cohort + 1), is what the next
+        call meets: the failures become at least what gives that rate against the
+        successes. A heavy tail's slow answers are explained by its fit and its rate; a
+        spell's onset is not."""
         pending = self._pending.get(state.name)
         if not pending or state.log_sq <= 0.0:
             return
@@ -234,19 +263,31 @@ class StoreBase:
         sigma = max(config.overdue_min_sigma, math.sqrt(max(0.0, state.log_sq - mu * mu)))
         limit = now - max(config.overdue_min_s, math.exp(mu + sigma))
         p = max(config.overdue_prior, 1.0 - availability(state.successes, state.failures, config))
+        known = state.failure_time
         late = age = 0.0
+        running = 0
         for at in pending:  # in the order the calls started
             if at >= limit:
                 break
+            running += 1
             tau = now - at
             tail = 0.5 * math.erfc((math.log(tau) - mu) / (sigma * _SQRT2))
             w = p / (p + (1.0 - p) * tail)
             late += w
-            age += w * tau
-        if late:
-            f = state.failures
-            state.failure_time = (f * state.failure_time + age) / (f + late)
-            state.failures = f + late
+            age += w * (tau if tau > known else known)
+        if not late:
+            return
+        f = state.failures
+        state.failure_time = (f * state.failure_time + age) / (f + late)
+        state.failures = f + late
+        answered = self._answered.get(state.name)
+        cohort = running + (bisect.bisect_left(answered, limit) - bisect.bisect_left(answered, pending[0])
+                            if answered else 0)
+        if late - p * cohort >= config.overdue_excess:  # more running long than its failure rate explains
+            rate = late / (cohort + 1.0)
+            needed = rate * (state.successes + config.prior_success + config.prior_failure) / (1.0 - rate)
+            if needed > state.failures:
+                state.failures = needed
 
     def local_in_flight(self, name: str) -> int:
         return self._local.get(name, 0)
@@ -359,7 +400,7 @@ class RedisDWAStore(StoreBase):
         new value the script publishes: build it exactly once per finished call.
         """
         name = outcome.provider
-        left = self.finish(name, outcome.now - outcome.latency_s)
+        left = self.finish(name, outcome.now - outcome.latency_s, outcome.kind is OutcomeKind.SUCCESS)
         cost = self.profile(name).cost(outcome.input_tokens, outcome.output_tokens)
         args = (
             repr(float(outcome.now)), outcome.kind.value, repr(float(outcome.latency_s)),
