@@ -247,14 +247,15 @@ class StoreBase:
         (availability_half_life_s), which is right for a provider that fails now and then
         but slow for one that has just started to hang: a minute of answers at 8 a second
         dilutes four calls in ten hanging to a few percent for seconds while the calls
-        keep coming. So the calls are also weighed against their cohort, the calls that
-        started since the oldest of them and before the youngest: those still running
-        and those answered (this process's, `finish`). When more of the cohort is
-        running long than the provider's failure rate explains (by at least
+        keep coming. So the calls are also weighed against their cohort, this process's
+        calls that started since the oldest of them and long enough ago to be looked
+        at: those still running and those answered (`finish`). When more of the cohort
+        is running long than the provider's failure rate explains (by at least
         overdue_excess calls), the cohort's share, late / (cohort + 1), is what the next
         call meets: the failures become at least what gives that rate against the
-        successes. A heavy tail's slow answers are explained by its fit and its rate; a
-        spell's onset is not."""
+        successes. A heavy tail's slow answers are mostly explained by its fit and its
+        rate, though a σ fitted from a dozen recent answers can come out low (see
+        bench/README.md, "Sixteen seeds"); a spell's onset is not."""
         pending = self._pending.get(state.name)
         if not pending or state.log_sq <= 0.0:
             return
