@@ -308,6 +308,7 @@ class Orchestrator:
             return orchestration, _empty()
         adapter, (stream, first), started = attempt
         result.ttft = time.perf_counter() - started
+        self.store.answering(adapter.name, _wall(started))  # its tokens are coming: not hanging
         # Answering: earlier attempts' errors stay in `attempts` only.
         result.provider, result.model, result.error = adapter.name, adapter.spec.model, None
         return orchestration, self._relay(plan, orchestration, result, adapter, stream, first, started)

@@ -291,6 +291,34 @@ def test_calls_running_long_count_by_their_cohort_when_the_failure_rate_cannot_e
     assert shares[200] < 0.03, shares
 
 
+def test_a_stream_that_is_answering_is_not_a_failure_in_progress_and_ends_as_itself() -> None:
+    """Two calls run far past a provider's usual second: a stream whose tokens have been
+    coming for 10 s, and a call with no answer for 3 s. Only the second is a failure in
+    progress; when the stream ends, the one still waiting is the call that goes on
+    counting."""
+    from core.dwa.state import ProviderState
+    from core.dwa.store import StoreBase
+
+    store = StoreBase([ProviderProfile("alpha")])
+
+    def suspected(now: float) -> float:
+        state = ProviderState("alpha", store.profile("alpha"), successes=50.0, latency_mean=1.0,
+                              log_mean=0.0, log_sq=0.04)
+        store.mark_overdue(state, now)
+        return state.failures
+
+    store.start("alpha", T0 - 10.0)
+    store.start("alpha", T0 - 3.0)
+    assert suspected(T0) > 20.0  # neither has answered: two in two hanging, a spell by their cohort
+    store.answering("alpha", T0 - 10.0 + 0.001)  # the stream's first token (a clock read later)
+    assert suspected(T0) == pytest.approx(1.0, abs=0.05)
+    store.finish("alpha", T0 - 10.0 + 0.002, ok=True)
+    assert store.local_in_flight("alpha") == 1
+    assert suspected(T0 + 5.0) == pytest.approx(1.0, abs=0.05)  # the hanging call, 8 s old now
+    store.finish("alpha", T0 - 3.0)
+    assert suspected(T0 + 6.0) == 0.0
+
+
 async def test_every_strategy_through_pick(kv: KV, ns: str) -> None:
     for strategy in RoutingStrategy:
         router = make_router(kv, f"{ns}-{strategy.value}", strategy)

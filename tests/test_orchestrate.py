@@ -460,6 +460,59 @@ async def test_streams_are_routed_on_time_to_first_token(open_gateway: Any, tmp_
     assert picked[False]["late"] >= 18, picked  # plain calls: the quick whole answer
 
 
+async def test_long_streams_that_are_answering_do_not_count_against_their_provider(
+        gateway_settings: Any, tmp_path: Path) -> None:
+    """`writer` answers short calls in 70 ms; three long stories stream from it for
+    seconds, far past its usual latency. Their tokens are coming, so they are answers in
+    progress, not failures in progress: the short calls sent meanwhile still go to
+    `writer`, not to the four-times slower `other` (before: every one went to `other`)."""
+    import asyncio
+
+    from functions.gateway import build_app
+    from tests.servers import serve
+
+    path = providers_file(tmp_path, [
+        sim("writer", latency_ms=20, ms_per_token=5, reply_tokens=800),
+        sim("other", latency_ms=250, ms_per_token=5, reply_tokens=800)])
+    settings = gateway_settings.model_copy(update={"ORCHESITY_PROVIDERS_FILE": path,
+                                                   "DWA_ROUTING_STRATEGY": "latency"})
+
+    def short(model: str, i: int) -> dict[str, Any]:
+        return {"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": f"short {i}"}]}
+
+    with serve(build_app(settings=settings)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            for i in range(6):
+                for model in ("writer", "other"):
+                    assert (await client.post("/v1/chat/completions", json=short(model, i))).status_code == 200
+
+            async def story(i: int, opened: asyncio.Event, done: asyncio.Event) -> int:
+                body = {"model": "writer", "stream": True, "messages": [{"role": "user", "content": f"story {i}"}]}
+                chunks = 0
+                async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                    async for _ in response.aiter_lines():
+                        chunks += 1
+                        opened.set()
+                        if done.is_set():
+                            break
+                return chunks
+
+            done = asyncio.Event()
+            opened = [asyncio.Event() for _ in range(3)]
+            stories = [asyncio.create_task(story(i, opened[i], done)) for i in range(3)]
+            for event in opened:
+                await asyncio.wait_for(event.wait(), 5)
+            await asyncio.sleep(1.5)  # every story now runs far past writer's usual 70 ms
+            picked = Counter()
+            for i in range(8):
+                answer = await client.post("/v1/chat/completions", json=short("auto", 100 + i))
+                assert answer.status_code == 200, answer.text
+                picked[answer.headers["x-orchesity-provider"]] += 1
+            done.set()
+            assert all(chunks > 10 for chunks in await asyncio.gather(*stories))
+    assert picked["writer"] == 8, picked
+
+
 async def test_a_request_one_protocol_cannot_express_goes_to_a_deployment_that_can(
         open_gateway: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Anthropic's Messages API has no response_format: a structured-output request the

@@ -73,6 +73,10 @@ class DWAPolicy:
         state = (await router.store.read([name], now)).states[name]
         return hedge_delay(state, router.config)
 
+    async def answering(self, request: Request, name: str, started: float) -> None:
+        """A stream's first token, as the gateway reports it (Orchestrator.stream)."""
+        self.routers[request.instance].store.answering(name, started)
+
     async def cancel(self, request: Request, name: str, now: float) -> None:
         """A hedge's other call, cancelled: no outcome, only its place in flight freed."""
         self.routers[request.instance].store.finish(name)

@@ -25,6 +25,9 @@ class Policy(Protocol):
 
     async def hedge_delay(self, request: Request, name: str, now: float) -> float | None: ...  # hedging "auto"
 
+    # optional (the DWA's): a stream's first token came, `started` being when its call began
+    # async def answering(self, request: Request, name: str, started: float) -> None: ...
+
 
 @dataclass
 class RunResult:
@@ -65,6 +68,7 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
         heap.append((request.arrival, seq, 0, request))
         seq += 1
     heapq.heapify(heap)
+    answering = getattr(policy, "answering", None)
 
     async def finish(request: Request, now: float, ok: bool, at: float | None = None) -> None:
         result.requests += 1
@@ -93,6 +97,9 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
         running.setdefault(request.rid, {})[seq] = name
         heapq.heappush(heap, (now + call.latency, seq, 1, (request, name, call)))
         seq += 1
+        if answering is not None and request.stream and call.kind == "ok" and call.ttft is not None:
+            heapq.heappush(heap, (now + call.ttft, seq, 3, (request, name, now)))  # its first token
+            seq += 1
         return name
 
     while heap:
@@ -108,6 +115,9 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
                 if delay is not None:
                     heapq.heappush(heap, (now + delay, seq, 2, request))
                     seq += 1
+            continue
+        if kind == 3:  # a stream's first token: its tokens are coming
+            await answering(*data)  # type: ignore[misc]
             continue
         if kind == 2:  # the hedge: still unanswered, one call in flight
             request = data  # type: ignore[assignment]

@@ -10,7 +10,8 @@ state.py; everything already decayed to `now` by elapsed time):
                    prior, so a provider that was down an hour ago is not still punished.
                    (Failures while its circuit is open are the breaker's business and
                    are not counted in F; see breaker.py.) F also counts this process's
-                   calls running unusually long, each by the chance it is a failure
+                   calls running unusually long with no answer begun (a stream's first
+                   token ends the doubt), each by the chance it is a failure
                    (failures in progress, StoreBase.mark_overdue): a provider that
                    hangs is left before its first timeout comes back. When more of
                    the calls started since the oldest of those run long than its

@@ -79,6 +79,9 @@ class DWAStore(Protocol):
     def start(self, name: str) -> None:
         """A call to `name` is starting in this process."""
 
+    def answering(self, name: str, started: float) -> None:
+        """A call to `name` in this process began to answer (a stream's first token)."""
+
     def finish(self, name: str) -> int:
         """A call to `name` ended in this process; returns this process's count left."""
 
@@ -187,6 +190,7 @@ class StoreBase:
         self.instance_id = instance_id or uuid.uuid4().hex[:12]
         self._local: dict[str, int] = {}
         self._pending: dict[str, list[float]] = {}  # when this process's calls in flight started
+        self._answering: dict[str, list[float]] = {}  # ...those already answering (a stream's tokens)
         self._answered: dict[str, list[float]] = {}  # ...and its successes since the oldest of them (sorted)
         self._k_av = _LN2 / self.config.availability_half_life_s
         self._k_ev = _LN2 / self.config.evidence_half_life_s
@@ -204,34 +208,61 @@ class StoreBase:
         if at is not None:
             self._pending.setdefault(name, []).append(at)
 
+    def answering(self, name: str, started: float) -> None:
+        """The call to `name` that started at about `started` has begun to answer (a
+        stream's first token): still in flight, but no longer a failure in progress, and
+        an answer in its cohort (mark_overdue). A long story streaming for a minute is
+        not a call hanging for one."""
+        pending = self._pending.get(name)
+        if pending:
+            at = pending.pop(_nearest(pending, started))
+            self._answering.setdefault(name, []).append(at)
+            self._answer(name, at)
+
     def finish(self, name: str, started: float | None = None, ok: bool = False) -> int:
         """A call to `name` ended (the one that started at about `started`; answered if
         `ok`); the count left. An answered call's start is kept while a call that started
         before it is still running (mark_overdue's cohort)."""
         left = max(0, self._local.get(name, 0) - 1)
         self._local[name] = left
-        pending = self._pending.get(name)
-        if pending:
-            if started is None:
-                pending.pop()
-            else:
-                pending.pop(min(range(len(pending)), key=lambda i: abs(pending[i] - started)))
-        answered = self._answered.get(name)
+        pending = self._pending.get(name) or []
+        answering = self._answering.get(name) or []
+        if started is None:
+            if pending or answering:
+                (pending or answering).pop()
+        else:
+            i = _nearest(pending, started)
+            j = _nearest(answering, started)
+            if j >= 0 and (i < 0 or abs(answering[j] - started) < abs(pending[i] - started)):
+                answering.pop(j)
+                ok = False  # its answer is in the cohort already
+            elif i >= 0:
+                pending.pop(i)
         if not pending:
+            answered = self._answered.get(name)
             if answered:
                 answered.clear()
         elif ok and started is not None:
-            if answered is None:
-                answered = self._answered[name] = []
-            bisect.insort(answered, started)
-            if answered[0] < pending[0]:  # older than every call still running: no cohort's
-                del answered[:bisect.bisect_left(answered, pending[0])]
+            self._answer(name, started)
         return left
+
+    def _answer(self, name: str, started: float) -> None:
+        """Keep an answered call's start for the cohort of the calls still waiting."""
+        pending = self._pending.get(name)
+        if not pending:
+            return
+        answered = self._answered.get(name)
+        if answered is None:
+            answered = self._answered[name] = []
+        bisect.insort(answered, started)
+        if answered[0] < pending[0]:  # older than every call still waiting: no cohort's
+            del answered[:bisect.bisect_left(answered, pending[0])]
 
     def mark_overdue(self, state: ProviderState, now: float) -> None:
         """Count this process's calls to `state`'s provider that are running unusually
-        long as failures in progress: a provider that hangs is avoided before its first
-        timeout comes back.
+        long, with no answer begun (a stream is past suspicion from its first token,
+        `answering`), as failures in progress: a provider that hangs is avoided before
+        its first timeout comes back.
 
         A call still running at age τ is a failure with probability p / (p + (1 − p) ×
         P(a success takes longer than τ)): p is the provider's failure rate (1 − a), and
@@ -292,6 +323,11 @@ class StoreBase:
 
     def local_in_flight(self, name: str) -> int:
         return self._local.get(name, 0)
+
+
+def _nearest(times: Sequence[float], at: float) -> int:
+    """The index of the start time in `times` closest to `at` (-1 when there is none)."""
+    return min(range(len(times)), key=lambda i: abs(times[i] - at), default=-1)
 
 
 class RedisDWAStore(StoreBase):
