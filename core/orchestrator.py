@@ -481,14 +481,16 @@ class Orchestrator:
         explicit = slot[0].name if len(slot) == 1 and plan.request.targets else None
         if explicit is not None and tried:
             return None  # one named deployment: nothing to fail over to
+        chat = plan.request.chat
+        tokens = chat.max_tokens if chat is not None and not plan.streaming else None  # a long reply is not late
         try:
-            decision = await self.router.pick_from(snapshot, strategy=plan.request.strategy,
+            decision = await self.router.pick_from(snapshot, strategy=plan.request.strategy, tokens=tokens,
                                                    exclude=tried, provider=explicit, stream=plan.streaming)
         except KVError:  # claiming a half-open probe failed with Redis: decide without it
             decision = self.router.decide(snapshot, strategy=plan.request.strategy, exclude=tried,
                                           provider=explicit, stream=plan.streaming)
             if decision is not None:
-                self.store.start(decision.provider, snapshot.now)
+                self.store.start(decision.provider, snapshot.now, tokens)
         if decision is not None:
             plan.picked.append(decision.provider)
             plan.loads[decision.provider] = decision.load

@@ -513,6 +513,46 @@ async def test_long_streams_that_are_answering_do_not_count_against_their_provid
     assert picked["writer"] == 8, picked
 
 
+async def test_long_replies_asked_for_do_not_count_against_their_provider(
+        gateway_settings: Any, tmp_path: Path) -> None:
+    """The same, not streamed: four whole stories of up to 1,500 tokens run for
+    seconds at `writer`, which answers short calls in 70 ms. They asked for that long a
+    reply, so they are not late yet, and the short calls meanwhile stay on `writer`
+    (before: 3 of 8 went to `other`)."""
+    import asyncio
+
+    from functions.gateway import build_app
+    from tests.servers import serve
+
+    path = providers_file(tmp_path, [
+        sim("writer", latency_ms=20, ms_per_token=5, reply_tokens=800),
+        sim("other", latency_ms=250, ms_per_token=5, reply_tokens=800)])
+    settings = gateway_settings.model_copy(update={"ORCHESITY_PROVIDERS_FILE": path,
+                                                   "DWA_ROUTING_STRATEGY": "latency"})
+
+    def ask(model: str, prompt: str, tokens: int) -> dict[str, Any]:
+        return {"model": model, "max_tokens": tokens, "messages": [{"role": "user", "content": prompt}]}
+
+    with serve(build_app(settings=settings)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            for i in range(6):
+                for model in ("writer", "other"):
+                    assert (await client.post("/v1/chat/completions", json=ask(model, f"short {i}", 10))
+                            ).status_code == 200
+            stories = [asyncio.create_task(client.post("/v1/chat/completions",
+                                                       json=ask("writer", f"story {i}", 1500)))
+                       for i in range(4)]
+            await asyncio.sleep(1.5)  # far past writer's usual 70 ms
+            picked = Counter()
+            for i in range(8):
+                answer = await client.post("/v1/chat/completions", json=ask("auto", f"short {100 + i}", 10))
+                assert answer.status_code == 200, answer.text
+                picked[answer.headers["x-orchesity-provider"]] += 1
+            told = [(await story).json()["usage"]["completion_tokens"] for story in stories]
+    assert min(told) > 300, told  # they were long
+    assert picked["writer"] == 8, picked
+
+
 async def test_a_request_one_protocol_cannot_express_goes_to_a_deployment_that_can(
         open_gateway: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Anthropic's Messages API has no response_format: a structured-output request the

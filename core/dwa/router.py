@@ -136,10 +136,11 @@ class Router:
             reason = "only_available"
         return Decision(available[index].name, ev.quality[index], reason, strategy, explore=ev.exploring[index])
 
-    async def pick_from(self, snapshot: Snapshot, **options: Any) -> Decision | None:
+    async def pick_from(self, snapshot: Snapshot, *, tokens: int | None = None, **options: Any) -> Decision | None:
         """decide(), claiming the probe when it picked a half-open provider (one more
         round trip, only then; another instance holding the probe makes it decide
-        again), and count the call as in flight in this process."""
+        again), and count the call as in flight in this process (asking for up to
+        `tokens` output tokens, when its whole reply is awaited: see store.start)."""
         while True:
             decision = self.decide(snapshot, **options)
             if decision is None:
@@ -148,7 +149,7 @@ class Router:
                 state = snapshot.states[decision.provider]
                 state.probe_until = snapshot.now + self.config.probe_timeout_s
                 continue
-            self.store.start(decision.provider, snapshot.now)
+            self.store.start(decision.provider, snapshot.now, tokens)
             return decision
 
     async def pick(

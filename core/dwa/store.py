@@ -191,6 +191,7 @@ class StoreBase:
         self._local: dict[str, int] = {}
         self._pending: dict[str, list[float]] = {}  # when this process's calls in flight started
         self._answering: dict[str, list[float]] = {}  # ...those already answering (a stream's tokens)
+        self._budgets: dict[str, dict[float, int]] = {}  # ...the output tokens some asked for, by start
         self._answered: dict[str, list[float]] = {}  # ...and its successes since the oldest of them (sorted)
         self._k_av = _LN2 / self.config.availability_half_life_s
         self._k_ev = _LN2 / self.config.evidence_half_life_s
@@ -202,11 +203,14 @@ class StoreBase:
         return profile
 
     # -- in-flight, this process ---------------------------------------------------------
-    def start(self, name: str, at: float | None = None) -> None:
-        """A call to `name` starts (at `at`, the caller's clock, when its age should count)."""
+    def start(self, name: str, at: float | None = None, tokens: int | None = None) -> None:
+        """A call to `name` starts (at `at`, the caller's clock, when its age should count;
+        asking for up to `tokens` output tokens when its whole reply is awaited)."""
         self._local[name] = self._local.get(name, 0) + 1
         if at is not None:
             self._pending.setdefault(name, []).append(at)
+            if tokens:
+                self._budgets.setdefault(name, {})[at] = tokens
 
     def answering(self, name: str, started: float) -> None:
         """The call to `name` that started at about `started` has begun to answer (a
@@ -216,6 +220,7 @@ class StoreBase:
         pending = self._pending.get(name)
         if pending:
             at = pending.pop(_nearest(pending, started))
+            self._unbudget(name, at)
             self._answering.setdefault(name, []).append(at)
             self._answer(name, at)
 
@@ -228,8 +233,10 @@ class StoreBase:
         pending = self._pending.get(name) or []
         answering = self._answering.get(name) or []
         if started is None:
-            if pending or answering:
-                (pending or answering).pop()
+            if pending:
+                self._unbudget(name, pending.pop())
+            elif answering:
+                answering.pop()
         else:
             i = _nearest(pending, started)
             j = _nearest(answering, started)
@@ -237,7 +244,7 @@ class StoreBase:
                 answering.pop(j)
                 ok = False  # its answer is in the cohort already
             elif i >= 0:
-                pending.pop(i)
+                self._unbudget(name, pending.pop(i))
         if not pending:
             answered = self._answered.get(name)
             if answered:
@@ -245,6 +252,11 @@ class StoreBase:
         elif ok and started is not None:
             self._answer(name, started)
         return left
+
+    def _unbudget(self, name: str, at: float) -> None:
+        budgets = self._budgets.get(name)
+        if budgets:
+            budgets.pop(at, None)
 
     def _answer(self, name: str, started: float) -> None:
         """Keep an answered call's start for the cohort of the calls still waiting."""
@@ -272,7 +284,11 @@ class StoreBase:
         by that probability, and costs its age or, if longer, what the provider's
         failures have taken (failure_time: a call at a provider whose calls time out
         after 20 s is going to cost that much, if it is a failure). Calls younger than
-        overdue_min_s, or than the fit's one-σ latency, are not looked at.
+        overdue_min_s, or than the fit's one-σ latency, are not looked at. A call that
+        asked for a longer reply than the provider's usual (`start`'s tokens, whole
+        replies only) ages in proportion: one that may take four times the median's
+        time is judged at a quarter of its age, so a batch job's 4,000-token answers
+        are not a spell at a provider that mostly serves short chat.
 
         Those counts weigh against the failures and successes of the last minute or so
         (availability_half_life_s), which is right for a provider that fails now and then
@@ -293,9 +309,12 @@ class StoreBase:
         config = self.config
         mu = state.log_mean
         sigma = max(config.overdue_min_sigma, math.sqrt(max(0.0, state.log_sq - mu * mu)))
-        limit = now - max(config.overdue_min_s, math.exp(mu + sigma))
+        look = max(config.overdue_min_s, math.exp(mu + sigma))
+        limit = now - look
         p = max(config.overdue_prior, 1.0 - availability(state.successes, state.failures, config))
         known = state.failure_time
+        budgets = self._budgets.get(state.name)
+        per_token = state.latency_norm / math.exp(mu)  # a reply's tokens + ttft_tokens → its latency / median's
         late = age = 0.0
         running = 0
         for at in pending:  # in the order the calls started
@@ -303,10 +322,17 @@ class StoreBase:
                 break
             running += 1
             tau = now - at
+            elapsed = tau
+            if budgets and (tokens := budgets.get(at)):
+                stretch = per_token * (tokens + config.ttft_tokens)
+                if stretch > 1.0:  # it may take that many times the usual reply's time
+                    tau /= stretch
+                    if tau < look:
+                        continue
             tail = 0.5 * math.erfc((math.log(tau) - mu) / (sigma * _SQRT2))
             w = p / (p + (1.0 - p) * tail)
             late += w
-            age += w * (tau if tau > known else known)
+            age += w * (elapsed if elapsed > known else known)
         if not late:
             return
         f = state.failures
