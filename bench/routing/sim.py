@@ -25,8 +25,8 @@ class Policy(Protocol):
 
     async def hedge_delay(self, request: Request, name: str, now: float) -> float | None: ...  # hedging "auto"
 
-    # optional (the DWA's): a stream's first token came, `started` being when its call began
-    # async def answering(self, request: Request, name: str, started: float) -> None: ...
+    # A policy may also have `async answering(request, name, started)` (the DWA's): told
+    # of a stream's first token, `started` being when its call began.
 
 
 @dataclass

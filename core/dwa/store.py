@@ -314,7 +314,8 @@ class StoreBase:
         p = max(config.overdue_prior, 1.0 - availability(state.successes, state.failures, config))
         known = state.failure_time
         budgets = self._budgets.get(state.name)
-        per_token = state.latency_norm / math.exp(mu)  # a reply's tokens + ttft_tokens → its latency / median's
+        # a reply's tokens + ttft_tokens → its latency / the median's (only calls that asked need it)
+        per_token = state.latency_norm / math.exp(mu) if budgets else 0.0
         late = age = 0.0
         running = 0
         for at in pending:  # in the order the calls started
