@@ -112,6 +112,7 @@ class LLMRequest:
     limits: Limits | None = None        # the caller's rate limits and budgets
     timeout: float | None = None        # overall deadline, seconds
     hedge_after: float | Literal["auto"] | None = None  # seconds (or from the first's latency): see _hedged
+    latency_quantile: float | None = None  # route on this quantile of latency, not the mean (scoring.evaluate)
 
     @property
     def serves(self) -> Capability:
@@ -485,10 +486,12 @@ class Orchestrator:
         tokens = chat.max_tokens if chat is not None and not plan.streaming else None  # a long reply is not late
         try:
             decision = await self.router.pick_from(snapshot, strategy=plan.request.strategy, tokens=tokens,
-                                                   exclude=tried, provider=explicit, stream=plan.streaming)
+                                                   exclude=tried, provider=explicit, stream=plan.streaming,
+                                                   quantile=plan.request.latency_quantile)
         except KVError:  # claiming a half-open probe failed with Redis: decide without it
             decision = self.router.decide(snapshot, strategy=plan.request.strategy, exclude=tried,
-                                          provider=explicit, stream=plan.streaming)
+                                          provider=explicit, stream=plan.streaming,
+                                          quantile=plan.request.latency_quantile)
             if decision is not None:
                 self.store.start(decision.provider, snapshot.now, tokens)
         if decision is not None:

@@ -553,6 +553,50 @@ async def test_long_replies_asked_for_do_not_count_against_their_provider(
     assert picked["writer"] == 8, picked
 
 
+async def test_a_call_asking_for_a_low_p95_goes_to_the_steady_deployment(
+        gateway_settings: Any, tmp_path: Path) -> None:
+    """`spread` answers in 50 ms on average but anywhere from 3 to 98 ms; `steady` takes
+    70 ms, give or take 1. On the mean, calls go to `spread`; a call that asks for
+    `latency_quantile: 0.95` goes to `steady`, whose p95 is the lower. Out of range, or
+    with a stream, it is a 422 naming the field."""
+    from functions.gateway import build_app
+    from tests.servers import serve
+
+    path = providers_file(tmp_path, [sim("spread", latency_ms=50, jitter=0.95, seed=5),
+                                     sim("steady", latency_ms=70, jitter=0.02, seed=6)])
+    settings = gateway_settings.model_copy(update={"ORCHESITY_PROVIDERS_FILE": path,
+                                                   "DWA_ROUTING_STRATEGY": "latency"})
+
+    def ask(model: str, prompt: str, **extra: Any) -> dict[str, Any]:
+        return {"model": model, "messages": [{"role": "user", "content": prompt}], **extra}
+
+    async def routed(**extra: Any) -> Counter[str]:
+        picked: Counter[str] = Counter()
+        for i in range(8):
+            answer = await client.post("/v1/chat/completions", json=ask("auto", f"{extra} {i}", **extra))
+            assert answer.status_code == 200, answer.text
+            picked[answer.headers["x-orchesity-provider"]] += 1
+        return picked
+
+    with serve(build_app(settings=settings)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            for i in range(20):
+                for model in ("spread", "steady"):
+                    assert (await client.post("/v1/chat/completions", json=ask(model, f"warm {i}"))
+                            ).status_code == 200
+            on_mean = await routed()
+            on_p95 = await routed(latency_quantile=0.95)
+            wrong = await client.post("/v1/chat/completions", json=ask("auto", "hi", latency_quantile=0.3))
+            streamed = await client.post("/v1/chat/completions",
+                                         json=ask("auto", "hi", latency_quantile=0.95, stream=True))
+    assert on_mean["spread"] == 8, on_mean
+    assert on_p95["steady"] == 8, on_p95
+    for refused in (wrong, streamed):
+        assert refused.status_code == 422, refused.text
+        assert "latency_quantile" in refused.text
+        assert refused.json()["error"]
+
+
 async def test_a_request_one_protocol_cannot_express_goes_to_a_deployment_that_can(
         open_gateway: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Anthropic's Messages API has no response_format: a structured-output request the

@@ -21,16 +21,19 @@ STRATEGIES = ("load_balanced", "round_robin", "random", "priority", "latency", "
               "litellm_shuffle", "litellm_latency", "oracle")
 DWA_STRATEGIES = STRATEGIES[:7]
 HEDGED = ("load_balanced+hedge", "adaptive+hedge")  # with --hedge-after-ms: the gateway's hedge_after_ms
+QUANTILED = ("load_balanced+quantile", "adaptive+quantile")  # with --latency-quantile: latency_quantile
 SEED_STEP = 1000  # --seeds N runs a scenario with its seed, seed + 1000, ...
 
 
-def make_policy(name: str, scenario: Scenario, world: Any, kv: Any, run_id: str) -> Any:
+def make_policy(name: str, scenario: Scenario, world: Any, kv: Any, run_id: str,
+                quantile: float | None = None) -> Any:
     from core.settings import RoutingStrategy
 
     from bench.routing.policies import DWAPolicy, LiteLLMLatency, LiteLLMShuffle, Oracle
 
     if name in DWA_STRATEGIES:
-        return DWAPolicy(scenario, kv, RoutingStrategy(name), namespace=f"{run_id}:{scenario.name}:{name}")
+        return DWAPolicy(scenario, kv, RoutingStrategy(name), namespace=f"{run_id}:{scenario.name}:{name}",
+                         quantile=quantile)
     if name == "litellm_shuffle":
         return LiteLLMShuffle(scenario, seed=scenario.seed)
     if name == "litellm_latency":
@@ -41,7 +44,7 @@ def make_policy(name: str, scenario: Scenario, world: Any, kv: Any, run_id: str)
 
 
 async def run_scenario(scenario: Scenario, strategies: tuple[str, ...], kv: Any, run_id: str,
-                       hedge_after_s: float | str | None = None) -> dict[str, Any]:
+                       hedge_after_s: float | str | None = None, quantile: float | None = None) -> dict[str, Any]:
     from bench.routing.sim import make_world, recovery_times, simulate, summary, traffic_share
 
     out: dict[str, Any] = {}
@@ -49,7 +52,9 @@ async def run_scenario(scenario: Scenario, strategies: tuple[str, ...], kv: Any,
     for name in order:
         world, requests = make_world(scenario)
         hedged = name in HEDGED
-        policy = make_policy(name.removesuffix("+hedge"), scenario, world, kv, f"{run_id}:{name}")
+        quantiled = name in QUANTILED
+        policy = make_policy(name.removesuffix("+hedge").removesuffix("+quantile"), scenario, world, kv,
+                             f"{run_id}:{name}", quantile if quantiled else None)
         started = time.perf_counter()
         run = await simulate(scenario, world, requests, policy, hedge_after_s if hedged else None)
         metrics = summary(run)
@@ -106,7 +111,8 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def run_all(scenarios: list[Scenario], strategies: tuple[str, ...],
-                  hedge_after_s: float | str | None = None, seeds: int = 1) -> dict[str, dict[str, Any]]:
+                  hedge_after_s: float | str | None = None, seeds: int = 1,
+                  quantile: float | None = None) -> dict[str, dict[str, Any]]:
     from core.embedded import start_redis
     from core.kv import RedisKV
 
@@ -119,7 +125,7 @@ async def run_all(scenarios: list[Scenario], strategies: tuple[str, ...],
             for scenario in scenarios:
                 started = time.perf_counter()
                 runs = [await run_scenario(replace(scenario, seed=scenario.seed + SEED_STEP * k), strategies, kv,
-                                           f"{run_id}:{k}", hedge_after_s) for k in range(seeds)]
+                                           f"{run_id}:{k}", hedge_after_s, quantile) for k in range(seeds)]
                 results[scenario.name] = combine(runs)
                 print(report_scenario(scenario, results[scenario.name],
                                       time.perf_counter() - started, seeds), flush=True)
@@ -240,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hedge-after-ms", metavar="MS|auto",
                         help="also run load_balanced and adaptive with requests hedged after MS "
                              "(auto: twice the picked provider's mean latency, as the gateway's)")
+    parser.add_argument("--latency-quantile", type=float, metavar="Q",
+                        help="also run load_balanced and adaptive with every request's latency_quantile "
+                             "set to Q (0.5 to 0.999; e.g. 0.95: each call goes where its p95 is lowest)")
     parser.add_argument("--seeds", type=int, default=1, metavar="N",
                         help="run each scenario with N seeds and report the means (one seed's luck "
                              "moves a scenario's regret by several points)")
@@ -284,9 +293,13 @@ def main(argv: list[str] | None = None) -> int:
         if hedge != "auto" and hedge <= 0:  # type: ignore[operator]
             parser.error("--hedge-after-ms is a positive number of milliseconds, or auto")
         strategies += HEDGED
+    if args.latency_quantile is not None:
+        if not 0.5 <= args.latency_quantile <= 0.999:
+            parser.error("--latency-quantile is between 0.5 and 0.999")
+        strategies += QUANTILED
     if args.seeds < 1:
         parser.error("--seeds is a positive number of runs per scenario")
-    results = asyncio.run(run_all(scenarios, strategies, hedge, args.seeds))
+    results = asyncio.run(run_all(scenarios, strategies, hedge, args.seeds, args.latency_quantile))
     print("\n".join(check_targets(results)))
     print(f"\ntotal wall time {time.perf_counter() - started:.1f} s")
 

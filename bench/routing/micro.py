@@ -77,6 +77,7 @@ def run_micro() -> dict[str, float]:
     for strategy in RoutingStrategy:
         results[strategy.value] = _per_call_us(lambda: router.decide(snapshot, strategy=strategy))
     results["load_balanced+exclude"] = _per_call_us(lambda: router.decide(snapshot, exclude=(names[0], names[1])))
+    results["load_balanced+quantile"] = _per_call_us(lambda: router.decide(snapshot, quantile=0.95))
 
     print(f"CPU per routing decision, {PROVIDERS} providers, best of {REPEATS} × {DECISIONS} calls "
           f"(time.process_time; no I/O):")

@@ -34,8 +34,9 @@ class DWAPolicy:
     """The real core/dwa Router, one per gateway instance, all on one real Redis."""
 
     def __init__(self, scenario: Scenario, kv: KV, strategy: RoutingStrategy, namespace: str,
-                 config: DWAConfig | None = None) -> None:
+                 config: DWAConfig | None = None, quantile: float | None = None) -> None:
         self.names = [p.name for p in scenario.providers]
+        self.quantile = quantile  # every request's latency_quantile (None: the mean)
         profiles = profiles_for(scenario)
         self.routers = [
             Router(RedisDWAStore(kv, profiles, config, namespace=namespace, instance_id=f"i{k}"),
@@ -47,7 +48,8 @@ class DWAPolicy:
         self.loads: dict[tuple[int, str], int] = {}  # (request, provider): the pick's load
 
     async def pick(self, request: Request, now: float, exclude: Sequence[str]) -> str | None:
-        decision = await self.routers[request.instance].pick(self.names, now, exclude=exclude, stream=request.stream)
+        decision = await self.routers[request.instance].pick(self.names, now, exclude=exclude, stream=request.stream,
+                                                         quantile=self.quantile)
         if decision is None:
             return None
         self.reasons[decision.reason] += 1

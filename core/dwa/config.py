@@ -44,6 +44,11 @@ class DWAConfig:
     latency_optimism: float = 0.1   # the prior is this much faster than the best mean seen
     default_latency_s: float = 1.0  # the prior when no candidate has data (all then share it)
 
+    # -- a request's latency_quantile (see scoring.quantile_factor): the spread of a
+    # provider's latency_norm assumed before its samples show it, with this many samples' weight
+    quantile_prior_sigma: float = 0.5
+    quantile_prior_weight: float = 2.0
+
     # -- the score (see scoring.py)
     availability_exponent: float = 2.0
     cost_exponent: float = 0.02     # cost only breaks near-ties in load_balanced/adaptive

@@ -78,17 +78,19 @@ class Router:
         exclude: Collection[str] = (),
         provider: str | None = None,
         stream: bool = False,
+        quantile: float | None = None,
     ) -> Decision | None:
         """Pick a provider from `snapshot` (no I/O). None only when `exclude` (or an
-        empty candidate list) leaves nothing. Does not claim probes; see pick_from."""
-        decision = self._decide(snapshot, strategy, exclude, provider, stream)
+        empty candidate list) leaves nothing. Does not claim probes; see pick_from.
+        `quantile`: compare latencies at that quantile, not at their means (see evaluate)."""
+        decision = self._decide(snapshot, strategy, exclude, provider, stream, quantile)
         if decision is not None:
             state = snapshot.states.get(decision.provider)
             decision.load = state.in_flight + 1 if state is not None else 1
         return decision
 
     def _decide(self, snapshot: Snapshot, strategy: RoutingStrategy | str | None, exclude: Collection[str],
-                provider: str | None, stream: bool) -> Decision | None:
+                provider: str | None, stream: bool, quantile: float | None) -> Decision | None:
         strategy = self.strategy if strategy is None else RoutingStrategy(strategy)
         config = self.config
         now = snapshot.now
@@ -96,7 +98,7 @@ class Router:
         if provider is not None:
             pool = [states[name] for name in snapshot.order if name != provider]
             state = states.get(provider) or ProviderState(provider, self.store.profile(provider))
-            quality = evaluate([state, *pool], config, now, stream=stream).quality[0]
+            quality = evaluate([state, *pool], config, now, stream=stream, quantile=quantile).quality[0]
             return Decision(provider, quality, "explicit_provider", strategy)
         if exclude:
             cands = [states[name] for name in snapshot.order if name not in exclude]
@@ -118,15 +120,15 @@ class Router:
         # A half-open provider gets the one trial request, but never a request that
         # already failed elsewhere (a retry should go where success is likely).
         if probe is not None and len(cands) == len(snapshot.order):
-            quality = evaluate([probe, *available], config, now, stream=stream).quality[0]
+            quality = evaluate([probe, *available], config, now, stream=stream, quantile=quantile).quality[0]
             return Decision(probe.name, quality, "half_open_probe", strategy, probe=True)
 
         if not available:
-            ev = evaluate(cands, config, now, stream=stream)
+            ev = evaluate(cands, config, now, stream=stream, quantile=quantile)
             best = min(range(len(cands)), key=lambda i: (available_at(cands[i], now), -ev.quality[i]))
             return Decision(cands[best].name, ev.quality[best], "all_circuits_open", strategy)
 
-        ev = evaluate(available, config, now, stream=stream)
+        ev = evaluate(available, config, now, stream=stream, quantile=quantile)
         ctx = self._ctx
         ctx.rr_counter = snapshot.rr_counter
         index, reason = STRATEGIES[strategy](available, ev, ctx)
@@ -161,6 +163,7 @@ class Router:
         exclude: Collection[str] = (),
         provider: str | None = None,
         stream: bool = False,
+        quantile: float | None = None,
     ) -> Decision | None:
         """Read every candidate's state (one round trip) and pick.
 
@@ -176,12 +179,12 @@ class Router:
             snapshot = Snapshot(now, tuple(names),
                                 {name: ProviderState(name, self.store.profile(name)) for name in names})
             decision = self.decide(snapshot, strategy=strategy, exclude=exclude, provider=provider,
-                                   stream=stream)
+                                   stream=stream, quantile=quantile)
             if decision is not None:
                 self.store.start(decision.provider, now)
             return decision
         return await self.pick_from(snapshot, strategy=strategy, exclude=exclude,
-                                    provider=provider, stream=stream)
+                                    provider=provider, stream=stream, quantile=quantile)
 
     async def best(self, names: Sequence[str], now: float) -> Decision | None:
         """The provider with the highest score now (GET /api/llm/dwa/best-provider); does

@@ -72,6 +72,13 @@ state.py; everything already decayed to `now` by elapsed time):
                    tail's lucky draw, earns one call more at a time, not the traffic;
                    a provider really that fast ramps up, doubling per latency.
 
+    at a quantile  m ← m · exp(z·s − s²/2)                 (a request's latency_quantile)
+                   for a whole reply whose caller asked for, say, its p95 (z = 1.645)
+                   rather than its mean: s is the spread of ln latency_norm (the
+                   Lua's g1, g2; quantile_factor), so a deployment whose mean is 15%
+                   lower but whose tail is long loses to a steady one. Before L*, so the
+                   optimistic prior is read at the quantile too.
+
     expected time  E = L + F / (S + F + α₀ + β₀) · T_f
                    T_f: the decayed mean time its failures took (in the units of L: a
                    non-stream's divided by its replies' mean size), so a provider that
@@ -111,6 +118,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 from core.dwa.config import DWAConfig
 from core.dwa.state import ProviderState
@@ -201,11 +209,44 @@ class Evaluation:
         self.evidence = evidence  # W' + k₀: the samples behind `latency`, pending calls included
 
 
+def quantile_factor(state: ProviderState, z: float, config: DWAConfig) -> float:
+    """How much longer than its mean a call to this provider takes at the standard normal
+    quantile z: exp(z·s − s²/2), the quantile of a log-normal whose mean is 1.
+
+    s² is the variance of ln latency_norm over its recent samples (the reply's length
+    taken out), shrunk toward quantile_prior_sigma² by quantile_prior_weight samples, so
+    a provider known from one answer is not taken to be tight. At z = 1.645 (the p95),
+    s = 0.2 gives 1.36, s = 0.5 gives 1.99 and s = 0.9 gives 2.93: with means 15% apart,
+    the tight provider wins the p95."""
+    prior = config.quantile_prior_sigma
+    k = config.quantile_prior_weight
+    weight = state.latency_weight if state.norm_log_sq else 0.0  # a state from before these moments: the prior
+    mu = state.norm_log_mean
+    variance = state.norm_log_sq - mu * mu
+    if variance < 0.0:
+        variance = 0.0
+    s2 = (weight * variance + k * prior * prior) / (weight + k)
+    return math.exp(z * math.sqrt(s2) - 0.5 * s2)
+
+
+_NORMAL = NormalDist()
+
+
 def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
-             stream: bool = False) -> Evaluation:
+             stream: bool = False, quantile: float | None = None) -> Evaluation:
     """Score every candidate at `now` (the module docstring's formula). Runs on every
-    decision; the strategies, the stats and the recompute's baseline use its terms."""
+    decision; the strategies, the stats and the recompute's baseline use its terms.
+
+    `quantile` (a request's latency_quantile, whole replies only): each candidate's
+    latency is read at that quantile of its spread (quantile_factor) instead of at its
+    mean, so the call goes where it is expected to be answered soonest at, say, its p95."""
     observed = [_observed(state, stream, config) for state in states]
+    if quantile is not None and not stream:
+        z = _NORMAL.inv_cdf(quantile)
+        factors = [quantile_factor(state, z, config) for state in states]
+        observed = [(weight, mean * f) for (weight, mean), f in zip(observed, factors)]
+    else:
+        factors = None
     best = min((mean for weight, mean in observed if weight > 0.0), default=math.inf)
     prior = best * (1.0 - config.latency_optimism) if best < math.inf else config.default_latency_s
     k0 = config.latency_prior_weight
@@ -219,12 +260,13 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
     unproven: list[bool] = []
     evidence: list[float] = []
     ramp = config.ramp_calls
-    for state, (weight, mean) in zip(states, observed):
+    for i, (state, (weight, mean)) in enumerate(zip(states, observed)):
         avails.append(availability(state.successes, state.failures, config))
         fresh = False
         if mean > 0.0:
             # how much slower it has been (the long memory is of whole replies: streams keep 30 s)
-            r = 1.0 if stream else min(mean, state.latency_history or mean) / best
+            history = state.latency_history * factors[i] if factors else state.latency_history
+            r = 1.0 if stream else min(mean, history or mean) / best
             stale = stale_before if r <= 1.0 else now - config.explore_after_s * math.sqrt(r)
             if state.last_success < stale or (weight < scarce and state.last_success < recent_before
                                               and (r <= 1.0 or state.looks < confirmed)):

@@ -18,6 +18,8 @@ The provider hash (KEYS[1]) holds, by field:
     nm       decayed mean of latency / (output tokens + ttft_tokens): what routing
              compares (see scoring.py), same weight lw
     l1, l2   decayed means of ln(latency) and ln(latency)^2 (p95 from a log-normal fit)
+    g1, g2   the same for ln(nm's sample): the spread of what routing compares, the
+             reply's length taken out (a request's `latency_quantile`, see scoring.py)
     qn qx qq decayed means of the load (calls in flight when the call started, itself
              included), of load × nm's sample, and of load²: nm as a function of the
              load, by least squares (see scoring.py); same weight lw
@@ -47,11 +49,11 @@ from core.kv import Script
 # Every numeric field, in the order the script reads and writes them.
 FIELDS = ("t", "s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe", "pw", "pm", "cf", "ho",
           "ou", "tr", "pu", "rl", "n", "ok", "ko", "rlc", "ce", "ti", "to", "c", "ls", "le", "qn", "qx", "qq",
-          "fd", "hw", "hm", "hx")
+          "fd", "hw", "hm", "hx", "g1", "g2")
 # Statistics, written with 10 significant digits (short strings parse faster on every
 # read); times, counters and money are written in full (%.17g).
 SHORT = frozenset(("s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe", "pw", "pm", "qn", "qx", "qq",
-                   "fd", "hw", "hm", "hx"))
+                   "fd", "hw", "hm", "hx", "g1", "g2"))
 
 # ARGV, in order (store.py builds them).
 RECORD_ARGS = ("now", "kind", "latency", "ttft", "tin", "tout", "cost", "retry", "eclass", "instance",
@@ -112,6 +114,9 @@ if kind == 'ok' then
   h.qq = h.qq + (load * load - h.qq) / h.lw
   h.l1 = h.l1 + (lx - h.l1) / h.lw
   h.l2 = h.l2 + (lx * lx - h.l2) / h.lw
+  local gx = math.log(xn)
+  h.g1 = h.g1 + (gx - h.g1) / h.lw
+  h.g2 = h.g2 + (gx * gx - h.g2) / h.lw
   h.ew = h.ew + 1
   if ttft > 0 then h.fw = h.fw + 1; h.fm = h.fm + (ttft - h.fm) / h.fw; h.fe = h.fe + 1 end
   if tout > 0 then h.pw = h.pw + 1; h.pm = h.pm + (x / tout - h.pm) / h.pw end

@@ -65,7 +65,8 @@ class ProviderState:
     DWAConfig.ttft_tokens, what routing compares): its samples, decayed with
     evidence_half_life_s; ttft_* likewise for streams (seconds). latency_mean (seconds) and
     log_mean / log_sq (decayed moments of ln latency: the latency's spread, for a p95
-    estimate and for calls running unusually long) come with every read.
+    estimate and for calls running unusually long) come with every read, and so do
+    norm_log_mean / norm_log_sq (the same of ln latency_norm, for latency_quantile).
     tripped: the breaker opened and no success has closed it since; open_until: end of
     the current open period (half-open after it); probe_until: a claimed half-open probe
     is running until then; rate_limited_until: a 429's Retry-After.
@@ -100,6 +101,8 @@ class ProviderState:
     failure_time: float = 0.0  # the mean duration of the failures counted in `failures` (s)
     log_mean: float = 0.0
     log_sq: float = 0.0
+    norm_log_mean: float = 0.0  # the same moments of ln(latency_norm's samples): their spread
+    norm_log_sq: float = 0.0    # without the replies' lengths (a request's latency_quantile)
     details: dict[str, Any] | None = None  # every stored field; filled only for stats
 
 

@@ -72,6 +72,9 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
         h["qq"] += (outcome.load * outcome.load - h["qq"]) / h["lw"]
         h["l1"] += (lx - h["l1"]) / h["lw"]
         h["l2"] += (lx * lx - h["l2"]) / h["lw"]
+        gx = math.log(xn)
+        h["g1"] += (gx - h["g1"]) / h["lw"]
+        h["g2"] += (gx * gx - h["g2"]) / h["lw"]
         h["ew"] += 1
         if ttft > 0:
             h["fw"] += 1
