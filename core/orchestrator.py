@@ -493,7 +493,7 @@ class Orchestrator:
                                           provider=explicit, stream=plan.streaming,
                                           quantile=plan.request.latency_quantile)
             if decision is not None:
-                self.store.start(decision.provider, snapshot.now, tokens)
+                self.store.start(decision.provider, snapshot.now, tokens, plan.streaming)
         if decision is not None:
             plan.picked.append(decision.provider)
             plan.loads[decision.provider] = decision.load

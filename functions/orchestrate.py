@@ -62,8 +62,9 @@ class _Sampling(BaseModel):
     # not for streams; "auto": twice the first's mean latency): the first answer wins, the
     # other call is cancelled, not failed.
     hedge_after_ms: Annotated[Int, Field(ge=1, le=600_000)] | Literal["auto"] | None = None
-    # Route on this quantile of each deployment's latency instead of its mean (off by
-    # default; not for streams): 0.95 sends the call where its p95 is lowest.
+    # Route on this quantile of each deployment's latency (a stream's: of its time to
+    # first token) instead of its mean (off by default): 0.95 sends the call where its
+    # p95 is lowest.
     latency_quantile: Float | None = Field(default=None, ge=0.5, le=0.999)
 
     @field_validator("hedge_after_ms", mode="before")
@@ -77,9 +78,6 @@ class _Sampling(BaseModel):
     def _no_hedged_stream(self) -> "_Sampling":
         if self.stream and self.hedge_after_ms is not None:
             raise ValueError("hedge_after_ms hedges whole replies, not streams: drop it or stream")
-        if self.stream and self.latency_quantile is not None:
-            raise ValueError("latency_quantile ranks whole replies by their spread; streams are routed on "
-                             "time to first token: drop it or stream")
         return self
 
 

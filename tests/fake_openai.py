@@ -12,12 +12,14 @@ What it does is chosen by the `model` of each request:
     "cut-after-first-token"   streams two content chunks, then drops the connection
     "end-without-done"        streams content, then ends the body cleanly, no finish/[DONE]
     "slow:<seconds>"          waits that long before answering
+    "trickle:<seconds>"       streams a word, then waits that long before the next one
     "status:<code>"           answers with that HTTP status and an OpenAI-style error body
 
     with FakeOpenAI() as server:
         base_url = server.base_url          # http://127.0.0.1:<port>/v1
         ...
         server.requests                     # [(headers, body), ...] as received
+        server.hang = True                  # from now on, every request waits, answering nothing
 
 It runs its own event loop in a thread, so any test (sync or async) can use it.
 `call_and_stream` checks an adapter against it: one plain call and one stream.
@@ -64,6 +66,7 @@ class FakeOpenAI:
         self._server: asyncio.AbstractServer | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self.port = 0
+        self.hang = False
 
     @property
     def base_url(self) -> str:
@@ -121,6 +124,8 @@ class FakeOpenAI:
 
     async def _respond(self, body: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         model = str(body.get("model", "ok"))
+        if self.hang:
+            await asyncio.Event().wait()  # until the server stops
         if model.startswith("slow:"):
             await asyncio.sleep(float(model.split(":", 1)[1]))
         if model.startswith("status:"):
@@ -172,6 +177,8 @@ class FakeOpenAI:
                 writer.transport.abort()
                 return
             await event(chunk({"content": word}))
+            if model.startswith("trickle:"):
+                await asyncio.sleep(float(model.split(":", 1)[1]))
         if model == "end-without-done":
             writer.write(b"0\r\n\r\n")  # a clean end of the body, but the reply never finished
             await writer.drain()

@@ -553,12 +553,58 @@ async def test_long_replies_asked_for_do_not_count_against_their_provider(
     assert picked["writer"] == 8, picked
 
 
-async def test_a_call_asking_for_a_low_p95_goes_to_the_steady_deployment(
+async def test_streams_hanging_before_their_first_token_send_the_next_ones_elsewhere(
         gateway_settings: Any, tmp_path: Path) -> None:
-    """`spread` answers in 50 ms on average but anywhere from 3 to 98 ms; `steady` takes
-    70 ms, give or take 1. On the mean, calls go to `spread`; a call that asks for
-    `latency_quantile: 0.95` goes to `steady`, whose p95 is the lower. Out of range, or
-    with a stream, it is a 422 naming the field."""
+    """`fake` starts a stream within milliseconds and trickles it over 2.4 s; `backup`
+    starts in 300 ms. Then `fake` hangs, sending nothing. 1.5 s into three streams
+    waiting on it (far past its usual first token, not past its usual whole stream),
+    they count as failures in progress, and the next streams go to `backup` without
+    trying `fake` (before: judged against the whole streams' 2.4 s, they went to `fake`)."""
+    import asyncio
+
+    from functions.gateway import build_app
+    from tests.servers import serve
+
+    with FakeOpenAI() as server:
+        path = providers_file(tmp_path, [{"name": "fake", "base_url": server.base_url, "model": "trickle:0.4"},
+                                         sim("backup", latency_ms=300)])
+        settings = gateway_settings.model_copy(update={"ORCHESITY_PROVIDERS_FILE": path,
+                                                       "DWA_ROUTING_STRATEGY": "latency"})
+
+        def story(model: str, i: int, timeout: float) -> dict[str, Any]:
+            return {"model": model, "stream": True, "timeout": timeout,
+                    "messages": [{"role": "user", "content": f"story {i}"}]}
+
+        with serve(build_app(settings=settings)) as url:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                async def told(model: str, i: int, timeout: float = 20) -> str:
+                    response = await client.post("/v1/chat/completions", json=story(model, i, timeout))
+                    assert response.status_code == 200 and "[DONE]" in response.text, response.text
+                    return response.headers["x-orchesity-provider"]
+
+                await asyncio.gather(*(told(model, i) for i in range(6) for model in ("fake", "backup")))
+                server.hang = True
+                sent = len(server.requests)
+                hanging = [asyncio.create_task(told("auto", 100 + i, 6)) for i in range(3)]
+                while len(server.requests) < sent + 3:
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(1.5)
+                after = [await told("auto", 200 + i) for i in range(4)]
+                reached_fake = len(server.requests) - sent
+                for task in hanging:
+                    task.cancel()
+                await asyncio.gather(*hanging, return_exceptions=True)
+    assert after == ["backup"] * 4
+    assert reached_fake == 3  # only the three that were hanging already
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_call_asking_for_a_low_p95_goes_to_the_steady_deployment(
+        gateway_settings: Any, tmp_path: Path, stream: bool) -> None:
+    """`spread` answers (streams: starts) in 50 ms on average but anywhere from 3 to 98
+    ms; `steady` takes 70 ms, give or take 1. On the mean, calls go to `spread`; a call
+    that asks for `latency_quantile: 0.95` goes to `steady`, whose p95 is the lower. Out
+    of range, it is a 422 naming the field."""
     from functions.gateway import build_app
     from tests.servers import serve
 
@@ -568,7 +614,7 @@ async def test_a_call_asking_for_a_low_p95_goes_to_the_steady_deployment(
                                                    "DWA_ROUTING_STRATEGY": "latency"})
 
     def ask(model: str, prompt: str, **extra: Any) -> dict[str, Any]:
-        return {"model": model, "messages": [{"role": "user", "content": prompt}], **extra}
+        return {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream, **extra}
 
     async def routed(**extra: Any) -> Counter[str]:
         picked: Counter[str] = Counter()
@@ -587,14 +633,10 @@ async def test_a_call_asking_for_a_low_p95_goes_to_the_steady_deployment(
             on_mean = await routed()
             on_p95 = await routed(latency_quantile=0.95)
             wrong = await client.post("/v1/chat/completions", json=ask("auto", "hi", latency_quantile=0.3))
-            streamed = await client.post("/v1/chat/completions",
-                                         json=ask("auto", "hi", latency_quantile=0.95, stream=True))
     assert on_mean["spread"] == 8, on_mean
     assert on_p95["steady"] == 8, on_p95
-    for refused in (wrong, streamed):
-        assert refused.status_code == 422, refused.text
-        assert "latency_quantile" in refused.text
-        assert refused.json()["error"]
+    assert wrong.status_code == 422, wrong.text
+    assert "latency_quantile" in wrong.text and wrong.json()["error"]
 
 
 async def test_a_request_one_protocol_cannot_express_goes_to_a_deployment_that_can(

@@ -14,7 +14,7 @@ from typing import Any
 SCENARIO_DIR = Path(__file__).with_name("scenarios")
 BUILTIN = ("steady", "degrade", "outage", "rate_limited", "cost_tradeoff", "multi_instance",
            "llama70b_hosts", "heavy_tails", "slow_timeouts", "diurnal",  # these four: measured fleets
-           "twins", "streaming_chat")
+           "twins", "streaming_chat", "stream_hangs")
 ERROR_KINDS = ("timeout", "http_500", "http_503", "connection")
 
 

@@ -151,7 +151,7 @@ class Router:
                 state = snapshot.states[decision.provider]
                 state.probe_until = snapshot.now + self.config.probe_timeout_s
                 continue
-            self.store.start(decision.provider, snapshot.now, tokens)
+            self.store.start(decision.provider, snapshot.now, tokens, bool(options.get("stream")))
             return decision
 
     async def pick(

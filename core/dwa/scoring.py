@@ -73,9 +73,9 @@ state.py; everything already decayed to `now` by elapsed time):
                    a provider really that fast ramps up, doubling per latency.
 
     at a quantile  m ← m · exp(z·s − s²/2)                 (a request's latency_quantile)
-                   for a whole reply whose caller asked for, say, its p95 (z = 1.645)
-                   rather than its mean: s is the spread of ln latency_norm (the
-                   Lua's g1, g2; quantile_factor), so a deployment whose mean is 15%
+                   for a call whose caller asked for, say, its p95 (z = 1.645) rather
+                   than its mean: s is the spread of ln latency_norm (the Lua's g1, g2;
+                   for a stream, of ln TTFT: f1, f2; quantile_factor), so a deployment whose mean is 15%
                    lower but whose tail is long loses to a steady one. Before L*, so the
                    optimistic prior is read at the quantile too.
 
@@ -209,20 +209,24 @@ class Evaluation:
         self.evidence = evidence  # W' + k₀: the samples behind `latency`, pending calls included
 
 
-def quantile_factor(state: ProviderState, z: float, config: DWAConfig) -> float:
+def quantile_factor(state: ProviderState, z: float, stream: bool, config: DWAConfig) -> float:
     """How much longer than its mean a call to this provider takes at the standard normal
     quantile z: exp(z·s − s²/2), the quantile of a log-normal whose mean is 1.
 
     s² is the variance of ln latency_norm over its recent samples (the reply's length
-    taken out), shrunk toward quantile_prior_sigma² by quantile_prior_weight samples, so
-    a provider known from one answer is not taken to be tight. At z = 1.645 (the p95),
-    s = 0.2 gives 1.36, s = 0.5 gives 1.99 and s = 0.9 gives 2.93: with means 15% apart,
-    the tight provider wins the p95."""
+    taken out), for a stream of ln TTFT, shrunk toward quantile_prior_sigma² by
+    quantile_prior_weight samples, so a provider known from one answer is not taken to
+    be tight. At z = 1.645 (the p95), s = 0.2 gives 1.36, s = 0.5 gives 1.99 and s = 0.9
+    gives 2.93: with means 15% apart, the tight provider wins the p95."""
+    if stream:
+        weight, mu, sq = state.ttft_weight, state.ttft_log_mean, state.ttft_log_sq
+    else:
+        weight, mu, sq = state.latency_weight, state.norm_log_mean, state.norm_log_sq
+    if not sq:
+        weight = 0.0  # a state from before these moments: the prior
     prior = config.quantile_prior_sigma
     k = config.quantile_prior_weight
-    weight = state.latency_weight if state.norm_log_sq else 0.0  # a state from before these moments: the prior
-    mu = state.norm_log_mean
-    variance = state.norm_log_sq - mu * mu
+    variance = sq - mu * mu
     if variance < 0.0:
         variance = 0.0
     s2 = (weight * variance + k * prior * prior) / (weight + k)
@@ -237,13 +241,13 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
     """Score every candidate at `now` (the module docstring's formula). Runs on every
     decision; the strategies, the stats and the recompute's baseline use its terms.
 
-    `quantile` (a request's latency_quantile, whole replies only): each candidate's
-    latency is read at that quantile of its spread (quantile_factor) instead of at its
+    `quantile` (a request's latency_quantile): each candidate's latency (a stream's
+    TTFT) is read at that quantile of its spread (quantile_factor) instead of at its
     mean, so the call goes where it is expected to be answered soonest at, say, its p95."""
     observed = [_observed(state, stream, config) for state in states]
-    if quantile is not None and not stream:
+    if quantile is not None:
         z = _NORMAL.inv_cdf(quantile)
-        factors = [quantile_factor(state, z, config) for state in states]
+        factors = [quantile_factor(state, z, stream, config) for state in states]
         observed = [(weight, mean * f) for (weight, mean), f in zip(observed, factors)]
     else:
         factors = None

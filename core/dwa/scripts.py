@@ -28,6 +28,8 @@ The provider hash (KEYS[1]) holds, by field:
     hx       fresh looks answered, decayed over that long memory: how often a verdict
              was checked (a cold start's never was; see scoring.py)
     fw, fm   the same for time to first token (streams)
+    f1, f2   decayed means of ln(TTFT) and its square, weight fw: the spread of a
+             stream's first token (calls hanging before it; a stream's latency_quantile)
     pw, pm   the same for seconds per output token
     ew, fe   latency / TTFT samples decayed with evidence_half_life_s (slower): how
              much routing trusts nm / fm (see scoring.py)
@@ -49,11 +51,11 @@ from core.kv import Script
 # Every numeric field, in the order the script reads and writes them.
 FIELDS = ("t", "s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe", "pw", "pm", "cf", "ho",
           "ou", "tr", "pu", "rl", "n", "ok", "ko", "rlc", "ce", "ti", "to", "c", "ls", "le", "qn", "qx", "qq",
-          "fd", "hw", "hm", "hx", "g1", "g2")
+          "fd", "hw", "hm", "hx", "g1", "g2", "f1", "f2")
 # Statistics, written with 10 significant digits (short strings parse faster on every
 # read); times, counters and money are written in full (%.17g).
 SHORT = frozenset(("s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe", "pw", "pm", "qn", "qx", "qq",
-                   "fd", "hw", "hm", "hx", "g1", "g2"))
+                   "fd", "hw", "hm", "hx", "g1", "g2", "f1", "f2"))
 
 # ARGV, in order (store.py builds them).
 RECORD_ARGS = ("now", "kind", "latency", "ttft", "tin", "tout", "cost", "retry", "eclass", "instance",
@@ -118,7 +120,12 @@ if kind == 'ok' then
   h.g1 = h.g1 + (gx - h.g1) / h.lw
   h.g2 = h.g2 + (gx * gx - h.g2) / h.lw
   h.ew = h.ew + 1
-  if ttft > 0 then h.fw = h.fw + 1; h.fm = h.fm + (ttft - h.fm) / h.fw; h.fe = h.fe + 1 end
+  if ttft > 0 then
+    h.fw = h.fw + 1; h.fm = h.fm + (ttft - h.fm) / h.fw; h.fe = h.fe + 1
+    local lt = math.log(math.max(ttft, 0.000001))
+    h.f1 = h.f1 + (lt - h.f1) / h.fw
+    h.f2 = h.f2 + (lt * lt - h.f2) / h.fw
+  end
   if tout > 0 then h.pw = h.pw + 1; h.pm = h.pm + (x / tout - h.pm) / h.pw end
   h.ls = math.max(h.ls, now)
 else

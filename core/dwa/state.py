@@ -66,7 +66,8 @@ class ProviderState:
     evidence_half_life_s; ttft_* likewise for streams (seconds). latency_mean (seconds) and
     log_mean / log_sq (decayed moments of ln latency: the latency's spread, for a p95
     estimate and for calls running unusually long) come with every read, and so do
-    norm_log_mean / norm_log_sq (the same of ln latency_norm, for latency_quantile).
+    norm_log_mean / norm_log_sq (the same of ln latency_norm, for latency_quantile) and
+    ttft_log_mean / ttft_log_sq (of ln TTFT, for streams).
     tripped: the breaker opened and no success has closed it since; open_until: end of
     the current open period (half-open after it); probe_until: a claimed half-open probe
     is running until then; rate_limited_until: a 429's Retry-After.
@@ -103,6 +104,8 @@ class ProviderState:
     log_sq: float = 0.0
     norm_log_mean: float = 0.0  # the same moments of ln(latency_norm's samples): their spread
     norm_log_sq: float = 0.0    # without the replies' lengths (a request's latency_quantile)
+    ttft_log_mean: float = 0.0  # and of ln TTFT (streams: calls hanging before their first
+    ttft_log_sq: float = 0.0    # token, a stream's latency_quantile)
     details: dict[str, Any] | None = None  # every stored field; filled only for stats
 
 

@@ -45,7 +45,7 @@ _exp = math.exp  # a global, not an attribute lookup: decode_state runs per cand
 
 # The fields a routing decision needs, in the order HMGET returns them.
 HOT_FIELDS = ("t", "s", "f", "ew", "nm", "ls", "rl", "ho", "ou", "pu", "fe", "fm", "lm", "qn", "qx", "qq",
-              "fd", "hm", "hx", "l1", "l2", "g1", "g2")
+              "fd", "hm", "hx", "l1", "l2", "g1", "g2", "f1", "f2")
 
 
 class DWAStore(Protocol):
@@ -76,7 +76,7 @@ class DWAStore(Protocol):
     async def reset(self, names: Sequence[str]) -> None:
         """Forget the live state of `names` (back to the priors)."""
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, at: float | None = None, tokens: int | None = None, stream: bool = False) -> None:
         """A call to `name` is starting in this process."""
 
     def answering(self, name: str, started: float) -> None:
@@ -131,7 +131,7 @@ def decode_state(name: str, profile: ProviderProfile, hot: Sequence[Any], in_fli
     """
     if baseline is not None:
         baseline = min(1.0, max(0.0, float(baseline)))
-    t, s, f, ew, nm, ls, rl, ho, ou, pu, fe, fm, lm, qn, qx, qq, fd, hm, hx, l1, l2, g1, g2 = hot
+    t, s, f, ew, nm, ls, rl, ho, ou, pu, fe, fm, lm, qn, qx, qq, fd, hm, hx, l1, l2, g1, g2, f1, f2 = hot
     if t is None:  # never recorded (or reset): the priors
         return ProviderState(name, profile, in_flight=in_flight, baseline=baseline)
     # the outcome update writes every field, so none is None from here
@@ -152,6 +152,8 @@ def decode_state(name: str, profile: ProviderProfile, hot: Sequence[Any], in_fli
     if fe != "0":  # streams only
         state.ttft_weight = float(fe) * de
         state.ttft_mean = float(fm)
+        if f2 is not None:
+            state.ttft_log_mean, state.ttft_log_sq = float(f1), float(f2)
     state.latency_mean = float(lm)
     if qq is not None and qq != "0":  # outcomes with a load (older states have none)
         state.load_mean, state.load_cross, state.load_sq = float(qn), float(qx), float(qq)
@@ -194,6 +196,7 @@ class StoreBase:
         self._pending: dict[str, list[float]] = {}  # when this process's calls in flight started
         self._answering: dict[str, list[float]] = {}  # ...those already answering (a stream's tokens)
         self._budgets: dict[str, dict[float, int]] = {}  # ...the output tokens some asked for, by start
+        self._streams: dict[str, set[float]] = {}  # ...the starts of streams with no token yet
         self._answered: dict[str, list[float]] = {}  # ...and its successes since the oldest of them (sorted)
         self._k_av = _LN2 / self.config.availability_half_life_s
         self._k_ev = _LN2 / self.config.evidence_half_life_s
@@ -205,14 +208,17 @@ class StoreBase:
         return profile
 
     # -- in-flight, this process ---------------------------------------------------------
-    def start(self, name: str, at: float | None = None, tokens: int | None = None) -> None:
+    def start(self, name: str, at: float | None = None, tokens: int | None = None, stream: bool = False) -> None:
         """A call to `name` starts (at `at`, the caller's clock, when its age should count;
-        asking for up to `tokens` output tokens when its whole reply is awaited)."""
+        asking for up to `tokens` output tokens when its whole reply is awaited; a
+        `stream`, awaited until its first token)."""
         self._local[name] = self._local.get(name, 0) + 1
         if at is not None:
             self._pending.setdefault(name, []).append(at)
             if tokens:
                 self._budgets.setdefault(name, {})[at] = tokens
+            if stream:
+                self._streams.setdefault(name, set()).add(at)
 
     def answering(self, name: str, started: float) -> None:
         """The call to `name` that started at about `started` has begun to answer (a
@@ -222,7 +228,7 @@ class StoreBase:
         pending = self._pending.get(name)
         if pending:
             at = pending.pop(_nearest(pending, started))
-            self._unbudget(name, at)
+            self._forget(name, at)
             self._answering.setdefault(name, []).append(at)
             self._answer(name, at)
 
@@ -236,7 +242,7 @@ class StoreBase:
         answering = self._answering.get(name) or []
         if started is None:
             if pending:
-                self._unbudget(name, pending.pop())
+                self._forget(name, pending.pop())
             elif answering:
                 answering.pop()
         else:
@@ -246,7 +252,7 @@ class StoreBase:
                 answering.pop(j)
                 ok = False  # its answer is in the cohort already
             elif i >= 0:
-                self._unbudget(name, pending.pop(i))
+                self._forget(name, pending.pop(i))
         if not pending:
             answered = self._answered.get(name)
             if answered:
@@ -255,10 +261,14 @@ class StoreBase:
             self._answer(name, started)
         return left
 
-    def _unbudget(self, name: str, at: float) -> None:
+    def _forget(self, name: str, at: float) -> None:
+        """The call that started at `at` is no longer waiting: drop its budget, its stream mark."""
         budgets = self._budgets.get(name)
         if budgets:
             budgets.pop(at, None)
+        streams = self._streams.get(name)
+        if streams:
+            streams.discard(at)
 
     def _answer(self, name: str, started: float) -> None:
         """Keep an answered call's start for the cohort of the calls still waiting."""
@@ -290,7 +300,10 @@ class StoreBase:
         asked for a longer reply than the provider's usual (`start`'s tokens, whole
         replies only) ages in proportion: one that may take four times the median's
         time is judged at a quarter of its age, so a batch job's 4,000-token answers
-        are not a spell at a provider that mostly serves short chat.
+        are not a spell at a provider that mostly serves short chat. A stream awaiting
+        its first token (`start`'s stream) is judged by the fit of the provider's
+        TTFTs, once it has one: a stream that is 3 s into a reply usually 5 s long, but
+        whose first token comes in 0.3 s, is hanging.
 
         Those counts weigh against the failures and successes of the last minute or so
         (availability_half_life_s), which is right for a provider that fails now and then
@@ -312,7 +325,15 @@ class StoreBase:
         mu = state.log_mean
         sigma = max(config.overdue_min_sigma, math.sqrt(max(0.0, state.log_sq - mu * mu)))
         look = max(config.overdue_min_s, math.exp(mu + sigma))
-        limit = now - look
+        streams = self._streams.get(state.name)
+        first = None  # the TTFT fit, for streams awaiting their first token
+        if not streams or state.ttft_log_sq <= 0.0:
+            streams = _NONE
+        else:
+            mu_t = state.ttft_log_mean
+            sigma_t = max(config.overdue_min_sigma, math.sqrt(max(0.0, state.ttft_log_sq - mu_t * mu_t)))
+            first = (mu_t, sigma_t, max(config.overdue_min_s, math.exp(mu_t + sigma_t)))
+        limit = now - (look if first is None or first[2] > look else first[2])
         p = max(config.overdue_prior, 1.0 - availability(state.successes, state.failures, config))
         known = state.failure_time
         budgets = self._budgets.get(state.name)
@@ -326,13 +347,20 @@ class StoreBase:
             running += 1
             tau = now - at
             elapsed = tau
-            if budgets and (tokens := budgets.get(at)):
+            m, s = mu, sigma
+            if at in streams:
+                m, s, least = first
+                if tau < least:
+                    continue
+            elif budgets and (tokens := budgets.get(at)):
                 stretch = per_token * (tokens + config.ttft_tokens)
                 if stretch > 1.0:  # it may take that many times the usual reply's time
                     tau /= stretch
-                    if tau < look:
-                        continue
-            tail = 0.5 * math.erfc((math.log(tau) - mu) / (sigma * _SQRT2))
+                if tau < look:
+                    continue
+            elif tau < look:
+                continue
+            tail = 0.5 * math.erfc((math.log(tau) - m) / (s * _SQRT2))
             w = p / (p + (1.0 - p) * tail)
             late += w
             age += w * (elapsed if elapsed > known else known)
@@ -352,6 +380,9 @@ class StoreBase:
 
     def local_in_flight(self, name: str) -> int:
         return self._local.get(name, 0)
+
+
+_NONE: frozenset[float] = frozenset()
 
 
 def _nearest(times: Sequence[float], at: float) -> int:

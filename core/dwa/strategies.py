@@ -98,8 +98,11 @@ def priority(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tu
 
 
 def lowest_latency(cands: Sequence[ProviderState], ev: Evaluation, ctx: Context) -> tuple[int, str]:
-    """The lowest expected time to a success: latency / availability."""
-    best = min(range(len(cands)), key=lambda i: ev.latency[i] / ev.availability[i])
+    """The lowest expected time to a success: the expected time E (the latency plus
+    what its failures cost, scoring.py) / availability, i.e. the highest speed ×
+    availability. On the latency alone, a provider whose calls hang for seconds
+    looked as fast as ever when its availability had fallen by less than it is faster."""
+    best = max(range(len(cands)), key=lambda i: ev.speed[i] * ev.availability[i])
     return best, "lowest_latency"
 
 

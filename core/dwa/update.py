@@ -80,6 +80,9 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
             h["fw"] += 1
             h["fm"] += (ttft - h["fm"]) / h["fw"]
             h["fe"] += 1
+            lt = math.log(max(ttft, 0.000001))
+            h["f1"] += (lt - h["f1"]) / h["fw"]
+            h["f2"] += (lt * lt - h["f2"]) / h["fw"]
         if tout > 0:
             h["pw"] += 1
             h["pm"] += (x / tout - h["pm"]) / h["pw"]
