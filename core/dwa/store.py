@@ -322,17 +322,13 @@ class StoreBase:
         if not pending or state.log_sq <= 0.0:
             return
         config = self.config
-        mu = state.log_mean
-        sigma = max(config.overdue_min_sigma, math.sqrt(max(0.0, state.log_sq - mu * mu)))
-        look = max(config.overdue_min_s, math.exp(mu + sigma))
+        mu, sigma, look = _fit(state.log_mean, state.log_sq, config)
         streams = self._streams.get(state.name)
         first = None  # the TTFT fit, for streams awaiting their first token
         if not streams or state.ttft_log_sq <= 0.0:
             streams = _NONE
         else:
-            mu_t = state.ttft_log_mean
-            sigma_t = max(config.overdue_min_sigma, math.sqrt(max(0.0, state.ttft_log_sq - mu_t * mu_t)))
-            first = (mu_t, sigma_t, max(config.overdue_min_s, math.exp(mu_t + sigma_t)))
+            first = _fit(state.ttft_log_mean, state.ttft_log_sq, config)
         limit = now - (look if first is None or first[2] > look else first[2])
         p = max(config.overdue_prior, 1.0 - availability(state.successes, state.failures, config))
         known = state.failure_time
@@ -383,6 +379,14 @@ class StoreBase:
 
 
 _NONE: frozenset[float] = frozenset()
+
+
+def _fit(mu: float, sq: float, config: DWAConfig) -> tuple[float, float, float]:
+    """A log-normal fit from the moments of ln x, for mark_overdue: (μ, σ at least
+    overdue_min_sigma, the age from which a call is looked at: its one-σ value, at least
+    overdue_min_s)."""
+    sigma = max(config.overdue_min_sigma, math.sqrt(max(0.0, sq - mu * mu)))
+    return mu, sigma, max(config.overdue_min_s, math.exp(mu + sigma))
 
 
 def _nearest(times: Sequence[float], at: float) -> int:
