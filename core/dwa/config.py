@@ -44,8 +44,9 @@ class DWAConfig:
     latency_optimism: float = 0.1   # the prior is this much faster than the best mean seen
     default_latency_s: float = 1.0  # the prior when no candidate has data (all then share it)
 
-    # -- a request's latency_quantile (see scoring.quantile_factor): the spread of a
-    # provider's latency_norm assumed before its samples show it, with this many samples' weight
+    # -- a request's latency_quantile (see scoring.quantile_factor): the spread (ln s) of a
+    # provider's latency_norm, or a stream's TTFT, assumed before its samples show it,
+    # with this many samples' weight
     quantile_prior_sigma: float = 0.5
     quantile_prior_weight: float = 2.0
 

@@ -209,6 +209,13 @@ class Evaluation:
         self.evidence = evidence  # W' + k₀: the samples behind `latency`, pending calls included
 
 
+def log_variance(mean: float, square: float) -> float:
+    """The variance of ln x from the decayed means of ln x and (ln x)² (never below 0:
+    the two decay as floats, and a provider with one sample has none)."""
+    variance = square - mean * mean
+    return variance if variance > 0.0 else 0.0
+
+
 def quantile_factor(state: ProviderState, z: float, stream: bool, config: DWAConfig) -> float:
     """How much longer than its mean a call to this provider takes at the standard normal
     quantile z: exp(z·s − s²/2), the quantile of a log-normal whose mean is 1.
@@ -226,10 +233,7 @@ def quantile_factor(state: ProviderState, z: float, stream: bool, config: DWACon
         weight = 0.0  # a state from before these moments: the prior
     prior = config.quantile_prior_sigma
     k = config.quantile_prior_weight
-    variance = sq - mu * mu
-    if variance < 0.0:
-        variance = 0.0
-    s2 = (weight * variance + k * prior * prior) / (weight + k)
+    s2 = (weight * log_variance(mu, sq) + k * prior * prior) / (weight + k)
     return math.exp(z * math.sqrt(s2) - 0.5 * s2)
 
 
@@ -359,5 +363,4 @@ def p95_latency(state: ProviderState) -> float | None:
     skewed latency distribution, which LLM latencies roughly are."""
     if state.latency_weight <= 0.0 and state.log_mean == 0.0:
         return None
-    variance = max(0.0, state.log_sq - state.log_mean * state.log_mean)
-    return math.exp(state.log_mean + 1.6448536 * math.sqrt(variance))
+    return math.exp(state.log_mean + 1.6448536 * math.sqrt(log_variance(state.log_mean, state.log_sq)))

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from core.dwa.config import DWAConfig
 from core.dwa.profile import ProviderProfile
-from core.dwa.scoring import availability
+from core.dwa.scoring import availability, log_variance
 from core.dwa.scripts import CLAIM_PROBE, RECORD, SCRIPTS
 from core.dwa.state import Outcome, OutcomeKind, ProviderState, Snapshot
 from core.kv import KEY_PREFIX, KV, Command, Script
@@ -385,7 +385,7 @@ def _fit(mu: float, sq: float, config: DWAConfig) -> tuple[float, float, float]:
     """A log-normal fit from the moments of ln x, for mark_overdue: (μ, σ at least
     overdue_min_sigma, the age from which a call is looked at: its one-σ value, at least
     overdue_min_s)."""
-    sigma = max(config.overdue_min_sigma, math.sqrt(max(0.0, sq - mu * mu)))
+    sigma = max(config.overdue_min_sigma, math.sqrt(log_variance(mu, sq)))
     return mu, sigma, max(config.overdue_min_s, math.exp(mu + sigma))
 
 
