@@ -131,6 +131,7 @@ class Settings(BaseSettings):
     DWA_AVAILABILITY_HALF_LIFE_S: float = Field(default=60.0, gt=0, le=86_400)
     DWA_LATENCY_HALF_LIFE_S: float = Field(default=6.0, gt=0, le=3600)
     DWA_EVIDENCE_HALF_LIFE_S: float = Field(default=20.0, gt=0, le=3600)
+    DWA_STEADY_HALF_LIFE_S: float = Field(default=60.0, gt=0, le=3600)
     DWA_EXPLORE_AFTER_S: float = Field(default=30.0, gt=0, le=3600)
     DWA_EXPLORE_SHARE: float = Field(default=0.005, ge=0, le=0.5)
     DWA_EXPLORE_MIN_S: float = Field(default=0.5, ge=0, le=3600)
@@ -200,6 +201,7 @@ class Settings(BaseSettings):
         return DWAConfig(
             availability_half_life_s=self.DWA_AVAILABILITY_HALF_LIFE_S,
             latency_half_life_s=self.DWA_LATENCY_HALF_LIFE_S, evidence_half_life_s=self.DWA_EVIDENCE_HALF_LIFE_S,
+            steady_half_life_s=self.DWA_STEADY_HALF_LIFE_S,
             explore_after_s=self.DWA_EXPLORE_AFTER_S, explore_share=self.DWA_EXPLORE_SHARE,
             explore_min_s=self.DWA_EXPLORE_MIN_S, sharpness=self.DWA_SHARPNESS, speed_tolerance=self.DWA_SPEED_TOLERANCE,
             failure_threshold=self.DWA_FAILURE_THRESHOLD, cooldown_s=self.DWA_COOLDOWN_S,
@@ -286,10 +288,14 @@ class Settings(BaseSettings):
         return url
 
     @model_validator(mode="after")
-    def _cooldowns(self) -> "Settings":
+    def _half_lives_and_cooldowns(self) -> "Settings":
         if self.DWA_COOLDOWN_MAX_S < self.DWA_COOLDOWN_S:
             raise ValueError(f"DWA_COOLDOWN_MAX_S ({self.DWA_COOLDOWN_MAX_S:g}) is below DWA_COOLDOWN_S "
                              f"({self.DWA_COOLDOWN_S:g}): an open circuit's cooldown grows up to it")
+        if self.DWA_STEADY_HALF_LIFE_S < self.DWA_LATENCY_HALF_LIFE_S:
+            raise ValueError(f"DWA_STEADY_HALF_LIFE_S ({self.DWA_STEADY_HALF_LIFE_S:g}) is below "
+                             f"DWA_LATENCY_HALF_LIFE_S ({self.DWA_LATENCY_HALF_LIFE_S:g}): it is the steadier "
+                             "memory of the same means")
         return self
 
     @model_validator(mode="after")

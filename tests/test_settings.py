@@ -71,6 +71,15 @@ def test_upstash_url_without_token_is_refused(monkeypatch: pytest.MonkeyPatch) -
         load_settings(_env_file=None)
 
 
+def test_a_steady_latency_memory_shorter_than_the_fast_one_is_refused_naming_both(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DWA_STEADY_HALF_LIFE_S", "3")
+    with pytest.raises(SettingsError, match="DWA_STEADY_HALF_LIFE_S.*DWA_LATENCY_HALF_LIFE_S"):
+        load_settings(_env_file=None)
+    monkeypatch.setenv("DWA_LATENCY_HALF_LIFE_S", "2")
+    assert load_settings(_env_file=None).dwa_config.steady_half_life_s == 3.0
+
+
 def test_backend_choice_follows_settings() -> None:
     assert load_settings(_env_file=None, REDIS_ENABLED=False).redis_backend is None
     assert load_settings(_env_file=None, REDIS_URL="redis://localhost:6379/0").redis_backend == "redis"

@@ -30,6 +30,10 @@ class DWAConfig:
     # provider per 30 s or so, whatever the traffic; per 30 s × √r for one r times
     # slower than the best all along (history_half_life_s; see scoring.py).
     latency_half_life_s: float = 6.0
+    # ...and over steady_half_life_s, the mean routing reads while the 6 s mean stays
+    # within steady_z of its standard errors of it (scoring.settled)
+    steady_half_life_s: float = 60.0
+    steady_z: float = 2.0
     evidence_half_life_s: float = 20.0
     explore_after_s: float = 30.0   # no latency sample for this long: evidence counts as 0;
     explore_share: float = 0.005    # so too for a candidate with less than this share of the
@@ -74,7 +78,7 @@ class DWAConfig:
     # -- calls in flight too long (see StoreBase.mark_overdue): failures in progress
     overdue_min_s: float = 1.0      # a call younger than this is never suspected
     overdue_prior: float = 0.02     # the least failure rate assumed of a call running long
-    overdue_min_sigma: float = 0.25  # the least spread assumed of a provider's latencies (ln s)
+    overdue_min_sigma: float = 0.25  # the least spread assumed of a provider's latencies (ln s; settled too)
     overdue_excess: float = 1.0     # calls running long beyond its failure rate's share: a spell
 
     # -- shared in-flight counts (see store.py)

@@ -27,8 +27,10 @@ state.py; everything already decayed to `now` by elapsed time):
 
     latency        L = (W'·m + k₀·L*) / (W' + k₀)
                    m: the decayed mean of latency / (output tokens + 40), with a 6 s
-                   half-life, so it follows a degradation within seconds; for a stream,
-                   of the time to first token. Not for a stream, m is as expected at
+                   half-life, so it follows a degradation within seconds, or with a
+                   60 s one while the 6 s mean stays within its noise of it (`settled`:
+                   between changes, the 6 s mean's wander split two identical hosts
+                   75/25); for a stream, of the time to first token. Not for a stream, m is as expected at
                    the provider's load now (`loaded`): a provider whose samples got
                    slower with the calls in flight is expected slower when busier.
                    W: its samples, decayed with a slower 20 s half-life (how long a
@@ -172,12 +174,45 @@ def loaded(state: ProviderState, config: DWAConfig) -> float:
     slope of about 0 and keeps its mean; one with a capacity wall (a self-hosted pool, a
     small host) is expected slower as calls pile up on it, before its answers come back
     slower (bench.routing's `diurnal`)."""
-    mean = state.latency_norm
+    mean = settled(state, config)
     slope = load_slope(state, config)
     if slope == 0.0:
         return mean
     busier = state.in_flight + 1 - state.load_mean
     return mean + slope * busier if busier > 0.0 else mean
+
+
+def settled(state: ProviderState, config: DWAConfig) -> float:
+    """latency_norm, read on its steadier mean (steady_half_life_s, 60 s) while the 6 s
+    mean stays within steady_z (2) standard errors of it; the 6 s mean beyond 2 × that,
+    and a blend between.
+
+    The 6 s mean follows a slowdown within a few answers, but between changes it
+    wanders with its noise: at σ 0.3 and four answers a second it is known to ±5%, and
+    load_balanced's sharpness turns two identical hosts' 7% apart into a 75/25 split.
+    The 60 s mean is known to ±1.6%. The test is on ln of the two, against the 6 s
+    mean's standard error: the spread of ln latency_norm (g1, g2; at least
+    overdue_min_sigma) over √(2 × its samples), an exponentially weighted mean of n
+    samples having the variance of a plain one of 2n; the 6 s mean's samples are the
+    evidence's (latency_weight, 20 s) × 6 / 20. A 3× slowdown is past the test within
+    two or three answers; a 10% one, at σ 0.3, once the 6 s mean rests on some 40 of
+    them, and until then it is within what the noise alone would show."""
+    short = state.latency_norm
+    steady = state.steady_norm
+    if steady <= 0.0 or short <= 0.0 or steady == short:
+        return short
+    variance = log_variance(state.norm_log_mean, state.norm_log_sq)
+    floor = config.overdue_min_sigma
+    if variance < floor * floor:
+        variance = floor * floor
+    n = 2.0 * state.latency_weight * config.latency_half_life_s / config.evidence_half_life_s
+    z = abs(math.log(short / steady)) * math.sqrt(n / variance)
+    c = config.steady_z
+    if z <= c:
+        return steady
+    if z >= 2.0 * c:
+        return short
+    return steady + (z - c) / c * (short - steady)
 
 
 def load_slope(state: ProviderState, config: DWAConfig) -> float:

@@ -25,6 +25,9 @@ The provider hash (KEYS[1]) holds, by field:
              load, by least squares (see scoring.py); same weight lw
     hw, hm   the same for nm over a long memory (history_half_life_s), not restarted
              by a fresh look: how fast the provider has been, not just lately
+    mw, mm   the same for nm over a steadier memory (steady_half_life_s), restarted by a
+             fresh look like lw: what routing compares while the 6 s mean only wanders
+             within its noise (see scoring.settled)
     hx       fresh looks answered, decayed over that long memory: how often a verdict
              was checked (a cold start's never was; see scoring.py)
     fw, fm   the same for time to first token (streams)
@@ -51,16 +54,16 @@ from core.kv import Script
 # Every numeric field, in the order the script reads and writes them.
 FIELDS = ("t", "s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe", "pw", "pm", "cf", "ho",
           "ou", "tr", "pu", "rl", "n", "ok", "ko", "rlc", "ce", "ti", "to", "c", "ls", "le", "qn", "qx", "qq",
-          "fd", "hw", "hm", "hx", "g1", "g2", "f1", "f2")
+          "fd", "hw", "hm", "hx", "g1", "g2", "f1", "f2", "mw", "mm")
 # Statistics, written with 10 significant digits (short strings parse faster on every
 # read); times, counters and money are written in full (%.17g).
 SHORT = frozenset(("s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe", "pw", "pm", "qn", "qx", "qq",
-                   "fd", "hw", "hm", "hx", "g1", "g2", "f1", "f2"))
+                   "fd", "hw", "hm", "hx", "g1", "g2", "f1", "f2", "mw", "mm"))
 
 # ARGV, in order (store.py builds them).
 RECORD_ARGS = ("now", "kind", "latency", "ttft", "tin", "tout", "cost", "retry", "eclass", "instance",
                "inflight", "hl_av", "hl_lat", "threshold", "cool0", "coolmax", "rl_default", "ttl",
-               "if_age", "ktok", "hl_ev", "hl_hist", "fresh", "load")
+               "if_age", "ktok", "hl_ev", "hl_hist", "fresh", "load", "hl_steady")
 
 
 def _lua_list(names: tuple[str, ...] | frozenset[str]) -> str:
@@ -77,7 +80,7 @@ now, latency, ttft, tin, tout, cost, retry = tonumber(now), tonumber(latency), t
 hl_av, hl_lat, hl_ev, threshold = tonumber(hl_av), tonumber(hl_lat), tonumber(hl_ev), tonumber(threshold)
 cool0, coolmax, rl_default = tonumber(cool0), tonumber(coolmax), tonumber(rl_default)
 ttl, if_age, ktok, load = tonumber(ttl), tonumber(if_age), tonumber(ktok), tonumber(load)
-hl_hist = tonumber(hl_hist)
+hl_hist, hl_steady = tonumber(hl_hist), tonumber(hl_steady)
 
 local raw = redis.call('HMGET', KEYS[1], unpack(FIELDS))
 local h = {}
@@ -91,7 +94,7 @@ if dt < 0 then dt = 0 else h.t = now end
 local function decay(half_life) return math.exp(-0.6931471805599453 * dt / half_life) end
 local da, dl, de = decay(hl_av), decay(hl_lat), decay(hl_ev)
 h.s = h.s * da; h.f = h.f * da
-h.lw = h.lw * dl; h.fw = h.fw * dl; h.pw = h.pw * dl
+h.lw = h.lw * dl; h.fw = h.fw * dl; h.pw = h.pw * dl; h.mw = h.mw * decay(hl_steady)
 local dh = decay(hl_hist)
 h.ew = h.ew * de; h.fe = h.fe * de; h.hw = h.hw * dh; h.hx = h.hx * dh
 
@@ -101,7 +104,7 @@ if kind == 'ok' then
   -- a fresh look (see Outcome.fresh): the means start again from this sample, and
   -- the failures that kept traffic away are over (see scoring.py)
   if fresh == '1' then
-    h.lw = 0; h.fw = 0; h.pw = 0; h.f = 0; h.hx = h.hx + 1
+    h.lw = 0; h.fw = 0; h.pw = 0; h.mw = 0; h.f = 0; h.hx = h.hx + 1
   end
   h.ok = h.ok + 1; h.s = h.s + 1; h.cf = 0
   local x = math.max(latency, 0.000001)
@@ -111,6 +114,7 @@ if kind == 'ok' then
   local xn = x / (tout + ktok)
   h.nm = h.nm + (xn - h.nm) / h.lw
   h.hw = h.hw + 1; h.hm = h.hm + (xn - h.hm) / h.hw
+  h.mw = h.mw + 1; h.mm = h.mm + (xn - h.mm) / h.mw
   h.qn = h.qn + (load - h.qn) / h.lw
   h.qx = h.qx + (load * xn - h.qx) / h.lw
   h.qq = h.qq + (load * load - h.qq) / h.lw

@@ -106,6 +106,7 @@ class ProviderState:
     norm_log_sq: float = 0.0    # without the replies' lengths (a request's latency_quantile)
     ttft_log_mean: float = 0.0  # and of ln TTFT (streams: calls hanging before their first
     ttft_log_sq: float = 0.0    # token, a stream's latency_quantile)
+    steady_norm: float = 0.0  # latency_norm over a steadier memory (steady_half_life_s; scoring.settled)
     details: dict[str, Any] | None = None  # every stored field; filled only for stats
 
 

@@ -45,7 +45,7 @@ _exp = math.exp  # a global, not an attribute lookup: decode_state runs per cand
 
 # The fields a routing decision needs, in the order HMGET returns them.
 HOT_FIELDS = ("t", "s", "f", "ew", "nm", "ls", "rl", "ho", "ou", "pu", "fe", "fm", "lm", "qn", "qx", "qq",
-              "fd", "hm", "hx", "l1", "l2", "g1", "g2", "f1", "f2")
+              "fd", "hm", "hx", "l1", "l2", "g1", "g2", "f1", "f2", "mm")
 
 
 class DWAStore(Protocol):
@@ -131,7 +131,7 @@ def decode_state(name: str, profile: ProviderProfile, hot: Sequence[Any], in_fli
     """
     if baseline is not None:
         baseline = min(1.0, max(0.0, float(baseline)))
-    t, s, f, ew, nm, ls, rl, ho, ou, pu, fe, fm, lm, qn, qx, qq, fd, hm, hx, l1, l2, g1, g2, f1, f2 = hot
+    t, s, f, ew, nm, ls, rl, ho, ou, pu, fe, fm, lm, qn, qx, qq, fd, hm, hx, l1, l2, g1, g2, f1, f2, mm = hot
     if t is None:  # never recorded (or reset): the priors
         return ProviderState(name, profile, in_flight=in_flight, baseline=baseline)
     # the outcome update writes every field, so none is None from here
@@ -167,6 +167,8 @@ def decode_state(name: str, profile: ProviderProfile, hot: Sequence[Any], in_fli
         state.log_mean, state.log_sq = float(l1), float(l2)
     if g2 is not None:
         state.norm_log_mean, state.norm_log_sq = float(g1), float(g2)
+    if mm is not None:
+        state.steady_norm = float(mm)
     return state
 
 
@@ -508,6 +510,7 @@ class RedisDWAStore(StoreBase):
             repr(float(outcome.ttft_s or 0.0)), int(outcome.input_tokens), int(outcome.output_tokens),
             repr(cost), repr(float(outcome.retry_after_s or 0.0)), outcome.error or outcome.kind.value,
             self.instance_id, left, *self._record_args, "1" if outcome.fresh else "0", outcome.load,
+            self.config.steady_half_life_s,
         )
         return RECORD.command(self._keys_for(name), args)
 

@@ -41,6 +41,7 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
     h["f"] *= da
     for name in ("lw", "fw", "pw"):
         h[name] *= dl
+    h["mw"] *= decay(config.steady_half_life_s)
     for name in ("ew", "fe"):
         h[name] *= de
     dh = decay(config.history_half_life_s)
@@ -53,7 +54,7 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
     h["c"] += cost
     if kind is OutcomeKind.SUCCESS:
         if outcome.fresh:  # a fresh look: the means restart from this sample
-            h["lw"] = h["fw"] = h["pw"] = 0.0
+            h["lw"] = h["fw"] = h["pw"] = h["mw"] = 0.0
             h["hx"] += 1
             h["f"] = 0.0  # and the failures that kept traffic away are over
         h["ok"] += 1
@@ -67,6 +68,8 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
         h["nm"] += (xn - h["nm"]) / h["lw"]
         h["hw"] += 1
         h["hm"] += (xn - h["hm"]) / h["hw"]
+        h["mw"] += 1
+        h["mm"] += (xn - h["mm"]) / h["mw"]
         h["qn"] += (outcome.load - h["qn"]) / h["lw"]
         h["qx"] += (outcome.load * xn - h["qx"]) / h["lw"]
         h["qq"] += (outcome.load * outcome.load - h["qq"]) / h["lw"]
