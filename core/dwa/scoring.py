@@ -201,12 +201,8 @@ def settled(state: ProviderState, config: DWAConfig) -> float:
     steady = state.steady_norm
     if steady <= 0.0 or short <= 0.0 or steady == short:
         return short
-    variance = log_variance(state.norm_log_mean, state.norm_log_sq)
-    floor = config.overdue_min_sigma
-    if variance < floor * floor:
-        variance = floor * floor
     n = 2.0 * state.latency_weight * config.latency_half_life_s / config.evidence_half_life_s
-    z = abs(math.log(short / steady)) * math.sqrt(n / variance)
+    z = abs(math.log(short / steady)) * math.sqrt(n) / log_spread(state.norm_log_mean, state.norm_log_sq, config)
     c = config.steady_z
     if z <= c:
         return steady
@@ -249,6 +245,13 @@ def log_variance(mean: float, square: float) -> float:
     the two decay as floats, and a provider with one sample has none)."""
     variance = square - mean * mean
     return variance if variance > 0.0 else 0.0
+
+
+def log_spread(mean: float, square: float, config: DWAConfig) -> float:
+    """The standard deviation of ln x from those moments, at least overdue_min_sigma: a
+    provider known from a few tight answers is not taken to be tighter than LLM calls are."""
+    sigma = math.sqrt(log_variance(mean, square))
+    return sigma if sigma > config.overdue_min_sigma else config.overdue_min_sigma
 
 
 def quantile_factor(state: ProviderState, z: float, stream: bool, config: DWAConfig) -> float:

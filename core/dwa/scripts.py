@@ -63,7 +63,7 @@ SHORT = frozenset(("s", "f", "lw", "lm", "nm", "l1", "l2", "ew", "fw", "fm", "fe
 # ARGV, in order (store.py builds them).
 RECORD_ARGS = ("now", "kind", "latency", "ttft", "tin", "tout", "cost", "retry", "eclass", "instance",
                "inflight", "hl_av", "hl_lat", "threshold", "cool0", "coolmax", "rl_default", "ttl",
-               "if_age", "ktok", "hl_ev", "hl_hist", "fresh", "load", "hl_steady")
+               "if_age", "ktok", "hl_ev", "hl_hist", "hl_steady", "fresh", "load")
 
 
 def _lua_list(names: tuple[str, ...] | frozenset[str]) -> str:

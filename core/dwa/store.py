@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from core.dwa.config import DWAConfig
 from core.dwa.profile import ProviderProfile
-from core.dwa.scoring import availability, log_variance
+from core.dwa.scoring import availability, log_spread
 from core.dwa.scripts import CLAIM_PROBE, RECORD, SCRIPTS
 from core.dwa.state import Outcome, OutcomeKind, ProviderState, Snapshot
 from core.kv import KEY_PREFIX, KV, Command, Script
@@ -387,7 +387,7 @@ def _fit(mu: float, sq: float, config: DWAConfig) -> tuple[float, float, float]:
     """A log-normal fit from the moments of ln x, for mark_overdue: (μ, σ at least
     overdue_min_sigma, the age from which a call is looked at: its one-σ value, at least
     overdue_min_s)."""
-    sigma = max(config.overdue_min_sigma, math.sqrt(log_variance(mu, sq)))
+    sigma = log_spread(mu, sq, config)
     return mu, sigma, max(config.overdue_min_s, math.exp(mu + sigma))
 
 
@@ -421,6 +421,7 @@ class RedisDWAStore(StoreBase):
             cfg.availability_half_life_s, cfg.latency_half_life_s, cfg.failure_threshold,
             cfg.cooldown_s, cfg.cooldown_max_s, cfg.rate_limit_default_s, cfg.state_ttl_s,
             cfg.in_flight_max_age_s, cfg.ttft_tokens, cfg.evidence_half_life_s, cfg.history_half_life_s,
+            cfg.steady_half_life_s,
         )
 
     # -- keys --------------------------------------------------------------------------
@@ -510,7 +511,6 @@ class RedisDWAStore(StoreBase):
             repr(float(outcome.ttft_s or 0.0)), int(outcome.input_tokens), int(outcome.output_tokens),
             repr(cost), repr(float(outcome.retry_after_s or 0.0)), outcome.error or outcome.kind.value,
             self.instance_id, left, *self._record_args, "1" if outcome.fresh else "0", outcome.load,
-            self.config.steady_half_life_s,
         )
         return RECORD.command(self._keys_for(name), args)
 
