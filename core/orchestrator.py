@@ -29,7 +29,7 @@ import anyio
 from core import cache
 from core.cache import CachePolicy
 from core.dwa.router import Decision, Router
-from core.dwa.scoring import hedge_delay
+from core.dwa.scoring import censored_latency, hedge_delay
 from core.dwa.state import Outcome, OutcomeKind, ProviderState, Snapshot
 from core.dwa.store import DWAStore
 from core import limits
@@ -228,6 +228,7 @@ class _Plan:
     explored: set[str] = field(default_factory=set)  # deployments picked as a fresh look
     loads: dict[str, int] = field(default_factory=dict)  # each pick's load (Decision.load)
     on_pick: asyncio.Event | None = None  # set at the first pick (a hedge "auto" waits for it)
+    won: Result | None = None  # a hedge's or race's answer, set before the calls it beat are cancelled
 
 
 class Orchestrator:
@@ -528,9 +529,12 @@ class Orchestrator:
             started = time.perf_counter()
             try:
                 value = await call(adapter, plan.request, budget)
-            except asyncio.CancelledError:  # lost a race, or the caller left: not an outcome
+            except asyncio.CancelledError:  # lost a race or a hedge, or the caller left
                 self.store.finish(adapter.name, _wall(started))
-                result.provider_time += time.perf_counter() - started
+                elapsed = time.perf_counter() - started
+                result.provider_time += elapsed
+                if plan.won is not None:
+                    self._cancelled(plan, adapter, elapsed, plan.won)
                 raise
             except ProviderError as exc:
                 result.provider_time += time.perf_counter() - started
@@ -582,7 +586,8 @@ class Orchestrator:
     async def _hedged(self, plan: _Plan, slot: list[Adapter], after: float | Literal["auto"]) -> Result:
         """The slot's call, and if it has not answered within `after` seconds, the same
         call to another of its deployments: the first success wins, the other is cancelled
-        (cancelled, it records no outcome: a slow provider is not held to have failed).
+        (`_cancelled`: not a failure, but the time it is expected to have taken, so a
+        provider whose calls keep losing looks as slow as it is).
         "auto": `after` is the picked deployment's hedge_delay (twice its mean latency);
         a deployment that has never answered is not hedged."""
         started = time.perf_counter()
@@ -610,6 +615,7 @@ class Orchestrator:
                 if result.ok:
                     if result.provider in {a.name for a in rest}:
                         result.selection_reason = "hedged"  # the second call answered first
+                    plan.won = result
                     return result
                 failed = failed or result
         finally:
@@ -620,7 +626,7 @@ class Orchestrator:
         return failed
 
     async def _race(self, plan: _Plan) -> list[Result]:
-        """Several targets, first success wins; the others are cancelled."""
+        """Several targets, first success wins; the others are cancelled (`_cancelled`)."""
         tasks = [asyncio.ensure_future(self._complete_slot(plan, slot)) for slot in plan.slots]
         winner: Result | None = None
         failures: list[Result] = []
@@ -628,7 +634,7 @@ class Orchestrator:
             for next_done in asyncio.as_completed(tasks):
                 result = await next_done
                 if result.ok:
-                    winner = result
+                    winner = plan.won = result
                     break
                 failures.append(result)
         finally:
@@ -651,6 +657,16 @@ class Orchestrator:
                                      retry_after_s=result.limit_reset_s, fresh=adapter.name in plan.explored,
                                      load=plan.loads.get(adapter.name, 0)))
         self._log_result(plan, result, elapsed)
+
+    def _cancelled(self, plan: _Plan, adapter: Adapter, elapsed: float, winner: Result) -> None:
+        """A call a hedge or race made moot, cancelled unanswered after `elapsed` s: an outcome whose
+        latency is the one expected of a call slower than that (censored_latency), for a
+        reply the winner's size; no failure, no log row (the caller's answer has one)."""
+        tokens = winner.usage.completion_tokens if winner.usage else 0
+        state = plan.snapshot.states.get(adapter.name)
+        latency = censored_latency(state, elapsed, tokens, self.router.config) if state else elapsed
+        plan.outcomes.append(Outcome(adapter.name, OutcomeKind.CANCELLED, latency, time.time(),
+                                     output_tokens=tokens, load=plan.loads.get(adapter.name, 0)))
 
     def _failed(self, plan: _Plan, result: Result, adapter: Adapter, exc: ProviderError, started: float,
                 decision: Decision | None = None, *, deadline_cut: bool = False) -> None:

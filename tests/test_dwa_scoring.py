@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from core.dwa import DWAConfig, ProviderProfile, ProviderState, Router, Snapshot
-from core.dwa.scoring import availability, evaluate, load_factor, p95_latency
+from core.dwa.scoring import availability, censored_latency, evaluate, load_factor, p95_latency
 from core.settings import RoutingStrategy
 
 CONFIG = DWAConfig()
@@ -375,3 +375,27 @@ def test_a_provider_that_slowed_with_its_load_is_expected_slower_when_busier() -
     walled.in_flight = flat.in_flight = 13
     busy = evaluate([walled, flat], CONFIG, NOW)
     assert ev.quality[0] == pytest.approx(ev.quality[1]) and busy.quality[0] < 0.85 * busy.quality[1]
+
+
+def test_a_cancelled_call_counts_as_slower_than_it_ran_and_more_so_for_a_long_tail() -> None:
+    """censored_latency: a hedge's loser cancelled at twice a provider's mean counts as
+    about 1.1× that for a tight provider (σ 0.3) and 1.7× for a long-tailed one (σ 0.9);
+    one cancelled well before its median, as its mean; far past the fit, just over the
+    time it ran; and a provider never heard from, as the time it ran."""
+    config = DWAConfig()
+    tokens = 100
+    size = tokens + config.ttft_tokens
+
+    def fitted(sigma: float) -> tuple[ProviderState, float]:
+        mu = math.log(0.01)
+        state = ProviderState("p", ProviderProfile("p"), norm_log_mean=mu, norm_log_sq=mu * mu + sigma * sigma)
+        return state, math.exp(mu + sigma * sigma / 2) * size  # its mean latency for this reply
+
+    tight, tight_mean = fitted(0.3)
+    tailed, tailed_mean = fitted(0.9)
+    assert censored_latency(tight, 2 * tight_mean, tokens, config) / (2 * tight_mean) == pytest.approx(1.11, abs=0.01)
+    assert censored_latency(tailed, 2 * tailed_mean, tokens, config) / (2 * tailed_mean) == pytest.approx(1.68, abs=0.01)
+    assert censored_latency(tight, 0.1 * tight_mean, tokens, config) == pytest.approx(tight_mean, rel=0.01)
+    far = censored_latency(tight, 50 * tight_mean, tokens, config) / (50 * tight_mean)
+    assert 1.0 < far < 1.03
+    assert censored_latency(ProviderState("new", ProviderProfile("new")), 0.7, tokens, config) == 0.7

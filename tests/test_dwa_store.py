@@ -208,7 +208,7 @@ async def test_the_python_update_matches_the_lua_field_for_field(kv: KV, ns: str
     rng = random.Random(7)
     python: dict[str, str] = {}
     now = T0
-    kinds = [OK] * 6 + [FAIL] * 3 + [RATE, CLIENT]
+    kinds = [OK] * 6 + [FAIL] * 3 + [RATE, CLIENT, OutcomeKind.CANCELLED]
     for _ in range(300):
         now += rng.choice([-3.0, 0.0, 0.01, 0.5, 2.0, 9.0])  # out of order sometimes
         kind = rng.choice(kinds)
@@ -219,6 +219,8 @@ async def test_the_python_update_matches_the_lua_field_for_field(kv: KV, ns: str
                           retry_after_s=rng.choice([None, 0.0, 3.0, 30.0]), fresh=rng.random() < 0.1,
                           load=rng.randint(0, 40))
         store.start("a")
+        if kind is OutcomeKind.CANCELLED:
+            store.finish("a")  # when it was cancelled (Orchestrator._attempt)
         await store.record(outcome)
         python = apply_outcome(python, outcome, store.profile("a").cost(outcome.input_tokens,
                                                                         outcome.output_tokens), config)

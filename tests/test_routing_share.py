@@ -190,3 +190,40 @@ async def test_an_auto_hedge_asks_another_upstream_when_a_call_runs_far_past_its
     assert hedged.status_code == 200 and hedged.headers["x-orchesity-provider"] == "second", hedged.text
     assert hedged.json()["orchesity"]["dwa_selection_reason"] == "hedged" and took < 1.0
     assert stats["first"]["failures"] == 0 and stats["first"]["in_flight"] == 0
+
+
+async def test_an_upstream_whose_calls_keep_losing_the_hedge_is_left(gateway_settings: Settings,
+                                                                     tmp_path: Path) -> None:
+    """`a` and `b` answer in 30 ms until, 3 s in, `a` takes 1 s. Hedged "auto", a's calls
+    are cancelled after twice its 30 ms and b answers: a never answers again. Each of those
+    cancelled calls is recorded as the time a call slower than that is expected to take,
+    so a looks slower with every hedge it loses and the traffic leaves it: from 5 s on,
+    under a tenth of the requests go to a first and wait for a hedge. Before, a cancelled
+    call recorded nothing, a kept its 30 ms mean, and half the requests paid the hedge."""
+    start = time.monotonic()
+
+    @asynccontextmanager
+    async def wait(model: str) -> AsyncIterator[None]:
+        slow = model == "m-a" and time.monotonic() - start > 3.0
+        await asyncio.sleep(1.0 if slow else 0.03)
+        yield
+
+    body = {"model": "auto", "hedge_after_ms": "auto", "cache": {"no_cache": True}}
+    answers: list[tuple[float, str | None]] = []
+    numbers = itertools.count()
+    async with gateway_before(chat_upstream(wait), ("a", "b"), gateway_settings, tmp_path) as client:
+        start = time.monotonic()
+
+        async def caller() -> None:
+            while time.monotonic() - start < 10.0:
+                answer = await client.post("/v1/chat/completions", json={
+                    **body, "messages": [{"role": "user", "content": f"q{next(numbers)}"}]})
+                assert answer.status_code == 200, answer.text
+                answers.append((time.monotonic() - start, answer.json()["orchesity"]["dwa_selection_reason"]))
+
+        await asyncio.gather(*(caller() for _ in range(4)))
+        stats = (await client.get("/api/llm/dwa/stats")).json()["provider_stats"]
+    late = [reason for at, reason in answers if at >= 5.0]
+    hedged = sum(reason == "hedged" for reason in late)
+    assert late and hedged < 0.1 * len(late), (hedged, len(late), Counter(reason for _, reason in answers))
+    assert stats["a"]["failures"] == 0 and stats["a"]["mean_latency_ms"] > 40.0, stats["a"]  # its 30 ms, and more

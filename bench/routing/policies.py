@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from core.dwa import DWAConfig, Outcome, OutcomeKind, ProviderProfile, RedisDWAStore, Router
-from core.dwa.scoring import hedge_delay
+from core.dwa.scoring import censored_latency, hedge_delay
 from core.kv import KV
 from core.settings import RoutingStrategy
 
@@ -79,11 +79,17 @@ class DWAPolicy:
         """A stream's first token, as the gateway reports it (Orchestrator.stream)."""
         self.routers[request.instance].store.answering(name, started)
 
-    async def cancel(self, request: Request, name: str, now: float) -> None:
-        """A hedge's other call, cancelled: no outcome, only its place in flight freed."""
-        self.routers[request.instance].store.finish(name)
+    async def cancel(self, request: Request, name: str, now: float, elapsed: float) -> None:
+        """A hedge's other call, cancelled unanswered after `elapsed`: its place in flight
+        freed, and the time it is expected to have taken recorded (the gateway's
+        Orchestrator._cancelled)."""
+        router = self.routers[request.instance]
+        router.store.finish(name)
         self.explored.discard((request.rid, name))
-        self.loads.pop((request.rid, name), None)
+        state = (await router.store.read([name], now)).states[name]
+        latency = censored_latency(state, elapsed, request.output_tokens, router.config)
+        await router.record(Outcome(name, OutcomeKind.CANCELLED, latency, now, output_tokens=request.output_tokens,
+                                    load=self.loads.pop((request.rid, name), 0)))
 
 
 # --- LiteLLM ---------------------------------------------------------------------------

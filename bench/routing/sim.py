@@ -21,7 +21,7 @@ class Policy(Protocol):
 
     async def record(self, request: Request, name: str, result: CallResult, now: float) -> None: ...
 
-    async def cancel(self, request: Request, name: str, now: float) -> None: ...  # only when hedging
+    async def cancel(self, request: Request, name: str, now: float, elapsed: float) -> None: ...  # hedging only
 
     async def hedge_delay(self, request: Request, name: str, now: float) -> float | None: ...  # hedging "auto"
 
@@ -52,7 +52,8 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
     """Run the traffic through `policy`. With `hedge_after_s`, a request not answered by
     then is also sent to another provider (once), as the gateway's hedge_after_ms does:
     each of the two fails over on its own, the first success wins and the other call is
-    cancelled (it frees its provider at once and records no outcome). Streams are not
+    cancelled (it frees its provider at once and records the time it is expected to have
+    taken, as the gateway does: scoring.censored_latency). Streams are not
     hedged, as the gateway hedges only whole replies. "auto": after the policy's
     hedge_delay for the provider it picked (none when it has no figure)."""
     names = [p.name for p in scenario.providers]
@@ -60,7 +61,7 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
     result = RunResult(attempts={n: [] for n in names}, successes_at={n: [] for n in names})
     deadline = scenario.deadline_s
     tried: dict[int, list[str]] = {}
-    running: dict[int, dict[int, str]] = {}  # request → its calls in flight (call id → provider)
+    running: dict[int, dict[int, tuple[str, float]]] = {}  # request → its calls in flight (id → provider, start)
     cancelled: set[int] = set()
     heap: list[tuple[float, int, int, object]] = []
     seq = 0
@@ -76,10 +77,10 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
         if ok:
             result.ok += 1
         tried.pop(request.rid, None)
-        for call_id, name in running.pop(request.rid, {}).items():  # a hedge's other call
+        for call_id, (name, started) in running.pop(request.rid, {}).items():  # a hedge's other call
             cancelled.add(call_id)
             world.in_flight[name] -= 1
-            await policy.cancel(request, name, now)
+            await policy.cancel(request, name, now, now - started)
 
     async def attempt(request: Request, now: float) -> str | None:
         nonlocal seq
@@ -94,7 +95,7 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
         if call.latency > left:  # the request's deadline cuts the call short
             call = CallResult("fail", left, "timeout")
         world.in_flight[name] += 1
-        running.setdefault(request.rid, {})[seq] = name
+        running.setdefault(request.rid, {})[seq] = (name, now)
         heapq.heappush(heap, (now + call.latency, seq, 1, (request, name, call)))
         seq += 1
         if answering is not None and request.stream and call.kind == "ok" and call.ttft is not None:

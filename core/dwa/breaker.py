@@ -97,7 +97,8 @@ elseif kind == 'rate' then
   if wait <= 0 then wait = rl_default end
   if now + wait > h.rl then h.rl = now + wait end
   h.pu = 0  -- the probe got no verdict; another may run once the cooldown ends
-else -- 'client': the provider answered; a probe that got a 4xx frees the slot
+else -- 'client': the provider answered; a probe that got a 4xx frees the slot (as a
+  -- hedge's loser, 'cancel', does: no verdict)
   h.pu = 0
 end
 """

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from core.db import Database
 from core.dwa.config import DWAConfig
 from core.dwa.profile import ProviderProfile
-from core.dwa.state import Outcome, OutcomeKind, Snapshot
+from core.dwa.state import Outcome, Snapshot
 from core.dwa.store import (
     BASELINE_TTL_WINDOWS,
     HOT_FIELDS,
@@ -160,7 +160,7 @@ class PostgresDWAStore(StoreBase):
 
     async def record(self, outcome: Outcome) -> None:
         name = outcome.provider
-        self.finish(name, outcome.now - outcome.latency_s, outcome.kind is OutcomeKind.SUCCESS)
+        self.ended(outcome)
         cost = self.profile(name).cost(outcome.input_tokens, outcome.output_tokens)
         async with self.db.engine.begin() as conn:
             await conn.execute(ENSURE_ROW, {"name": name})

@@ -244,7 +244,7 @@ class Router:
                 "probe_in_flight": state.tripped and state.probe_until > now,
                 "rate_limited_until": state.rate_limited_until if state.rate_limited_until > now else None,
                 "in_flight": state.in_flight,
-                "mean_latency_ms": state.latency_mean * 1000 if _f(d.get("ok")) > 0 else None,
+                "mean_latency_ms": state.latency_mean * 1000 if _f(d.get("lw")) > 0 else None,
                 "p95_latency_ms": p95 * 1000 if p95 is not None else None,
                 # what a failure costs before failover (a timeout's seconds; a 503's few ms)
                 "failure_ms": state.failure_time * 1000 if state.failure_time > 0 else None,

@@ -92,6 +92,13 @@ state.py; everything already decayed to `now` by elapsed time):
                    slower than it answers). Left out for a fresh look, which would
                    otherwise never happen.
 
+    a hedge's loser                                         (Outcome's CANCELLED)
+                   a call cancelled because another answered first joins m as the
+                   latency a call slower than it ran is expected to take
+                   (censored_latency), with no verdict on a: a provider whose calls all
+                   run past the hedge would otherwise never answer, never look slower,
+                   and be picked first every time.
+
     speed          v = min(E) / E                          (1 for the fastest candidate)
     price factor   c = (min(P) + ε) / (P + ε)              P: blended price per 1k tokens
     baseline       b' = 1 − λ + λ·b                        b: the recompute job's weight
@@ -393,6 +400,28 @@ def hedge_delay(state: ProviderState, config: DWAConfig) -> float | None:
         return None
     delay = config.hedge_factor * state.latency_mean
     return delay if delay > config.hedge_min_s else config.hedge_min_s
+
+
+def censored_latency(state: ProviderState, elapsed: float, tokens: int, config: DWAConfig) -> float:
+    """What a call cancelled unanswered after `elapsed` seconds (a hedge's loser) is
+    recorded as: the time it is expected to have taken given that it took longer than
+    that, E[X | X > elapsed], under the log-normal of the provider's latency_norm samples
+    (the mean and spread of their logs; the spread at least overdue_min_sigma) for a reply
+    of `tokens` (the winner's): elapsed · e^(σ²/2 − σz) · Φ(σ − z) / Φ(−z), z the
+    elapsed time's standard score. Never below `elapsed`; `elapsed` itself for a provider
+    with no samples. Without it a provider whose calls all run past the hedge would
+    never answer, never look slower, and be picked first every time."""
+    if not state.norm_log_sq or elapsed <= 0.0:
+        return elapsed
+    mu = state.norm_log_mean
+    sigma = log_spread(mu, state.norm_log_sq, config)
+    z = (math.log(elapsed / (tokens + config.ttft_tokens)) - mu) / sigma
+    if z > 8.0:  # Φ's tails by Mills' ratio: the factor tends to z / (z − σ)
+        factor = z / (z - sigma) if z > 2.0 * sigma else 2.0
+    else:
+        factor = (math.exp(0.5 * sigma * sigma - sigma * z) * math.erfc((z - sigma) / math.sqrt(2.0))
+                  / math.erfc(z / math.sqrt(2.0)))
+    return elapsed * factor if factor > 1.0 else elapsed
 
 
 def p95_latency(state: ProviderState) -> float | None:

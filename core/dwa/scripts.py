@@ -40,7 +40,7 @@ The provider hash (KEYS[1]) holds, by field:
     ho ou tr pu rl   breaker: tripped flag, open until, trips, probe until, rate limited
              until (see breaker.py)
     n ok ko rlc ce   counts of outcomes: all, successes, failures, 429s, client errors
-    ti to c  input tokens, output tokens, cost in USD
+    ti to c  input tokens, output tokens, cost in USD (a cancelled hedge's loser's unknown)
     ls le ec time of the last success, of the last error, last error class
 
 The in-flight hash (KEYS[2]) maps an instance id to "count:time" (see store.py).
@@ -99,14 +99,17 @@ local dh = decay(hl_hist)
 h.ew = h.ew * de; h.fe = h.fe * de; h.hw = h.hw * dh; h.hx = h.hx * dh
 
 h.n = h.n + 1
-h.ti = h.ti + tin; h.to = h.to + tout; h.c = h.c + cost
-if kind == 'ok' then
-  -- a fresh look (see Outcome.fresh): the means start again from this sample, and
-  -- the failures that kept traffic away are over (see scoring.py)
-  if fresh == '1' then
-    h.lw = 0; h.fw = 0; h.pw = 0; h.mw = 0; h.f = 0; h.hx = h.hx + 1
+if kind ~= 'cancel' then h.ti = h.ti + tin; h.to = h.to + tout; h.c = h.c + cost end
+if kind == 'ok' or kind == 'cancel' then
+  if kind == 'ok' then
+    -- a fresh look (see Outcome.fresh): the means start again from this sample, and
+    -- the failures that kept traffic away are over (see scoring.py)
+    if fresh == '1' then
+      h.lw = 0; h.fw = 0; h.pw = 0; h.mw = 0; h.f = 0; h.hx = h.hx + 1
+    end
+    h.ok = h.ok + 1; h.s = h.s + 1; h.cf = 0
   end
-  h.ok = h.ok + 1; h.s = h.s + 1; h.cf = 0
+  -- (a hedge's cancelled loser: its expected latency, no verdict on its availability)
   local x = math.max(latency, 0.000001)
   local lx = math.log(x)
   h.lw = h.lw + 1
@@ -131,7 +134,7 @@ if kind == 'ok' then
     h.f2 = h.f2 + (lt * lt - h.f2) / h.fw
   end
   if tout > 0 then h.pw = h.pw + 1; h.pm = h.pm + (x / tout - h.pm) / h.pw end
-  h.ls = math.max(h.ls, now)
+  if kind == 'ok' then h.ls = math.max(h.ls, now) end
 else
   h.le = math.max(h.le, now)
   if kind == 'fail' then
@@ -158,7 +161,7 @@ for _, name in ipairs(FIELDS) do
     out[#out + 1] = string.format('%.17g', h[name])
   end
 end
-if kind ~= 'ok' then out[#out + 1] = 'ec'; out[#out + 1] = eclass end
+if kind ~= 'ok' and kind ~= 'cancel' then out[#out + 1] = 'ec'; out[#out + 1] = eclass end
 redis.call('HSET', KEYS[1], unpack(out))
 redis.call('EXPIRE', KEYS[1], ttl)
 

@@ -20,6 +20,7 @@ class OutcomeKind(str, Enum):
     FAILURE = "fail"          # retryable and the provider's fault: timeout, connection, 5xx
     RATE_LIMITED = "rate"     # 429: a cooldown until Retry-After, not an outage
     CLIENT_ERROR = "client"   # other 4xx: the request's fault; the provider answered
+    CANCELLED = "cancel"      # a hedge's loser, cancelled unanswered: slower than it ran, not failed
 
 
 def classify_status(status: int | None) -> OutcomeKind:
@@ -38,7 +39,9 @@ class Outcome:
     """One finished provider call. `now` is when it finished (seconds, the caller's clock).
 
     `latency_s` is the whole call; `ttft_s` the time to first token of a stream (None
-    when not streamed). `error` is a short class name ("timeout", "http_503") for
+    when not streamed). A CANCELLED call never finished: its `latency_s` is the time it
+    is expected to have taken (scoring.censored_latency) and `output_tokens` the size of
+    the reply that won, by which its latency is compared; it counts no tokens or cost. `error` is a short class name ("timeout", "http_503") for
     `last_error`. `retry_after_s` comes from a 429's Retry-After header. `load` is the
     Decision's (how busy the provider was when the call started), 0 when unknown.
     """

@@ -379,6 +379,13 @@ class StoreBase:
     def local_in_flight(self, name: str) -> int:
         return self._local.get(name, 0)
 
+    def ended(self, outcome: Outcome) -> int:
+        """Mark `outcome`'s call finished in this process (a CANCELLED one was, when it was
+        cancelled: `finish`); the count left."""
+        if outcome.kind is OutcomeKind.CANCELLED:
+            return self._local.get(outcome.provider, 0)
+        return self.finish(outcome.provider, outcome.now - outcome.latency_s, outcome.kind is OutcomeKind.SUCCESS)
+
 
 _NONE: frozenset[float] = frozenset()
 
@@ -504,7 +511,7 @@ class RedisDWAStore(StoreBase):
         new value the script publishes: build it exactly once per finished call.
         """
         name = outcome.provider
-        left = self.finish(name, outcome.now - outcome.latency_s, outcome.kind is OutcomeKind.SUCCESS)
+        left = self.ended(outcome)
         cost = self.profile(name).cost(outcome.input_tokens, outcome.output_tokens)
         args = (
             repr(float(outcome.now)), outcome.kind.value, repr(float(outcome.latency_s)),

@@ -49,17 +49,20 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
     h["hx"] *= dh
 
     h["n"] += 1
-    h["ti"] += tin
-    h["to"] += tout
-    h["c"] += cost
-    if kind is OutcomeKind.SUCCESS:
-        if outcome.fresh:  # a fresh look: the means restart from this sample
-            h["lw"] = h["fw"] = h["pw"] = h["mw"] = 0.0
-            h["hx"] += 1
-            h["f"] = 0.0  # and the failures that kept traffic away are over
-        h["ok"] += 1
-        h["s"] += 1
-        h["cf"] = 0
+    cancelled = kind is OutcomeKind.CANCELLED
+    if not cancelled:
+        h["ti"] += tin
+        h["to"] += tout
+        h["c"] += cost
+    if kind is OutcomeKind.SUCCESS or cancelled:
+        if not cancelled:  # (a hedge's cancelled loser: its expected latency, no verdict on availability)
+            if outcome.fresh:  # a fresh look: the means restart from this sample
+                h["lw"] = h["fw"] = h["pw"] = h["mw"] = 0.0
+                h["hx"] += 1
+                h["f"] = 0.0  # and the failures that kept traffic away are over
+            h["ok"] += 1
+            h["s"] += 1
+            h["cf"] = 0
         x = max(latency, 0.000001)
         lx = math.log(x)
         h["lw"] += 1
@@ -89,7 +92,8 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
         if tout > 0:
             h["pw"] += 1
             h["pm"] += (x / tout - h["pm"]) / h["pw"]
-        h["ls"] = max(h["ls"], now)
+        if not cancelled:
+            h["ls"] = max(h["ls"], now)
     else:
         h["le"] = max(h["le"], now)
         if kind is OutcomeKind.FAILURE:
@@ -106,7 +110,7 @@ def apply_outcome(fields: Mapping[str, str], outcome: Outcome, cost: float, conf
     _transitions(h, kind, now, float(outcome.retry_after_s or 0.0), config)
 
     out = {name: ("%.10g" if name in SHORT else "%.17g") % h[name] for name in FIELDS}
-    if kind is not OutcomeKind.SUCCESS:
+    if not (kind is OutcomeKind.SUCCESS or cancelled):
         out["ec"] = outcome.error or kind.value
     elif "ec" in fields:
         out["ec"] = fields["ec"]
