@@ -1,21 +1,22 @@
 """What the LLM surfaces share (/api/llm/orchestrate, /v1/chat/completions, /v1/embeddings,
-/v1/messages, /v1/responses): their scope, strict numbers, cache options, the request
+/v1/messages, /v1/responses): their scope, strict numbers, the routing fields, the request
 made on a caller's behalf, the routing headers, and how a refusal or a failure becomes
 an OpenAI-shaped error (the Messages API shapes its own, functions/messages.py).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from core import limits as key_limits
 from core.auth import Principal, Scope
 from core.cache import DEFAULT_NAMESPACE, CachePolicy
 from core.limits import LimitExceeded
 from core.orchestrator import LLMRequest, NoDeployment, Orchestration, Result, UnknownProvider
+from core.settings import RoutingStrategy
 from functions.http import ApiError, require
 
 LLM = Depends(require(Scope.llm))
@@ -37,6 +38,55 @@ class CacheOptions(BaseModel):
 
     def policy(self) -> CachePolicy:
         return CachePolicy(self.no_cache, self.no_store, self.ttl, self.namespace)
+
+
+class Routing(BaseModel):
+    """Orchesity's own fields of a request, the same on every LLM surface; each is off
+    (the deployment's defaults) when absent."""
+
+    strategy: RoutingStrategy | None = None
+    cache: CacheOptions | None = None
+    timeout: Float | None = Field(default=None, gt=0, le=600)
+
+    def routing(self) -> dict[str, Any]:
+        """These fields as LLMRequest's."""
+        return {"strategy": self.strategy, "cache": self.cache.policy() if self.cache else CachePolicy(),
+                "timeout": self.timeout}
+
+
+class ReplyRouting(Routing):
+    """...and the two of a call for a reply (chat completions, orchestrate, Messages,
+    Responses; not embeddings)."""
+
+    # Ask a second deployment if the first has not answered within this (off by default;
+    # not for streams; "auto": twice the first's mean latency): the first answer wins, the
+    # other call is cancelled, not failed.
+    hedge_after_ms: Annotated[Int, Field(ge=1, le=600_000)] | Literal["auto"] | None = None
+    # Route on this quantile of each deployment's latency (a stream's: of its time to
+    # first token) instead of its mean (off by default): 0.95 sends the call where its
+    # p95 is lowest.
+    latency_quantile: Float | None = Field(default=None, ge=0.5, le=0.999)
+
+    @field_validator("hedge_after_ms", mode="before")
+    @classmethod
+    def _hedge_is_ms_or_auto(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError('hedge_after_ms is a number of milliseconds (1 to 600000), or "auto"')
+        return value
+
+    @model_validator(mode="after")
+    def _no_hedged_stream(self) -> "ReplyRouting":
+        if getattr(self, "stream", None) and self.hedge_after_ms is not None:
+            raise ValueError("hedge_after_ms hedges whole replies, not streams: drop it or stream")
+        return self
+
+    def routing(self) -> dict[str, Any]:
+        ms = self.hedge_after_ms
+        return {**super().routing(), "hedge_after": ms if ms is None or ms == "auto" else ms / 1000.0,
+                "latency_quantile": self.latency_quantile}
+
+
+ROUTING_FIELDS = frozenset(ReplyRouting.model_fields)  # what a surface's own translation leaves out
 
 
 def on_behalf(principal: Principal, **fields: Any) -> LLMRequest:

@@ -32,7 +32,7 @@ from core.providers import tokens
 from core.providers.base import ProviderError
 from core.services import Services
 from functions.http import ApiError, JSONResponse, create_app, entry_points, services
-from functions.llm import LLM, Float, Int, on_behalf, routing_headers
+from functions.llm import LLM, ROUTING_FIELDS, Float, Int, ReplyRouting, on_behalf, routing_headers
 from functions.routing import Handler, LeanRoute
 
 # The anthropic-version values the surface accepts (what Anthropic's API and SDKs send);
@@ -116,8 +116,9 @@ class _Prompt(BaseModel):
     thinking: dict[str, Any] | None = None
 
 
-class MessagesBody(_Prompt):
-    """Anthropic's MessageCreateParams; a field it has that the gateway cannot serve is refused."""
+class MessagesBody(_Prompt, ReplyRouting):
+    """Anthropic's MessageCreateParams, plus Orchesity's routing fields (functions.llm);
+    a field it has that the gateway cannot serve is refused."""
 
     max_tokens: Int = Field(ge=1, le=1_000_000)
     stop_sequences: list[str] | None = None
@@ -137,7 +138,7 @@ def _version(request: Request) -> None:
 
 
 def _translate(body: _Prompt, max_tokens: int = 1) -> Any:
-    fields = body.model_dump(exclude_none=True)
+    fields = body.model_dump(exclude_none=True, exclude=ROUTING_FIELDS)
     fields.setdefault("max_tokens", max_tokens)
     try:
         return anthropic_format.chat_request(fields)
@@ -177,7 +178,8 @@ async def messages(request: Request, body: MessagesBody, svc: Services = Depends
                    caller: Principal = LLM) -> Any:
     _version(request)
     chat = _translate(body)
-    llm = on_behalf(caller, chat=chat, targets=None if body.model == "auto" else [body.model], endpoint="messages")
+    llm = on_behalf(caller, chat=chat, targets=None if body.model == "auto" else [body.model], endpoint="messages",
+                    **body.routing())
     if body.stream:
         return await _stream(svc, llm, body.model)
     try:

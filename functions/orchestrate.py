@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
@@ -30,9 +30,9 @@ from core.orchestrator import LLMRequest, NoDeployment, Orchestration, Result, U
 from core.providers.base import ChatRequest, Chunk, EmbeddingRequest, ProviderError
 from core.providers.vectors import encode_base64
 from core.services import Services
-from core.settings import RoutingStrategy
 from functions.http import JSONResponse, create_app, entry_points, error_body, services
-from functions.llm import LLM, CacheOptions, Float, Int, failure_of, no_deployment, on_behalf, refused, routing_headers
+from functions.llm import (LLM, Float, Int, ReplyRouting, Routing, failure_of, no_deployment, on_behalf, refused,
+                           routing_headers)
 from functions.routing import LeanRoute
 
 router = APIRouter(tags=["orchestrate"], route_class=LeanRoute)
@@ -44,7 +44,7 @@ class Message(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
-class _Sampling(BaseModel):
+class _Sampling(ReplyRouting):
     """Parameters both APIs share."""
 
     max_tokens: Int | None = Field(default=None, ge=1, le=1_000_000)
@@ -55,30 +55,6 @@ class _Sampling(BaseModel):
     tools: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None
     stream: StrictBool = False
-    strategy: RoutingStrategy | None = None
-    cache: CacheOptions | None = None
-    timeout: Float | None = Field(default=None, gt=0, le=600)
-    # Ask a second deployment if the first has not answered within this (off by default;
-    # not for streams; "auto": twice the first's mean latency): the first answer wins, the
-    # other call is cancelled, not failed.
-    hedge_after_ms: Annotated[Int, Field(ge=1, le=600_000)] | Literal["auto"] | None = None
-    # Route on this quantile of each deployment's latency (a stream's: of its time to
-    # first token) instead of its mean (off by default): 0.95 sends the call where its
-    # p95 is lowest.
-    latency_quantile: Float | None = Field(default=None, ge=0.5, le=0.999)
-
-    @field_validator("hedge_after_ms", mode="before")
-    @classmethod
-    def _hedge_is_ms_or_auto(cls, value: Any) -> Any:
-        if isinstance(value, str) and value != "auto":
-            raise ValueError('hedge_after_ms is a number of milliseconds (1 to 600000), or "auto"')
-        return value
-
-    @model_validator(mode="after")
-    def _no_hedged_stream(self) -> "_Sampling":
-        if self.stream and self.hedge_after_ms is not None:
-            raise ValueError("hedge_after_ms hedges whole replies, not streams: drop it or stream")
-        return self
 
 
 class OrchestrateBody(_Sampling):
@@ -134,15 +110,6 @@ def _chat(body: _Sampling, messages: list[dict[str, Any]], extra: dict[str, Any]
 
 def _messages(messages: list[Message]) -> list[dict[str, Any]]:
     return [m.model_dump(exclude_none=True) for m in messages]
-
-
-def _hedge(body: _Sampling) -> float | Literal["auto"] | None:
-    ms = body.hedge_after_ms
-    return ms if ms is None or ms == "auto" else ms / 1000.0
-
-
-def _policy(body: _Sampling) -> CachePolicy:
-    return body.cache.policy() if body.cache else CachePolicy()
 
 
 async def _run(svc: Services, request: LLMRequest) -> Orchestration:
@@ -205,9 +172,7 @@ async def orchestrate(body: OrchestrateBody, svc: Services = Depends(services), 
     else:
         messages = _messages(body.messages or [])
     request = on_behalf(caller, chat=_chat(body, messages, {}), targets=body.providers, mode=body.mode,
-                       strategy=body.strategy, cache=_policy(body), endpoint="orchestrate",
-                       timeout=body.timeout, hedge_after=_hedge(body),
-                       latency_quantile=body.latency_quantile)
+                       endpoint="orchestrate", **body.routing())
     if body.stream:
         return await _stream(svc, request, _seed_events)
     orchestration = await _run(svc, request)
@@ -242,9 +207,7 @@ async def chat_completions(body: ChatCompletionBody, svc: Services = Depends(ser
         body.max_tokens = body.max_completion_tokens
     targets = None if body.model == "auto" else [body.model]
     request = on_behalf(caller, chat=_chat(body, _messages(body.messages), extra), targets=targets,
-                       strategy=body.strategy, cache=_policy(body), endpoint="chat.completions",
-                       timeout=body.timeout, hedge_after=_hedge(body),
-                       latency_quantile=body.latency_quantile)
+                       endpoint="chat.completions", **body.routing())
     if (body.n or 1) > 1:
         return await _choices(svc, request, body.n or 1, body.model, body.stream)
     if body.stream:
@@ -302,7 +265,7 @@ def _summed(usages: list[dict[str, int]]) -> dict[str, int]:
 MAX_EMBEDDING_INPUTS = 2048  # OpenAI's own limit per request
 
 
-class EmbeddingBody(BaseModel):
+class EmbeddingBody(Routing):
     """OpenAI's CreateEmbeddingRequest, text inputs only; plus Orchesity's routing options."""
 
     model_config = ConfigDict(extra="forbid")
@@ -312,9 +275,6 @@ class EmbeddingBody(BaseModel):
     dimensions: Int | None = Field(default=None, ge=1, le=8192)
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
-    strategy: RoutingStrategy | None = None
-    cache: CacheOptions | None = None
-    timeout: Float | None = Field(default=None, gt=0, le=600)
 
     @field_validator("input", mode="before")
     @classmethod
@@ -362,8 +322,7 @@ async def embeddings(body: EmbeddingBody, svc: Services = Depends(services), cal
     embedding = EmbeddingRequest(input=body.input, model=body.model, dimensions=body.dimensions,
                                  user=body.user, encoding_format=body.encoding_format)
     request = on_behalf(caller, embedding=embedding, targets=None if body.model == "auto" else [body.model],
-                       strategy=body.strategy, cache=body.cache.policy() if body.cache else CachePolicy(),
-                       endpoint="embeddings", timeout=body.timeout)
+                       endpoint="embeddings", **body.routing())
     orchestration = await _run(svc, request)
     headers = routing_headers(orchestration, request)
     failure = failure_of(orchestration.results)

@@ -23,16 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from core import fastjson, response_store
 from core.auth import Principal
-from core.cache import CachePolicy
 from core.limits import LimitExceeded
 from core.orchestrator import LLMRequest, NoDeployment, Orchestration, UnknownProvider
 from core.providers.base import ProviderError
 from core.response_store import Stored
 from core.responses import CreateRequest, EventStream, InvalidRequest, finished
 from core.services import Services
-from core.settings import RoutingStrategy
 from functions.http import ApiError, JSONResponse, create_app, entry_points, services
-from functions.llm import LLM, CacheOptions, Float, Int, failure_of, no_deployment, on_behalf, refused, routing_headers
+from functions.llm import LLM, Float, Int, ReplyRouting, failure_of, no_deployment, on_behalf, refused, routing_headers
 from functions.routing import LeanRoute
 
 router = APIRouter(tags=["responses"], route_class=LeanRoute)
@@ -63,7 +61,7 @@ class ReasoningOptions(BaseModel):
         return value
 
 
-class ResponseBody(BaseModel):
+class ResponseBody(ReplyRouting):
     """OpenAI's CreateResponse (what translates to a chat call), plus Orchesity's routing
     options. Anything else is refused by name: it would not mean what the caller meant."""
 
@@ -92,9 +90,6 @@ class ResponseBody(BaseModel):
     service_tier: str | None = None                # passed on to the chat call, as are these two
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
-    strategy: RoutingStrategy | None = None
-    cache: CacheOptions | None = None
-    timeout: Float | None = Field(default=None, gt=0, le=600)
 
     @field_validator("metadata")
     @classmethod
@@ -172,8 +167,7 @@ async def create(body: ResponseBody, svc: Services = Depends(services), caller: 
     except InvalidRequest as exc:
         raise _invalid(exc) from None
     llm = on_behalf(caller, chat=chat, targets=None if body.model == "auto" else [body.model],
-                   strategy=body.strategy, cache=body.cache.policy() if body.cache else CachePolicy(),
-                   endpoint="responses", timeout=body.timeout)
+                   endpoint="responses", **body.routing())
     conversation = [*prior, *request.items]
     if body.stream:
         return await _stream(svc, llm, request, caller, conversation)

@@ -713,3 +713,25 @@ async def test_a_hedged_request_is_answered_by_a_second_deployment_when_the_firs
     assert bad.status_code in (400, 422) and "hedge_after_ms" in bad.text
     assert streamed.status_code in (400, 422) and "not streams" in streamed.text  # refused, not silently unhedged
     assert vague.status_code in (400, 422) and 'milliseconds (1 to 600000), or \\"auto\\"' in vague.text
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/messages", {"model": "auto", "max_tokens": 64, "messages": [{"role": "user", "content": "hedge me"}]}),
+    ("/v1/responses", {"model": "auto", "input": "hedge me"}),
+], ids=["messages", "responses"])
+async def test_the_messages_and_responses_apis_take_the_same_routing_fields(
+        open_gateway: Any, tmp_path: Path, path: str, body: dict[str, Any]) -> None:
+    """hedge_after_ms, latency_quantile, strategy, cache and timeout mean on Anthropic's
+    and OpenAI's newer APIs what they mean on chat completions, and are refused alike."""
+    providers = providers_file(tmp_path, [sim("slowpoke", priority=1, latency_ms=1500), sim("quick", priority=2)])
+    body = {**body, "cache": {"no_cache": True}}
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=providers) as gw:
+        hedged = await gw.client.post(path, json={**body, "strategy": "priority", "hedge_after_ms": 50})
+        ranked = await gw.client.post(path, json={**body, "latency_quantile": 0.95, "timeout": 30})
+        streamed = await gw.client.post(path, json={**body, "hedge_after_ms": 50, "stream": True})
+        vague = await gw.client.post(path, json={**body, "latency_quantile": 2})
+    assert hedged.status_code == 200, hedged.text
+    assert hedged.headers["x-orchesity-provider"] == "quick"  # priority picked slowpoke; the hedge answered
+    assert ranked.status_code == 200, ranked.text
+    assert streamed.status_code in (400, 422) and "not streams" in streamed.text  # each API's validation status
+    assert vague.status_code in (400, 422) and "latency_quantile" in vague.text
