@@ -417,7 +417,7 @@ def censored_latency(state: ProviderState, elapsed: float, tokens: int, config: 
     sigma = log_spread(mu, state.norm_log_sq, config)
     z = (math.log(elapsed / (tokens + config.ttft_tokens)) - mu) / sigma
     if z > 8.0:  # Φ's tails by Mills' ratio: the factor tends to z / (z − σ)
-        factor = z / (z - sigma) if z > 2.0 * sigma else 2.0
+        factor = z / max(z - sigma, 1.0)
     else:
         factor = (math.exp(0.5 * sigma * sigma - sigma * z) * math.erfc((z - sigma) / math.sqrt(2.0))
                   / math.erfc(z / math.sqrt(2.0)))
