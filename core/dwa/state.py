@@ -20,7 +20,7 @@ class OutcomeKind(str, Enum):
     FAILURE = "fail"          # retryable and the provider's fault: timeout, connection, 5xx
     RATE_LIMITED = "rate"     # 429: a cooldown until Retry-After, not an outage
     CLIENT_ERROR = "client"   # other 4xx: the request's fault; the provider answered
-    CANCELLED = "cancel"      # a hedge's loser, cancelled unanswered: slower than it ran, not failed
+    CANCELLED = "cancel"      # a hedge's or race's loser, cancelled unanswered: slower than it ran
 
 
 def classify_status(status: int | None) -> OutcomeKind:

@@ -383,7 +383,7 @@ class StoreBase:
         """Mark `outcome`'s call finished in this process (a CANCELLED one was, when it was
         cancelled: `finish`); the count left."""
         if outcome.kind is OutcomeKind.CANCELLED:
-            return self._local.get(outcome.provider, 0)
+            return self.local_in_flight(outcome.provider)
         return self.finish(outcome.provider, outcome.now - outcome.latency_s, outcome.kind is OutcomeKind.SUCCESS)
 
 
