@@ -139,7 +139,8 @@ def test_a_cold_starts_verdict_is_checked_at_once_but_not_that_of_a_provider_slo
     and `raced` from a cold start: its first 4 answers, or the dozen `raced` drew while
     losing the race out of it (a CI run starved a twin that way); no look has checked
     either verdict, so each is looked at again within a second. `slow`'s verdict two
-    looks confirmed: it waits for its √r interval."""
+    looks confirmed: it waits 4.5 s for the next (0.5 s × 3², so a slow provider is not
+    looked at twice a second, and a cold start of a few calls cannot confirm itself)."""
     best = state("best", norm=0.010, weight=5000)  # ~300 answers a second
     cold = state("cold", norm=0.200, weight=2, latency_history=0.200)
     raced = state("raced", norm=0.130, weight=13, latency_history=0.130)
@@ -150,6 +151,8 @@ def test_a_cold_starts_verdict_is_checked_at_once_but_not_that_of_a_provider_slo
     assert r.decide(snapshot(best, cold)).provider == "cold"
     assert r.decide(snapshot(best, raced)).provider == "raced"
     assert r.decide(snapshot(best, slow)).provider == "best"
+    slow.last_success = NOW - 4.6
+    assert r.decide(snapshot(best, slow)).provider == "slow"
 
 
 def test_a_stream_goes_to_the_quicker_first_token_though_whole_replies_keep_it_busy() -> None:

@@ -38,7 +38,7 @@ class DWAConfig:
     explore_after_s: float = 30.0   # no latency sample for this long: evidence counts as 0;
     explore_share: float = 0.005    # so too for a candidate with less than this share of the
     explore_min_s: float = 0.5      # candidates' evidence, after this long without a sample
-    explore_looks: float = 2.0      # (if slower than the best: until that many fresh looks confirmed it)
+    explore_backoff: float = 3.0    # (if slower than the best: after this much longer per fresh look it had)
     ttft_tokens: float = 40.0  # routing compares latency / (output tokens + this); see scoring.py
     load_ridge: float = 16.0        # calls² of load variance that shrink the latency-on-load slope
     history_half_life_s: float = 600.0  # the long memory of latency_norm (explore_after_s)

@@ -59,11 +59,13 @@ state.py; everything already decayed to `now` by elapsed time):
                    candidates' evidence: a verdict drawn from a few answers (a cold
                    start's) is checked at once when traffic is heavy, at a cost of at
                    most that share of it; for one that looked slower than the best,
-                   only until 2 such looks (`looks`, over the long memory) have
-                   confirmed it: a cold start's verdict was never checked, however
+                   after 0.5 s × 3^looks (`looks`: the fresh looks it had, over the
+                   long memory): a cold start's verdict was never checked, however
                    many answers it drew from (a twin that lost the race out of its cold
-                   start holds a dozen), and a provider slow all along is not looked
-                   at twice a second. Such a call is a fresh look: its latency
+                   start holds a dozen), and it is checked again 1.5, 4.5, 13.5 s later
+                   (a cold start lasts a few calls, and two looks in a row can both
+                   land in it), while a provider slow all along is not looked at twice
+                   a second. Such a call is a fresh look: its latency
                    replaces the old means instead of joining them (the Lua's `fresh`),
                    so one answer undoes the verdict.
                    W' = W + calls in flight: pending calls count at the current mean
@@ -306,7 +308,6 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
     stale_before = now - config.explore_after_s
     recent_before = now - config.explore_min_s
     scarce = sum(weight for weight, _ in observed) * config.explore_share
-    confirmed = config.explore_looks
     avails: list[float] = []
     latencies: list[float] = []
     exploring: list[bool] = []
@@ -321,8 +322,8 @@ def evaluate(states: Sequence[ProviderState], config: DWAConfig, now: float, *,
             history = state.latency_history * factors[i] if factors else state.latency_history
             r = 1.0 if stream else min(mean, history or mean) / best
             stale = stale_before if r <= 1.0 else now - config.explore_after_s * math.sqrt(r)
-            if state.last_success < stale or (weight < scarce and state.last_success < recent_before
-                                              and (r <= 1.0 or state.looks < confirmed)):
+            recent = recent_before if r <= 1.0 else now - config.explore_min_s * config.explore_backoff ** state.looks
+            if state.last_success < stale or (weight < scarce and state.last_success < recent):
                 weight, fresh = 0.0, True  # nothing heard for a while, or too little of the traffic: look again
             weight += state.in_flight  # pending calls, imputed at the current mean
         # answers of any kind prove it (latency_weight counts streams too; in_flight, all calls)
