@@ -9,6 +9,11 @@ URLs get NullPool and psycopg's `prepare_threshold=None`.
 SQLAlchemy and the driver (about 0.2 s to import) are loaded when the engine is first
 used, not when this module is: the gateway's hot path needs only Redis, and a function
 whose requests never reach Postgres should not pay for it in its cold start.
+
+Postgres text and jsonb cannot hold NUL, which text from outside may (a caller's input,
+a provider's reply, a tool's result); the engine removes it from what it sends, so such
+a value is stored without it rather than failing the write: from JSON it serialises
+(`json_text`, which raw SQL uses too) and from string parameters.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from core import fastjson
 from core.embedded import EmbeddedPostgres, start_postgres
 from core.settings import Settings, database_scheme
 
@@ -101,6 +107,7 @@ def make_engine(url: str, settings: Settings | None = None) -> AsyncEngine:
     Pooling follows the DB_POOL_* settings; with no settings (one-shot use such as a
     migration) or behind a transaction pooler there is no pool of our own.
     """
+    from sqlalchemy import event
     from sqlalchemy.engine import make_url
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
@@ -122,7 +129,31 @@ def make_engine(url: str, settings: Settings | None = None) -> AsyncEngine:
             pool_recycle=settings.DB_POOL_RECYCLE,
             pool_pre_ping=True,
         )
-    return create_async_engine(parsed, **options)
+    engine = create_async_engine(parsed, json_serializer=json_text, **options)
+    event.listen(engine.sync_engine, "before_cursor_execute", _without_nul, retval=True)
+    return engine
+
+
+def json_text(value: Any) -> str | None:
+    """`value` as JSON text Postgres can store (None stays None, SQL NULL)."""
+    return None if value is None else fastjson.without_nul(fastjson.dumps(value).decode())
+
+
+def _without_nul(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+                 executemany: bool) -> tuple[str, Any]:
+    """A statement's parameters with NUL removed from their strings."""
+    if executemany and isinstance(parameters, list):
+        return statement, [_params_without_nul(p) for p in parameters]
+    return statement, _params_without_nul(parameters)
+
+
+def _params_without_nul(parameters: Any) -> Any:
+    if isinstance(parameters, dict):
+        if any(type(v) is str and "\x00" in v for v in parameters.values()):
+            return {k: v.replace("\x00", "") if type(v) is str else v for k, v in parameters.items()}
+    elif isinstance(parameters, tuple | list) and any(type(v) is str and "\x00" in v for v in parameters):
+        return type(parameters)(v.replace("\x00", "") if type(v) is str else v for v in parameters)
+    return parameters
 
 
 class Database:

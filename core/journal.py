@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import re
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -40,8 +39,6 @@ log = logging.getLogger("orchesity.journal")
 
 # Bounds Redis memory if draining stops for long; at ~500 bytes a record, about 500 MB.
 STREAM_MAXLEN = 1_000_000
-# \u0000 escapes, but not an escaped backslash followed by "u0000"
-_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 class Journal:
@@ -106,8 +103,7 @@ class Journal:
 
     async def _insert_batch(self, db: Database, payloads: list[str]) -> int:
         rows = "[" + ",".join(payloads) + "]"
-        if "\\u0000" in rows:  # text in Postgres cannot hold NUL, which JSON may (a provider's message)
-            rows = _NUL.sub(r"\1", rows)
+        rows = fastjson.without_nul(rows)  # a provider's message may hold NUL; Postgres cannot
         async with db.engine.begin() as conn:
             result = await conn.execute(self._insert, {"rows": rows})
         return result.rowcount or 0

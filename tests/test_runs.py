@@ -237,6 +237,20 @@ async def test_bodies_that_are_not_runs_get_422_naming_the_field(runs_settings: 
     assert "no pipeline named 'no_such_pipeline'" in unnamed["message"] and "summarize" in unnamed["message"]
 
 
+
+async def test_text_holding_nul_runs_and_is_stored_without_it(runs_settings: Settings) -> None:
+    """JSON may hold NUL, Postgres text cannot: a webhook's inputs with one, and a step
+    whose output has one, run to the end instead of failing the write; a backslash
+    followed by "u0000" is text, kept as it is."""
+    body = {"pipeline": {"steps": [python("a", "shout", arguments={"text": "{{ inputs.text }}"})]},
+            "inputs": {"text": "nul\x00here \\u0000", "goal": "a goal\x00", "key\x00": "\x00"}}
+    with gateway(runs_settings) as client:
+        started = await start_run(client, body)
+        assert started.status_code == 202, started.text
+        status = await finished(client, started.json()["status_url"])
+    assert status["status"] == "succeeded", status
+    assert status["result"]["output"] == {"text": "NULHERE \\U0000"}
+
 async def test_cancel_stops_a_run_mid_step(runs_settings: Settings) -> None:
     body = {"pipeline": {"steps": [python("a", "shout", arguments={"text": "x"}),
                                    python("b", "slow", arguments={"seconds": 30}, timeout=60, needs=["a"]),

@@ -198,6 +198,8 @@ async def test_registering_versions_and_the_file_wins(tools_gateway: Any) -> Non
         deleted = await client.delete("/api/tools/api_shout")
         gone = await client.post("/api/tools/api_shout/invoke", json={"arguments": {"text": "hi"}})
         file_delete = await client.delete("/api/tools/text_stats")
+        nul = await client.post("/api/tools", json={**v1, "name": "nul_shout", "description": "a\x00b"})
+        nul_read = (await client.get("/api/tools/nul_shout")).json()
     assert created.status_code == 201 and created.json()["source"] == "api"
     assert again.status_code == 200 and again.json()["etag"] == created.json()["etag"]
     assert clash.status_code == 409 and "new version" in clash.json()["error"]["message"]
@@ -208,6 +210,7 @@ async def test_registering_versions_and_the_file_wins(tools_gateway: Any) -> Non
     assert old.json()["tool"] == "api_shout@1" and old.json()["result"] == {"text": "HI"}
     assert sorted(deleted.json()["deleted"]) == ["api_shout@1", "api_shout@2"] and gone.status_code == 404
     assert file_delete.status_code == 409
+    assert nul.status_code == 201 and nul_read["definition"]["description"] == "ab"  # Postgres holds no NUL
 
 
 async def test_export_to_openai_lints_strict_mode(tools_gateway: Any) -> None:

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from core import fastjson, progress, templates
+from core import progress, templates
+from core.db import json_text
 from core.limits import Limits
 from core.runs.pipeline import Pipeline, Step
 
@@ -210,10 +211,6 @@ async def _shielded(work: Any) -> Any:
     except asyncio.CancelledError:
         await task
         raise
-
-
-def json_text(value: Any) -> str | None:
-    return None if value is None else fastjson.dumps(value).decode()
 
 
 def _state(row: tuple[Any, ...]) -> RunState:

@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core import progress
-from core.runs.executor import EVENT_SQL, event_row, json_text
+from core.db import json_text
+from core.runs.executor import EVENT_SQL, event_row
 from core.runs.pipeline import Pipeline, RunInvalid, Step, check, parse
 
 if TYPE_CHECKING:
