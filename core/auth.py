@@ -249,6 +249,27 @@ class Authenticator:
         self._redis_ttl = settings.AUTH_REDIS_TTL_SECONDS
         self._seen: dict[str, tuple[Principal, float]] = {}  # token hash -> (verdict, until)
         self._supabase: Any = None
+        self._no_key_yet = settings.OPEN_ACCESS_UNTIL_KEY
+        self._no_key_checked = 0.0
+
+    async def open(self) -> bool:
+        """Whether a caller needs no key: OPEN_ACCESS, or OPEN_ACCESS_UNTIL_KEY while no
+        active key exists. Postgres is asked at most once a second (a key made by the CLI
+        or another instance closes the door within that); once a key exists, keys are
+        required until the next start, whatever becomes of it."""
+        if self.settings.OPEN_ACCESS:
+            return True
+        if self._no_key_yet and time.monotonic() - self._no_key_checked >= 1.0:
+            self._no_key_checked = time.monotonic()
+            try:
+                self._no_key_yet = not await any_active_key(self.db)
+            except Exception as exc:  # noqa: BLE001 - Postgres down: as it was, asked again in a second
+                log.warning("could not check for API keys: %s", type(exc).__name__)
+        return self._no_key_yet
+
+    def key_created(self) -> None:
+        """A key was just made here: keys are required from the next request on."""
+        self._no_key_yet = False
 
     async def authenticate(self, token: str) -> Principal:
         token_hash = hash_key(token)

@@ -149,9 +149,11 @@ def _loopback(host: str) -> bool:
 
 
 def _decide_access(settings: Settings, host: str, port: int) -> None:
-    """Open on loopback while no key exists (the two-command quick start), keys otherwise.
+    """Open on loopback while no key exists (the two-command quick start), keys otherwise:
+    the first key created while it serves closes it (core/auth.py, `Authenticator.open`).
+    OPEN_ACCESS=true keeps it open whatever keys exist.
 
-    The choice reaches the workers through the environment (OPEN_ACCESS).
+    The choice reaches the workers through the environment (OPEN_ACCESS_UNTIL_KEY).
     """
     from core.auth import any_active_key
 
@@ -162,8 +164,9 @@ def _decide_access(settings: Settings, host: str, port: int) -> None:
             reason = "OPEN_ACCESS=true" if settings.OPEN_ACCESS else "no API key exists"
             raise _fail(f"{reason}, so anyone who can reach --host {host} could spend the provider keys: "
                         f"{how}, or serve on 127.0.0.1")
-        os.environ["OPEN_ACCESS"] = "true"
-        typer.echo(f"orchesity: OPEN ACCESS on http://{host}:{port}: no key is needed (local use only); "
+        os.environ["OPEN_ACCESS" if settings.OPEN_ACCESS else "OPEN_ACCESS_UNTIL_KEY"] = "true"
+        until = "" if settings.OPEN_ACCESS else " until one exists"
+        typer.echo(f"orchesity: OPEN ACCESS on http://{host}:{port}: no key is needed{until} (local use only); "
                    f"to require keys, {how}", err=True)
         return
     if not _loopback(host) and settings.CRON_SECRET is None and settings.QSTASH_CURRENT_SIGNING_KEY is None:

@@ -217,7 +217,8 @@ class Settings(BaseSettings):
         return [s.strip() for s in raw.split(",") if s.strip()]
 
     # --- Who may call (core/auth.py) ----------------------------------------------------
-    OPEN_ACCESS: bool = False  # no key needed: set by `orchesity serve` on loopback with no key
+    OPEN_ACCESS: bool = False  # no key needed, ever (loopback only: `orchesity serve` checks)
+    OPEN_ACCESS_UNTIL_KEY: bool = False  # no key needed until one exists: set by `orchesity serve`
     AUTH_CACHE_SECONDS: float = Field(default=5.0, ge=0, le=300)
     AUTH_REDIS_TTL_SECONDS: int = Field(default=60, ge=1, le=3600)
     SUPABASE_URL: str | None = None

@@ -23,7 +23,7 @@ router = APIRouter(tags=["health"])
 
 
 async def _is_admin(request: Request, svc: Services) -> bool:
-    if not svc.settings.OPEN_ACCESS and bearer(request) is None:
+    if bearer(request) is None and not await svc.authenticator.open():
         return False
     try:
         return (await authenticate(request, svc)).allows(Scope.admin)
@@ -38,8 +38,10 @@ async def health(request: Request, svc: Services = Depends(services)) -> JSONRes
     if not await _is_admin(request, svc):
         system = services_report["system"]
         services_report["system"] = {"status": system["status"]}
-    auth: dict[str, str] = ({"mode": "open", "note": "no API key is needed: local use only (orchesity serve "
-                                                   "on loopback)"} if svc.settings.OPEN_ACCESS else {"mode": "keys"})
+    auth: dict[str, str] = {"mode": "keys"}
+    if await svc.authenticator.open():
+        until = " until one is created" if not svc.settings.OPEN_ACCESS else ""
+        auth = {"mode": "open", "note": f"no API key is needed{until}: local use only (orchesity serve on loopback)"}
     # Rate limits and budgets live in Redis; without it they fail open.
     auth["limits"] = "enforced" if services_report["cache"]["status"] in ("healthy", "degraded") else \
         "not enforced: Redis is unavailable (requests are let through)"

@@ -61,6 +61,7 @@ async def create(body: NewKey, svc: Services = Depends(services), caller: Princi
     limits = Limits(**body.limits.model_dump()) if body.limits else None
     key, row = await create_key(svc.db, name=body.name, scopes=body.scopes, created_by=caller.id,
                                 expires_at=expires, shared_cache=body.shared_cache, limits=limits)
+    svc.authenticator.key_created()
     return {**row, "key": key, "note": "the key is shown once: keep it now"}
 
 

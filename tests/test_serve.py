@@ -184,11 +184,25 @@ def test_with_no_key_it_serves_open_on_loopback_only(tmp_path: Path, fresh: dict
     refused = _serve_once(fresh, tmp_path, "--host", "0.0.0.0")
     assert refused.returncode == 2
     assert "no API key exists" in refused.stderr and "orchesity keys create" in refused.stderr
+    chat = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
     with serving(fresh, tmp_path) as (url, process):
         health = httpx.get(url + "/api/health").json()
-        answered = httpx.post(url + "/v1/chat/completions", timeout=10, json={
-            "model": "auto", "messages": [{"role": "user", "content": "hi"}]})
-    assert health["auth"]["mode"] == "open" and answered.status_code == 200
+        answered = httpx.post(url + "/v1/chat/completions", timeout=10, json=chat)
+        # the first key, made by the CLI while it serves, closes the door
+        made = subprocess.run([ORCHESITY, "keys", "create", "first", "--scopes", "llm"], cwd=tmp_path,
+                              env=fresh, timeout=60, capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+        key = made.stdout.strip().splitlines()[-1]
+        deadline = time.monotonic() + 5
+        while (anonymous := httpx.post(url + "/v1/chat/completions", timeout=10, json=chat)).status_code == 200 \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        keyed = httpx.post(url + "/v1/chat/completions", timeout=10, json=chat,
+                           headers={"authorization": f"Bearer {key}"})
+        closed = httpx.get(url + "/api/health").json()
+    assert health["auth"]["mode"] == "open" and "until one is created" in health["auth"]["note"]
+    assert answered.status_code == 200
+    assert anonymous.status_code == 401 and keyed.status_code == 200 and closed["auth"]["mode"] == "keys"
     assert "OPEN ACCESS" in process.stdout.read()
 
 
