@@ -27,7 +27,7 @@ from core.db import unusable
 from core.kv import KVUnavailable
 from core.services import Services
 from core.settings import Settings, SettingsError, load_settings
-from functions.routing import StaticPaths
+from functions.routing import StaticPaths, json_type
 
 log = logging.getLogger("orchesity.http")
 
@@ -61,28 +61,53 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
                         status_code=exc.status, headers=exc.headers)
 
 
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = []
+def validation_problems(request: Request, exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Each problem of a request that failed validation: {"param", "message"}."""
+    problems: list[dict[str, Any]] = []
     for err in exc.errors():
         if err.get("type") == "json_invalid":  # its loc is the byte offset, not a parameter
             position = err.get("loc", ("body", "?"))[-1]
             reason = (err.get("ctx") or {}).get("error", "invalid JSON")
             problems.append({"param": None, "message": f"the body is not valid JSON: {reason} at byte {position}"})
             continue
+        content_type = request.headers.get("content-type")
+        if tuple(err.get("loc", ())) == ("body",) and isinstance(err.get("input"), bytes | str) \
+                and not json_type(content_type):  # FastAPI read a body not sent as JSON as bytes
+            came = f"it came as {content_type!r}" if content_type else "it came with none"
+            problems.append({"param": None, "message": "the body must be a JSON object sent with "
+                                                       f"Content-Type: application/json ({came})"})
+            continue
         loc = [str(part) for part in err.get("loc", ()) if part not in ("body", "query", "path")]
         problems.append({"param": ".".join(loc) or None, "message": err.get("msg", "invalid")})
-    first = problems[0] if problems else {"param": None, "message": "invalid request"}
-    message = "; ".join(f"{p['param']}: {p['message']}" if p["param"] else p["message"] for p in problems)
+    return problems or [{"param": None, "message": "invalid request"}]
+
+
+def problems_text(problems: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{p['param']}: {p['message']}" if p["param"] else p["message"] for p in problems)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = validation_problems(request, exc)
     return JSONResponse(
-        error_body(message, type="invalid_request_error", param=first["param"],
+        error_body(problems_text(problems), type="invalid_request_error", param=problems[0]["param"],
                    code="validation_error", details=problems),
         status_code=422,
     )
 
 
+def http_error_message(exc: StarletteHTTPException) -> str:
+    """What an HTTPException says; for FastAPI's "There was an error parsing the body", why."""
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not valid JSON: it is not UTF-8 (byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "the body is not valid JSON: it is nested too deeply"
+    return str(exc.detail)
+
+
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
-    return JSONResponse(error_body(str(exc.detail), type=kind), status_code=exc.status_code,
+    return JSONResponse(error_body(http_error_message(exc), type=kind), status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))
 
 

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from core import anthropic_format, fastjson
@@ -31,7 +32,8 @@ from core.orchestrator import LLMRequest, NoDeployment, NotServed, Orchestration
 from core.providers import tokens
 from core.providers.base import ProviderError
 from core.services import Services
-from functions.http import ApiError, JSONResponse, create_app, entry_points, services
+from functions.http import (ApiError, JSONResponse, create_app, entry_points, http_error_message, problems_text,
+                            services, validation_problems)
 from functions.llm import LLM, ROUTING_FIELDS, Float, Int, ReplyRouting, on_behalf, routing_headers
 from functions.routing import Handler, LeanRoute
 
@@ -50,18 +52,6 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
                         headers=headers)
 
 
-def _invalid(exc: RequestValidationError) -> str:
-    problems = []
-    for err in exc.errors():
-        if err.get("type") == "json_invalid":
-            problems.append("the body is not valid JSON")
-            continue
-        loc = ".".join(str(part) for part in err.get("loc", ()) if part != "body")
-        message = "Field required" if err.get("type") == "missing" else err.get("msg", "invalid")
-        problems.append(f"{loc}: {message}" if loc else message)
-    return "; ".join(problems) or "invalid request"
-
-
 class AnthropicRoute(LeanRoute):
     """A route whose errors, its key's and its body's included, have Anthropic's shape."""
 
@@ -74,7 +64,9 @@ class AnthropicRoute(LeanRoute):
             except ApiError as exc:
                 return _error(exc.status, exc.message, exc.headers)
             except RequestValidationError as exc:
-                return _error(400, _invalid(exc))
+                return _error(400, problems_text(validation_problems(request, exc)))
+            except StarletteHTTPException as exc:  # FastAPI's, for a body it could not read
+                return _error(exc.status_code, http_error_message(exc), getattr(exc, "headers", None))
 
         return route
 

@@ -111,10 +111,9 @@ async def _arguments(dependant: Dependant, request: Request, solved: dict[Any, A
     return kwargs
 
 
-def _json(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    kind = content_type.partition(";")[0].strip().lower()
+def json_type(content_type: str | None) -> bool:
+    """Whether a Content-Type says JSON (application/json, application/*+json)."""
+    kind = (content_type or "").partition(";")[0].strip().lower()
     return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
@@ -137,7 +136,7 @@ class LeanRoute(APIRoute):
             if request.scope.get("fastapi.telemetry") is not None or getattr(overrides, "dependency_overrides", None):
                 return await standard(request)
             raw = await request.body()
-            if not raw or not _json(request.headers.get("content-type")):
+            if not raw or not json_type(request.headers.get("content-type")):
                 return await standard(request)
             try:
                 body = model.model_validate(fastjson.loads(raw))

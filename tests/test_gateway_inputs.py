@@ -57,6 +57,24 @@ async def test_broken_json_names_the_position_not_a_parameter(open_gateway: Any)
     assert "not valid JSON" in error["message"] and "byte 16" in error["message"]
 
 
+@pytest.mark.parametrize("path,content,headers,says", [
+    # curl -d without -H sends a form's content type
+    ("/v1/chat/completions", b'{"model": "auto", "messages": []}', {"content-type": "application/x-www-form-urlencoded"},
+     "sent with Content-Type: application/json (it came as 'application/x-www-form-urlencoded')"),
+    ("/api/llm/orchestrate", b'{"prompt": "hi"}', {}, "Content-Type: application/json (it came with none)"),
+    ("/v1/chat/completions", b'{"model": "\xff"}', JSON, "not UTF-8 (byte 11)"),
+    ("/v1/chat/completions", b'{"model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", JSON, "nested too deeply"),
+    ("/v1/messages", b'{"model": "\xff"}', JSON, "not UTF-8 (byte 11)"),
+    ("/v1/messages", b'{"model": "auto"}', {"content-type": "text/plain"}, "(it came as 'text/plain')"),
+])
+async def test_a_body_that_is_not_json_is_told_why(open_gateway: Any, path: str, content: bytes,
+                                                   headers: dict[str, str], says: str) -> None:
+    async with open_gateway() as gw:
+        response = await gw.client.post(path, content=content, headers=headers)
+    assert 400 <= response.status_code < 500, response.text
+    assert says in response.json()["error"]["message"]
+
+
 async def test_a_chunked_body_over_the_limit_is_a_413(open_gateway: Any) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         yield b'{"prompt": "'
