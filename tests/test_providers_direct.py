@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from starlette.middleware.gzip import GZipMiddleware
 
-from core.providers import ChatRequest, DeploymentSpec, EmbeddingRequest, ProviderRateLimited
+from core.providers import ChatRequest, DeploymentSpec, EmbeddingRequest, ProviderAuthError, ProviderRateLimited
 from core.providers.registry import build_adapter
 from tests.servers import serve
 
@@ -35,6 +35,8 @@ def _fake() -> FastAPI:
         seen.append(dict(request.headers))
         if model == "limited":
             return JSONResponse({"error": {"message": "slow down", "type": "rate_limit_error"}}, 429, LIMITED)
+        if model == "moved":
+            return JSONResponse({}, 302, {"location": "http://169.254.169.254/latest/meta-data"})
         return JSONResponse(body, headers=headers)
 
     @app.post("/v1/chat/completions")
@@ -131,3 +133,20 @@ async def test_a_429_over_the_pool_keeps_its_retry_after(adapter: Any, provider:
         await adapter(provider, "limited").complete(CHAT, timeout=5)
     assert raised.value.retry_after == 7.0 and "slow down" in str(raised.value)
     assert KEY not in str(raised.value)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_redirect_is_not_followed_and_names_the_base_url(adapter: Any, provider: str, streamed: bool) -> None:
+    """A 3xx is the deployment's misconfiguration (a 502 to the caller, another
+    deployment tried), never a reply to parse nor a status handed to the caller."""
+    calls = len(seen)
+    made = adapter(provider, "moved")
+    with pytest.raises(ProviderAuthError) as raised:
+        if streamed:
+            async for _ in made.stream(CHAT, timeout=5):
+                pass
+        else:
+            await made.complete(CHAT, timeout=5)
+    assert raised.value.status == 302 and "redirected to http://169.254.169.254/latest" in str(raised.value)
+    assert "base_url" in str(raised.value) and len(seen) == calls + 1

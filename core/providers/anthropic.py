@@ -47,7 +47,7 @@ from core.providers.base import (
     ProviderUnavailable,
     call_budget,
 )
-from core.providers.native import NativeAdapter
+from core.providers.native import NativeAdapter, redirected
 from core.providers.openai_compat import _json_or_text, _sse_data, _tool_call_text, limit_reset, parse_retry_after
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class AnthropicAdapter(NativeAdapter):
         phases = {"connect": budget, "read": budget, "write": budget, "pool": budget}
         response = await self._get_transport().handle_async_request(httpx2.Request(
             "POST", self._url, headers=self._headers, content=body, extensions={"timeout": phases}))
-        if response.status_code >= 400:
+        if response.status_code >= 300:
             try:
                 await response.aread()
             finally:
@@ -111,7 +111,7 @@ class AnthropicAdapter(NativeAdapter):
             remaining = deadline - loop.time()
             async with asyncio.timeout(remaining):
                 reply = await self._get_direct()(self._url, body, remaining)
-            if reply.status >= 400:
+            if reply.status >= 300:
                 raise self._status_error(reply.status, _json_or_text(reply.content), reply.headers)
             data = fastjson.loads(reply.content)
             if isinstance(data, dict) and data.get("type") == "error":
@@ -216,6 +216,8 @@ class AnthropicAdapter(NativeAdapter):
     # --- errors ----------------------------------------------------------------------------
 
     def _status_error(self, status: int, body: object, headers: Mapping[str, str]) -> ProviderError:
+        if status < 400:
+            return redirected(self.spec, status, headers)
         provider_message = self._scrub(_message(body))
         message = f"HTTP {status}" + (f": {provider_message}" if provider_message else "")
         common: dict[str, Any] = {"deployment": self.spec.name, "status": status,

@@ -68,7 +68,7 @@ from core.providers.base import (
 )
 from core.providers.gemini_request import generate_body
 from core.providers.gemini_schema import Untranslatable
-from core.providers.native import NativeAdapter
+from core.providers.native import NativeAdapter, redirected
 from core.providers.openai_compat import _json_or_text, _sse_data, parse_retry_after
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ class GeminiAdapter(NativeAdapter):
             async with asyncio.timeout_at(deadline):
                 for url, payload in calls:
                     reply = await direct(url, fastjson.dumps(payload), deadline - loop.time())
-                    if reply.status >= 400:
+                    if reply.status >= 300:
                         raise self._status_error(reply.status, _json_or_text(reply.content), reply.headers)
                     replies.append(fastjson.loads(reply.content))
             return replies
@@ -177,7 +177,7 @@ class GeminiAdapter(NativeAdapter):
             except Exception as exc:
                 raise self._error(exc) from None
             try:
-                if response.status_code >= 400:
+                if response.status_code >= 300:
                     try:
                         await response.aread()
                     except Exception as exc:
@@ -331,6 +331,8 @@ class GeminiAdapter(NativeAdapter):
     # --- errors ----------------------------------------------------------------------------
 
     def _status_error(self, status: int, body: object, headers: Mapping[str, str]) -> ProviderError:
+        if status < 400:
+            return redirected(self.spec, status, headers)
         error = _inner_error(body)
         return self._classify(status, error, body if isinstance(body, str) else "", parse_retry_after(headers))
 

@@ -1,17 +1,19 @@
 """What the adapters of providers' own HTTP APIs share (anthropic.py, gemini.py): the
 deployment, its concurrency slots, its connection pool (the project's, http_pool.py,
 made on first use; or the transport a caller gave, which is never closed here), the
-direct path's sender on it (direct.py), the key scrubbed from every message, and
-httpx2's exceptions as ProviderErrors.
+direct path's sender on it (direct.py), the key scrubbed from every message, a
+redirect's error, and httpx2's exceptions as ProviderErrors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import httpx2
 
-from core.providers.base import ProviderBadResponse, ProviderError, ProviderTimeout, ProviderUnavailable, Slots
+from core.providers.base import (ProviderAuthError, ProviderBadResponse, ProviderError, ProviderTimeout,
+                                 ProviderUnavailable, Slots)
 
 if TYPE_CHECKING:
     from core.providers.config import DeploymentSpec
@@ -26,6 +28,16 @@ def scrub(spec: DeploymentSpec, text: str) -> str:
     if key and key in text:
         text = text.replace(key, "[redacted]")
     return text[:MAX_MESSAGE]
+
+
+def redirected(spec: DeploymentSpec, status: int, headers: Mapping[str, str]) -> ProviderAuthError:
+    """The error for a 3xx reply. Redirects are not followed (the key would go wherever a
+    reply points, a private address included), so the deployment's base_url is wrong:
+    like a 404, a misconfiguration, and another deployment is tried."""
+    location = headers.get("location")
+    where = f" to {scrub(spec, location)}" if location else ""
+    return ProviderAuthError(f"HTTP {status}: redirected{where}, which is not followed: set the deployment's "
+                             "base_url to the final URL", deployment=spec.name, status=status)
 
 
 class NativeAdapter:

@@ -48,7 +48,7 @@ import httpx2
 
 from core import fastjson, heap
 from core.providers import tokens
-from core.providers.native import scrub
+from core.providers.native import redirected, scrub
 from core.providers.vectors import decode_base64
 from core.providers.base import (
     ChatRequest,
@@ -243,7 +243,7 @@ class OpenAICompatAdapter:
             # The phases' timeouts bound each phase (connect, each read); this bounds the call.
             async with asyncio.timeout(remaining):
                 reply = await self._direct(self._urls[path], body, remaining)
-            if reply.status >= 400:
+            if reply.status >= 300:
                 raise self._status_error(reply.status, _json_or_text(reply.content), reply.headers) from None
             return fastjson.loads(reply.content), reply.headers
         except TimeoutError:
@@ -469,6 +469,8 @@ class OpenAICompatAdapter:
         raise exc  # not a provider failure: a bug of ours, let it surface as it is
 
     def _status_error(self, status: int, body: object, headers: Mapping[str, str]) -> ProviderError:
+        if status < 400:
+            return redirected(self.spec, status, headers)
         name = self.spec.name
         provider_message = self._scrub(_error_message(body))
         message = f"HTTP {status}" + (f": {provider_message}" if provider_message else "")
