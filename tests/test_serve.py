@@ -146,15 +146,41 @@ def test_a_half_sent_request_gets_408_and_the_connection_back(tmp_path: Path, ex
                 assert time.monotonic() - started < 3
 
 
-def test_sigterm_stops_the_embedded_servers(tmp_path: Path) -> None:
+def _postmaster_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError):  # not there, or being written
+        return None
+
+
+def test_a_dead_embedded_postgres_is_started_again_and_sigterm_stops_the_servers(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = _environment(ORCHESITY_DATA_DIR=str(data))
+    postmaster = data / "pg" / "postmaster.pid"
     with serving(env, tmp_path, startup_s=120) as (url, process):
-        pid = int((data / "pg" / "postmaster.pid").read_text().split()[0])
-        assert psutil.pid_exists(pid)
+        first = _postmaster_pid(postmaster)
+        assert first is not None and psutil.pid_exists(first)
         assert httpx.post(url + "/api/llm/orchestrate", json={"prompt": "hi"}, timeout=10).status_code == 200
+        deadline = time.monotonic() + 10
+        while httpx.get(url + "/api/db/stats", timeout=10).json()["total_requests"] < 1:  # drained into Postgres
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        os.kill(first, signal.SIGKILL)
+        statuses: list[int] = []
+        deadline = time.monotonic() + 30
+        while True:
+            stats = httpx.get(url + "/api/db/stats", timeout=10)
+            statuses.append(stats.status_code)
+            if stats.status_code == 200 and _postmaster_pid(postmaster) not in (None, first):
+                break
+            assert time.monotonic() < deadline, f"the embedded PostgreSQL did not come back: {statuses}"
+            time.sleep(0.2)
+        assert set(statuses) <= {200, 503}  # down meanwhile: a 503 naming the database, never a 500
+        assert stats.json()["total_requests"] >= 1  # back with its data
+        pid = _postmaster_pid(postmaster)
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
+        assert "embedded PostgreSQL was down: started it again" in process.stdout.read()
     deadline = time.monotonic() + 10
     while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
         assert time.monotonic() < deadline, "the embedded PostgreSQL is still running"
