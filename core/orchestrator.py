@@ -234,8 +234,10 @@ class _Plan:
 class Orchestrator:
     def __init__(self, *, registry: ProviderRegistry, router: Router, store: DWAStore,
                  kv: KV | None, db: Database, cache_ttl: int, default_timeout: float,
-                 cache_mode: CacheMode = CacheMode.deterministic, embedding_model: str = "auto") -> None:
+                 cache_mode: CacheMode = CacheMode.deterministic, embedding_model: str = "auto",
+                 rate_limit_wait: float = 5.0) -> None:
         self.registry = registry
+        self.rate_limit_wait = rate_limit_wait  # RATE_LIMIT_MAX_WAIT_SECONDS
         self.embedding_model = embedding_model  # EMBEDDING_MODEL: what embed_texts asks for by default
         self.router = router
         self.store = store
@@ -522,6 +524,9 @@ class Orchestrator:
                     result.error = {"type": "no_provider", "message": "no provider could take the request",
                                     "status": 503}
                 return None
+            if decision.reason in ("all_circuits_open", "explicit_provider") \
+                    and not await self._limit_waited(plan, decision, result):
+                return None
             adapter = self.registry[decision.provider]
             tried.append(adapter.name)
             result.dwa_score, result.selection_reason = decision.score, decision.reason
@@ -567,17 +572,35 @@ class Orchestrator:
             self._succeeded(plan, result, adapter, started)
         return result
 
+    async def _limit_waited(self, plan: _Plan, decision: Decision, result: Result) -> bool:
+        """Every candidate is cooling down and the router picked the one that reopens
+        soonest, or the request named one deployment. Sooner than a 429's Retry-After it
+        would only answer 429 again: wait it out if that is short (`rate_limit_wait`,
+        within the deadline), else leave it uncalled and answer 429 with the wait (False)."""
+        state = plan.snapshot.states.get(decision.provider)
+        wait = state.rate_limited_until - time.time() if state is not None else 0.0
+        if wait <= 0:
+            return True  # a breaker opened on failures: a try beats no answer
+        if wait <= self.rate_limit_wait and wait < plan.deadline - time.perf_counter():
+            await asyncio.sleep(wait)
+            return True
+        self.store.finish(decision.provider)  # picked, never called
+        result.error = {"type": "rate_limited", "status": 429, "retry_after": wait, "provider": decision.provider,
+                        "message": f"rate limited: no deployment takes requests for {wait:.1f}s more"}
+        return False
+
     async def _may_retry(self, plan: _Plan, exc: ProviderError, slot: list[Adapter],
                          tried: list[str]) -> bool:
         """Whether to try again: another candidate is left, or the only one asked us to
-        wait (429 Retry-After) for less than what remains of the deadline."""
+        wait (429 Retry-After) for no longer than `rate_limit_wait` and what remains of
+        the deadline."""
         if plan.deadline - time.perf_counter() <= 0.001:
             return False
         left = [a for a in slot if a.name not in tried]
         if left and not (len(slot) == 1 and plan.request.targets):
             return True
         wait = exc.retry_after if isinstance(exc, ProviderRateLimited) else None
-        if wait is not None and wait < plan.deadline - time.perf_counter():
+        if wait is not None and wait <= self.rate_limit_wait and wait < plan.deadline - time.perf_counter():
             await asyncio.sleep(wait)
             tried.pop()  # the same deployment again
             return True
@@ -693,14 +716,19 @@ class Orchestrator:
                 kind = OutcomeKind.FAILURE
             plan.outcomes.append(Outcome(adapter.name, kind, elapsed, time.time(), error=exc.error_class,
                                          retry_after_s=exc.retry_after, load=plan.loads.get(adapter.name, 0)))
+        retry_after = None
         if isinstance(exc, ProviderClientError):
             status = exc.status or 400
+        elif isinstance(exc, ProviderRateLimited):  # the caller may try again after it
+            status, retry_after = 429, exc.retry_after or self.router.config.rate_limit_default_s
         else:
             status = 504 if isinstance(exc, ProviderTimeout) else 502
         message = exc.provider_message or exc.message
         if deadline_cut:
             message = f"the request's deadline passed before {adapter.name} answered"
         result.error = {"type": error_class, "message": message, "status": status, "provider": adapter.name}
+        if retry_after is not None:
+            result.error["retry_after"] = retry_after
         log.debug("%s failed after %.3fs: %s", adapter.name, elapsed, exc)
         self._log(plan, status="error", provider=adapter.name, model=model,
                   error_class=error_class, error=(exc.message or "")[:500],
@@ -878,4 +906,5 @@ def build_orchestrator(settings: Settings, db: Database, kv: KV | None, *,
     return Orchestrator(registry=registry, router=router, store=store, kv=kv, db=db,
                         cache_ttl=settings.CACHE_EXPIRE_SECONDS, cache_mode=settings.CACHE_MODE,
                         default_timeout=settings.REQUEST_TIMEOUT_SECONDS,
-                        embedding_model=settings.EMBEDDING_MODEL)
+                        embedding_model=settings.EMBEDDING_MODEL,
+                        rate_limit_wait=settings.RATE_LIMIT_MAX_WAIT_SECONDS)

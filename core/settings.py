@@ -162,6 +162,7 @@ class Settings(BaseSettings):
 
     # --- Application ------------------------------------------------------------------
     REQUEST_TIMEOUT_SECONDS: float = Field(default=60.0, gt=0, le=3600)
+    RATE_LIMIT_MAX_WAIT_SECONDS: float = Field(default=5.0, ge=0, le=600)  # a Retry-After waited out in a request
     MAX_REQUEST_BYTES: int = Field(default=4 * 1024 * 1024, ge=1024)
     RECEIVE_TIMEOUT_SECONDS: float = Field(default=15.0, gt=0, le=600)
     CORS_ALLOW_ORIGINS: str = ""  # comma-separated origins allowed to call from a browser; empty: none

@@ -6,6 +6,7 @@ an OpenAI-shaped error (the Messages API shapes its own, functions/messages.py).
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends
@@ -107,6 +108,9 @@ def routing_headers(orchestration: Orchestration, request: LLMRequest) -> dict[s
         headers["x-orchesity-provider"] = first.provider
     if orchestration.verdict is not None and request.limits is not None:
         headers.update(key_limits.headers(orchestration.verdict, request.limits))
+    retry_after = first.error.get("retry_after") if first is not None and first.error else None
+    if retry_after is not None:  # the deployments are rate limited: when one takes requests again
+        headers["retry-after"] = str(max(1, math.ceil(retry_after)))
     return headers
 
 
@@ -132,5 +136,6 @@ def failure_of(results: list[Result]) -> tuple[int, dict[str, Any]] | None:
     message = error.get("message") or "the provider call failed"
     if error.get("provider"):
         message = f"{error['provider']}: {message}"
-    kind = "invalid_request_error" if 400 <= status < 500 else "provider_error"
+    kind = "rate_limit_exceeded" if status == 429 else "invalid_request_error" if 400 <= status < 500 \
+        else "provider_error"
     return status, {"type": kind, "message": message, "param": None, "code": error.get("type")}

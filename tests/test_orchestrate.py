@@ -252,6 +252,30 @@ async def test_rate_limit_retry_after_is_honoured_within_the_deadline(
     assert body["metadata"]["providers_tried"] == ["openai", "openai"]
 
 
+async def test_a_rate_limited_fleet_answers_429_with_retry_after_and_keeps_the_cooldown(
+        open_gateway: Any, tmp_path: Path, httpx_mock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Retry-After longer than RATE_LIMIT_MAX_WAIT_SECONDS goes back to the caller at
+    once, as a 429 with Retry-After (which the OpenAI SDK waits out by itself), not a
+    502 after sleeping it out; until then the deployment is not called again, whether
+    the DWA picks it or the request names it."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    httpx_mock.add_response(url=OPENAI_URL, status_code=429, headers={"retry-after": "30"},
+                            json={"error": {"message": "slow down"}})
+    only = providers_file(tmp_path, [{"name": "openai", "provider": "openai", "model": "gpt-4o-mini",
+                                      "api_key_env": "OPENAI_API_KEY"}])
+    chat = {"messages": [{"role": "user", "content": "hello"}]}
+    async with open_gateway(ORCHESITY_PROVIDERS_FILE=only) as gw:
+        first = await gw.client.post("/v1/chat/completions", json={"model": "auto", **chat})
+        routed = await gw.client.post("/v1/chat/completions", json={"model": "auto", **chat})
+        named = await gw.client.post("/api/llm/orchestrate", json={"prompt": "hello", "providers": ["openai"]})
+    assert [r.status_code for r in (first, routed, named)] == [429] * 3
+    assert first.json()["error"]["type"] == "rate_limit_exceeded" and "slow down" in first.json()["error"]["message"]
+    assert [int(r.headers["retry-after"]) for r in (first, routed, named)] == sorted(
+        [int(r.headers["retry-after"]) for r in (first, routed, named)], reverse=True)
+    assert 25 <= int(named.headers["retry-after"]) <= 30
+    assert len(httpx_mock.get_requests()) == 1  # the cooldown was kept
+
+
 # --- streams, over a real socket ------------------------------------------------------------------
 
 
