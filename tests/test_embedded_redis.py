@@ -75,7 +75,7 @@ async def test_acknowledged_writes_survive_a_sigkill_and_the_server_comes_back(t
                 assert time.monotonic() < deadline, "the embedded Redis did not come back"
                 await asyncio.sleep(0.01)
 
-        await embedded.wait_revived()  # clients reconnect as soon as it listens, before this
+        await embedded.reviver.wait()  # clients reconnect as soon as it listens, before this
         assert failed > 0
         assert embedded.server.pid not in (0, killed)
         assert redis_servers_on(embedded.redis_dir) == [embedded.server.pid]
