@@ -226,11 +226,23 @@ async def events(row: Any = Depends(readable), after: Annotated[int, Query(ge=0)
             "done": any(e.final for e in found) or (row.status in views.FINISHED and last >= row.event_seq)}
 
 
+def _resume_after(after: Annotated[int | None, Query(ge=0)] = None,
+                  last_event_id: Annotated[str | None, Header()] = None) -> int:
+    """The seq a stream resumes after: `?after=`, else Last-Event-ID, else 0. A dependency,
+    so that a bad one is a 400 before the stream's 200 goes out."""
+    if after is not None:
+        return after
+    if last_event_id is None:
+        return 0
+    if not last_event_id.strip().isdigit():
+        raise ApiError(400, "Last-Event-ID must be the seq of the last event received (an integer)",
+                       param="Last-Event-ID", code="invalid_last_event_id")
+    return int(last_event_id)
+
+
 @router.get("/{run_id}/stream", response_class=EventSourceResponse)
-async def stream(row: Any = Depends(readable), after: Annotated[int | None, Query(ge=0)] = None,
-                 last_event_id: Annotated[str | None, Header()] = None,
+async def stream(row: Any = Depends(readable), seq: int = Depends(_resume_after),
                  svc: Services = Depends(services)) -> AsyncIterator[ServerSentEvent]:
-    seq = after if after is not None else _last_event_id(last_event_id)
     if row.status in views.FINISHED and seq >= row.event_seq:
         return  # the client has everything: close at once
     while True:
@@ -240,15 +252,6 @@ async def stream(row: Any = Depends(readable), after: Annotated[int | None, Quer
             seq = event.seq
             if event.final:
                 return
-
-
-def _last_event_id(value: str | None) -> int:
-    if value is None:
-        return 0
-    if not value.strip().isdigit():
-        raise ApiError(400, "Last-Event-ID must be the seq of the last event received (an integer)",
-                       param="Last-Event-ID", code="invalid_last_event_id")
-    return int(value)
 
 
 # --- feedback -------------------------------------------------------------------------------

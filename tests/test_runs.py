@@ -251,6 +251,17 @@ async def test_text_holding_nul_runs_and_is_stored_without_it(runs_settings: Set
     assert status["status"] == "succeeded", status
     assert status["result"]["output"] == {"text": "NULHERE \\U0000"}
 
+async def test_a_stream_resumes_after_last_event_id_and_a_malformed_one_is_a_400(runs_settings: Settings) -> None:
+    body = {"pipeline": {"steps": [python("a", "shout", arguments={"text": "hi"})]}}
+    with gateway(runs_settings) as client:
+        run = (await start_run(client, body)).json()
+        await finished(client, run["status_url"])
+        resumed = await collect(sse(client, run["stream_url"], **{"last-event-id": "2"}))
+        malformed = await client.get(run["stream_url"], headers={"last-event-id": "zzz"})
+    assert resumed and resumed[0]["data"]["seq"] == 3 and resumed[-1]["data"]["type"] == "run.succeeded"
+    assert malformed.status_code == 400 and malformed.json()["error"]["param"] == "Last-Event-ID"
+
+
 async def test_cancel_stops_a_run_mid_step(runs_settings: Settings) -> None:
     body = {"pipeline": {"steps": [python("a", "shout", arguments={"text": "x"}),
                                    python("b", "slow", arguments={"seconds": 30}, timeout=60, needs=["a"]),
