@@ -266,11 +266,18 @@ async def _run_view(svc: Services, run_id: uuid.UUID) -> dict[str, Any]:
     return {**await views.describe(svc, row), "outputs": await views.step_outputs(svc, run_id)}
 
 
+async def _run_grant(run_id: RunId, grant: stream_tokens.Grant = Depends(_granted(_run_resource, Scope.runs)),
+                     svc: Services = Depends(services)) -> stream_tokens.Grant:
+    """The stream's grant, its run found readable: a dependency, so that a 404 goes out
+    before the stream's 200."""
+    await _readable_run(svc, run_id, grant.subject, grant.admin)
+    return grant
+
+
 @router.get("/api/dashboard/runs/{run_id}/stream", response_class=EventSourceResponse)
 async def run_stream(run_id: RunId, after: Annotated[int, Query(ge=0)] = 0,
-                     grant: stream_tokens.Grant = Depends(_granted(_run_resource, Scope.runs)),
+                     grant: stream_tokens.Grant = Depends(_run_grant),
                      svc: Services = Depends(services)) -> AsyncIterator[ServerSentEvent]:
-    await _readable_run(svc, run_id, grant.subject, grant.admin)
     seq, view = after, None
     while view is None or time.time() < grant.expires_at:
         wait = 0.0 if view is None else min(WAIT_S, max(0.0, grant.expires_at - time.time()))
