@@ -14,6 +14,7 @@ import httpx2
 
 from core.providers.base import (ProviderAuthError, ProviderBadResponse, ProviderError, ProviderTimeout,
                                  ProviderUnavailable, Slots)
+from core.providers.config import redact_url
 
 if TYPE_CHECKING:
     from core.providers.config import DeploymentSpec
@@ -35,7 +36,7 @@ def redirected(spec: DeploymentSpec, status: int, headers: Mapping[str, str]) ->
     reply points, a private address included), so the deployment's base_url is wrong:
     like a 404, a misconfiguration, and another deployment is tried."""
     location = headers.get("location")
-    where = f" to {scrub(spec, location)}" if location else ""
+    where = f" to {scrub(spec, redact_url(location))}" if location else ""
     return ProviderAuthError(f"HTTP {status}: redirected{where}, which is not followed: set the deployment's "
                              "base_url to the final URL", deployment=spec.name, status=status)
 
