@@ -55,7 +55,8 @@ async def test_redis_stopped_mid_test_reports_degraded_not_500(settings: Setting
     assert body["services"]["database"]["status"] == "healthy"
 
 
-async def test_redis_turned_off_is_healthy_with_cache_disabled(settings: Settings) -> None:
+async def test_redis_turned_off_is_healthy_with_cache_disabled(settings: Settings, migrated: None) -> None:
+    # (routing state then lives in Postgres: its tables must exist, whichever test ran first)
     async with client_for(settings.model_copy(update={"REDIS_ENABLED": False})) as client:
         body = (await client.get("/api/health")).json()
     assert body["status"] == "healthy"
