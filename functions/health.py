@@ -22,8 +22,10 @@ load_driver()  # every request here reaches Postgres: load its stack at import
 router = APIRouter(tags=["health"])
 
 
-async def _is_admin(request: Request, svc: Services) -> bool:
-    if bearer(request) is None and not await svc.authenticator.open():
+async def _is_admin(request: Request, svc: Services, open_access: bool) -> bool:
+    if open_access:
+        return True  # every caller is (authenticate's OPEN)
+    if bearer(request) is None:
         return False
     try:
         return (await authenticate(request, svc)).allows(Scope.admin)
@@ -35,11 +37,12 @@ async def _is_admin(request: Request, svc: Services) -> bool:
 async def health(request: Request, svc: Services = Depends(services)) -> JSONResponse:
     report = await check_all(svc)
     services_report = report["services"]
-    if not await _is_admin(request, svc):
+    open_access = await svc.authenticator.open()
+    if not await _is_admin(request, svc, open_access):
         system = services_report["system"]
         services_report["system"] = {"status": system["status"]}
     auth: dict[str, str] = {"mode": "keys"}
-    if await svc.authenticator.open():
+    if open_access:
         until = " until one is created" if not svc.settings.OPEN_ACCESS else ""
         auth = {"mode": "open", "note": f"no API key is needed{until}: local use only (orchesity serve on loopback)"}
     # Rate limits and budgets live in Redis; without it they fail open.
