@@ -489,14 +489,14 @@ class Orchestrator:
         tokens = chat.max_tokens if chat is not None and not plan.streaming else None  # a long reply is not late
         try:
             decision = await self.router.pick_from(snapshot, strategy=plan.request.strategy, tokens=tokens,
-                                                   exclude=tried, provider=explicit, stream=plan.streaming,
-                                                   quantile=plan.request.latency_quantile)
+                                                   started=time.time(), exclude=tried, provider=explicit,
+                                                   stream=plan.streaming, quantile=plan.request.latency_quantile)
         except KVError:  # claiming a half-open probe failed with Redis: decide without it
             decision = self.router.decide(snapshot, strategy=plan.request.strategy, exclude=tried,
                                           provider=explicit, stream=plan.streaming,
                                           quantile=plan.request.latency_quantile)
             if decision is not None:
-                self.store.start(decision.provider, snapshot.now, tokens, plan.streaming)
+                self.store.start(decision.provider, time.time(), tokens, plan.streaming)
         if decision is not None:
             plan.picked.append(decision.provider)
             plan.loads[decision.provider] = decision.load

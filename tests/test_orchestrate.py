@@ -622,6 +622,34 @@ async def test_streams_hanging_before_their_first_token_send_the_next_ones_elsew
     assert reached_fake == 3  # only the three that were hanging already
 
 
+async def test_the_deployment_a_call_fails_over_to_is_not_taken_for_one_hanging_since_the_request_began(
+        open_gateway: Any, tmp_path: Path) -> None:
+    """`a` answers in milliseconds and `b` in 0.8 s; then `a` hangs until its 1.5 s
+    timeout and the call fails over to `b`. While `b` answers it, `b` is a call 0 s old,
+    not one running since the request began 1.5 s ago: far past `b`'s usual 0.8 s, that
+    would count as a failure in progress and mark down the deployment serving the caller."""
+    import asyncio
+
+    with FakeOpenAI() as server_a, FakeOpenAI() as server_b:
+        path = providers_file(tmp_path, [
+            {"name": "a", "base_url": server_a.base_url, "model": "ok", "timeout_seconds": 1.5},
+            {"name": "b", "base_url": server_b.base_url, "model": "slow:0.8"}])
+        async with open_gateway(ORCHESITY_PROVIDERS_FILE=path, DWA_ROUTING_STRATEGY="latency") as gw:
+            for model in ("a", "b") * 3:
+                response = await gw.client.post("/v1/chat/completions", json={
+                    "model": model, "messages": [{"role": "user", "content": "warm up"}]})
+                assert response.status_code == 200
+            server_a.hang = True
+            call = asyncio.create_task(gw.client.post("/v1/chat/completions", json={
+                "model": "auto", "messages": [{"role": "user", "content": "fail me over"}]}))
+            while len(server_b.requests) < 4:  # the failover reached b
+                await asyncio.sleep(0.01)
+            during = (await dwa_stats(gw))["b"]
+            response = await call
+    assert response.status_code == 200 and response.headers["x-orchesity-provider"] == "b"
+    assert during["in_flight"] == 1 and during["availability"] > 0.9, during
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 async def test_a_call_asking_for_a_low_p95_goes_to_the_steady_deployment(
         gateway_settings: Any, tmp_path: Path, stream: bool) -> None:

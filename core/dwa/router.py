@@ -138,11 +138,16 @@ class Router:
             reason = "only_available"
         return Decision(available[index].name, ev.quality[index], reason, strategy, explore=ev.exploring[index])
 
-    async def pick_from(self, snapshot: Snapshot, *, tokens: int | None = None, **options: Any) -> Decision | None:
+    async def pick_from(self, snapshot: Snapshot, *, tokens: int | None = None, started: float | None = None,
+                        **options: Any) -> Decision | None:
         """decide(), claiming the probe when it picked a half-open provider (one more
         round trip, only then; another instance holding the probe makes it decide
         again), and count the call as in flight in this process (asking for up to
-        `tokens` output tokens, when its whole reply is awaited: see store.start)."""
+        `tokens` output tokens, when its whole reply is awaited: see store.start) from
+        `started` (wall clock; default the snapshot's time). A failover decides on the
+        request's snapshot but starts later: from the snapshot's time, its call would look
+        as old as the request to mark_overdue, a failure in progress at the provider that
+        took over after a 30 s timeout."""
         while True:
             decision = self.decide(snapshot, **options)
             if decision is None:
@@ -151,7 +156,8 @@ class Router:
                 state = snapshot.states[decision.provider]
                 state.probe_until = snapshot.now + self.config.probe_timeout_s
                 continue
-            self.store.start(decision.provider, snapshot.now, tokens, bool(options.get("stream")))
+            self.store.start(decision.provider, snapshot.now if started is None else started, tokens,
+                             bool(options.get("stream")))
             return decision
 
     async def pick(
