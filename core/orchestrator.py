@@ -29,7 +29,7 @@ import anyio
 from core import cache
 from core.cache import CachePolicy
 from core.dwa.router import Decision, Router
-from core.dwa.scoring import censored_latency, hedge_delay
+from core.dwa.scoring import censored_latency, first_token_deadline, hedge_delay
 from core.dwa.state import Outcome, OutcomeKind, ProviderState, Snapshot
 from core.dwa.store import DWAStore
 from core import limits
@@ -45,6 +45,7 @@ from core.providers.base import (
     Embeddings,
     ProviderClientError,
     ProviderError,
+    ProviderFirstTokenLate,
     ProviderRateLimited,
     ProviderStreamCut,
     ProviderTimeout,
@@ -52,6 +53,7 @@ from core.providers.base import (
 )
 from core.providers.config import Capability, enable_hint
 from core.providers.registry import ProviderRegistry
+from core.providers.tokens import estimate_messages
 from core.requestlog import LogEntry, append_command
 from core.requestlog import write as write_log
 from core.settings import CacheMode, RoutingStrategy, Settings
@@ -235,8 +237,9 @@ class Orchestrator:
     def __init__(self, *, registry: ProviderRegistry, router: Router, store: DWAStore,
                  kv: KV | None, db: Database, cache_ttl: int, default_timeout: float,
                  cache_mode: CacheMode = CacheMode.deterministic, embedding_model: str = "auto",
-                 rate_limit_wait: float = 5.0) -> None:
+                 rate_limit_wait: float = 5.0, first_token_timeout: float | Literal["auto", "off"] = "auto") -> None:
         self.registry = registry
+        self.first_token_timeout = first_token_timeout  # STREAM_FIRST_TOKEN_TIMEOUT: see _first_token_deadline
         self.rate_limit_wait = rate_limit_wait  # RATE_LIMIT_MAX_WAIT_SECONDS
         self.embedding_model = embedding_model  # EMBEDDING_MODEL: what embed_texts asks for by default
         self.router = router
@@ -305,7 +308,13 @@ class Orchestrator:
 
         result = Result(provider=None, model=None)
         orchestration = Orchestration(plan.request_id, [result], strategy, verdict=plan.verdict)
-        attempt = await self._attempt(plan, plan.slots[0], result, _first_chunk)
+        slot = plan.slots[0]
+
+        async def first_chunk(adapter: Adapter, request: LLMRequest,
+                              timeout: float) -> tuple[AsyncIterator[Chunk], Chunk]:
+            return await _first_chunk(adapter, request, timeout, self._first_token_deadline(plan, slot, adapter))
+
+        attempt = await self._attempt(plan, slot, result, first_chunk)
         if attempt is None:
             orchestration.provider_time = result.provider_time
             await self._finish(plan, orchestration)
@@ -474,6 +483,23 @@ class Orchestrator:
         }
 
     # -- step 2: routing and calling --------------------------------------------------------
+    def _first_token_deadline(self, plan: _Plan, slot: list[Adapter], adapter: Adapter) -> float | None:
+        """How long a stream to `adapter` waits for its first token before failing over:
+        None (its whole timeout) when no other deployment of the slot is left to fail over
+        to; else the deployment's first_token_timeout_seconds, or STREAM_FIRST_TOKEN_TIMEOUT's
+        seconds, or for "auto" scoring.first_token_deadline of its TTFTs and the prompt."""
+        if self.first_token_timeout == "off" or all(a.name in plan.picked for a in slot):
+            return None
+        if adapter.spec.first_token_timeout_seconds is not None:
+            return adapter.spec.first_token_timeout_seconds
+        if self.first_token_timeout != "auto":
+            return self.first_token_timeout
+        state = plan.snapshot.states.get(adapter.name)
+        if state is None:
+            return None
+        prompt = estimate_messages(plan.request.chat.messages) if plan.request.chat is not None else 0
+        return first_token_deadline(state, prompt, self.router.config)
+
     def _remaining(self, plan: _Plan) -> float:
         return max(0.001, plan.deadline - time.perf_counter())
 
@@ -543,7 +569,8 @@ class Orchestrator:
                 raise
             except ProviderError as exc:
                 result.provider_time += time.perf_counter() - started
-                cut_short = isinstance(exc, ProviderTimeout) and budget < adapter.spec.timeout_seconds
+                cut_short = (isinstance(exc, ProviderTimeout) and not isinstance(exc, ProviderFirstTokenLate)
+                             and budget < adapter.spec.timeout_seconds)
                 self._failed(plan, result, adapter, exc, started, decision, deadline_cut=cut_short)
                 if exc.retryable and not cut_short and await self._may_retry(plan, exc, slot, tried):
                     continue
@@ -834,12 +861,24 @@ async def _embed(adapter: Adapter, request: LLMRequest, timeout: float) -> Embed
     return await adapter.embed(request.embedding, timeout=timeout)  # type: ignore[arg-type]
 
 
-async def _first_chunk(adapter: Adapter, request: LLMRequest,
-                       timeout: float) -> tuple[AsyncIterator[Chunk], Chunk]:
-    """Open a stream and wait for its first chunk: until then a failure can fail over."""
+async def _first_chunk(adapter: Adapter, request: LLMRequest, timeout: float,
+                       first_token: float | None = None) -> tuple[AsyncIterator[Chunk], Chunk]:
+    """Open a stream and wait for its first chunk: until then a failure can fail over.
+    With `first_token` shorter than `timeout`, a first chunk later than that is a
+    ProviderFirstTokenLate (the stream closed), so the call goes to another deployment."""
     stream = adapter.stream(request.chat, timeout=timeout)  # type: ignore[arg-type]
     try:
-        return stream, await stream.__anext__()
+        if first_token is None or first_token >= timeout:
+            return stream, await stream.__anext__()
+        try:
+            async with asyncio.timeout(first_token):
+                return stream, await stream.__anext__()
+        except TimeoutError:
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
+            raise ProviderFirstTokenLate(f"no first token within {first_token:.3g}s (STREAM_FIRST_TOKEN_TIMEOUT)",
+                                         deployment=adapter.name) from None
     except StopAsyncIteration:
         raise ProviderStreamCut("the stream ended before its first chunk", deployment=adapter.name) from None
 
@@ -907,4 +946,5 @@ def build_orchestrator(settings: Settings, db: Database, kv: KV | None, *,
                         cache_ttl=settings.CACHE_EXPIRE_SECONDS, cache_mode=settings.CACHE_MODE,
                         default_timeout=settings.REQUEST_TIMEOUT_SECONDS,
                         embedding_model=settings.EMBEDDING_MODEL,
-                        rate_limit_wait=settings.RATE_LIMIT_MAX_WAIT_SECONDS)
+                        rate_limit_wait=settings.RATE_LIMIT_MAX_WAIT_SECONDS,
+                        first_token_timeout=settings.STREAM_FIRST_TOKEN_TIMEOUT)

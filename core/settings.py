@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import re
@@ -148,6 +148,10 @@ class Settings(BaseSettings):
     ORCHESITY_TOOLS_FILE: Path | None = Path("tools.json")  # core/tools/loader.py; absent file: no file tools
     ORCHESITY_TOOL_MODULES: str = "core.tools.builtin"  # module prefixes python tools may live under
     PROVIDER_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0, le=3600)
+    # How long a stream waits for its first token while another deployment could take the
+    # call, then fails over: "auto" (from each deployment's TTFTs: scoring.first_token_deadline),
+    # seconds, or "off" (the provider timeout); a deployment's first_token_timeout_seconds wins.
+    STREAM_FIRST_TOKEN_TIMEOUT: Literal["auto", "off"] | Annotated[float, Field(gt=0, le=3600)] = "auto"
     SIMULATED_LATENCY_MS: float = Field(default=120.0, ge=0)
     SIMULATED_MS_PER_TOKEN: float = Field(default=4.0, ge=0)
     SIMULATED_FAILURE_RATE: float = Field(default=0.0, ge=0, le=1)

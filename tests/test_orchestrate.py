@@ -322,6 +322,52 @@ async def test_stream_cut_after_the_first_token_ends_with_an_error_event(open_ga
     assert stats["fake"]["consecutive_failures"] == 1
 
 
+async def test_a_stream_whose_first_token_is_overdue_fails_over_long_before_the_provider_timeout(
+        open_gateway: Any, tmp_path: Path) -> None:
+    """STREAM_FIRST_TOKEN_TIMEOUT "auto": once a deployment has streamed, a stream it
+    accepts and then leaves silent is another deployment's after a few of its usual
+    first-token times (at least 2 s), not after its 30 s timeout."""
+    body = {"model": "auto", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with FakeOpenAI() as server:
+        path = providers_file(tmp_path, [
+            {"name": "fake", "base_url": server.base_url, "model": "ok", "priority": 1, "timeout_seconds": 30},
+            sim("backup", priority=2)])
+        async with open_gateway(ORCHESITY_PROVIDERS_FILE=path, DWA_ROUTING_STRATEGY="priority") as gw:
+            for _ in range(3):  # its first tokens come in milliseconds
+                response = await gw.client.post("/v1/chat/completions", json=body)
+                assert response.headers["x-orchesity-provider"] == "fake"
+            server.hang = True  # from now on it accepts calls and sends nothing
+            started = time.perf_counter()
+            response = await gw.client.post("/v1/chat/completions", json=body)
+            waited = time.perf_counter() - started
+            stats = await dwa_stats(gw)
+    events = await sse(response)
+    assert response.status_code == 200 and response.headers["x-orchesity-provider"] == "backup"
+    assert events[-1] == "[DONE]" and events[-2]["usage"]["completion_tokens"] > 0
+    assert waited < 10, waited  # the 2 s floor and the backup's reply, not fake's 30 s timeout
+    assert stats["fake"]["last_error"] == "timeout" and stats["fake"]["consecutive_failures"] == 1
+
+
+async def test_a_deployments_first_token_timeout_applies_while_another_can_answer_and_never_to_the_last(
+        open_gateway: Any, tmp_path: Path) -> None:
+    """first_token_timeout_seconds in the providers file, before any history: a silent
+    stream fails over after it; the only deployment left is given its whole timeout."""
+    body = {"model": "auto", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with FakeOpenAI() as server:
+        path = providers_file(tmp_path, [
+            {"name": "fake", "base_url": server.base_url, "model": "slow:1", "priority": 1,
+             "first_token_timeout_seconds": 0.2},
+            sim("backup", priority=2)])
+        async with open_gateway(ORCHESITY_PROVIDERS_FILE=path, DWA_ROUTING_STRATEGY="priority") as gw:
+            failed_over = await gw.client.post("/v1/chat/completions", json=body)
+            between = (await dwa_stats(gw))["fake"]
+            alone = await gw.client.post("/v1/chat/completions", json={**body, "model": "fake"})
+    assert failed_over.headers["x-orchesity-provider"] == "backup"
+    assert between["last_error"] == "timeout" and between["consecutive_failures"] == 1
+    assert alone.status_code == 200 and alone.headers["x-orchesity-provider"] == "fake"
+    assert (await sse(alone))[-1] == "[DONE]"  # waited out its 1 s first token
+
+
 # --- the request log ------------------------------------------------------------------------------
 
 

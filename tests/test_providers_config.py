@@ -311,6 +311,7 @@ def test_describe_fields() -> None:
         "serves": ["chat"],
         "priority": 4,
         "timeout_seconds": 30.0,
+        "first_token_timeout_seconds": None,
         "max_concurrency": None,
         "price_input_per_1k": 0.0003,
         "price_output_per_1k": 0.0005,

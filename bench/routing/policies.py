@@ -7,12 +7,13 @@ for every policy): a failed attempt is retried on a provider not yet tried.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
 
 from core.dwa import DWAConfig, Outcome, OutcomeKind, ProviderProfile, RedisDWAStore, Router
-from core.dwa.scoring import censored_latency, hedge_delay
+from core.dwa.scoring import P99_Z, censored_latency, first_token_deadline, hedge_delay
 from core.kv import KV
 from core.settings import RoutingStrategy
 
@@ -74,6 +75,14 @@ class DWAPolicy:
         router = self.routers[request.instance]
         state = (await router.store.read([name], now)).states[name]
         return hedge_delay(state, router.config)
+
+    async def first_token_deadline(self, request: Request, name: str, now: float) -> float | None:
+        """How long a stream to `name` waits for its first token while another provider
+        could take it: the gateway's STREAM_FIRST_TOKEN_TIMEOUT "auto" (core's
+        first_token_deadline of its TTFTs and the prompt)."""
+        router = self.routers[request.instance]
+        state = (await router.store.read([name], now)).states[name]
+        return first_token_deadline(state, request.input_tokens, router.config)
 
     async def answering(self, request: Request, name: str, started: float) -> None:
         """A stream's first token, as the gateway reports it (Orchestrator.stream)."""
@@ -247,11 +256,26 @@ class Oracle:
     """Knows the true state: each provider's mean latency for this very request, its
     failure probability and failure time, outages, and whether its rate limit is used up.
     Picks the lowest expected time to an answer (a failure costs its time plus the next
-    best provider's latency). It does not know the luck of the individual call."""
+    best provider's latency). It does not know the luck of the individual call. Its
+    streams wait for a first token as the gateway's do (first_token_deadline), from the
+    true spread of each provider's TTFT, so a stream that hangs costs it what it costs
+    the DWA's."""
 
     def __init__(self, scenario: Scenario, world: World) -> None:
         self.names = [p.name for p in scenario.providers]
         self.world = world
+        self.config = DWAConfig()
+
+    async def first_token_deadline(self, request: Request, name: str, now: float) -> float | None:
+        return self._first_token(request, name, now)
+
+    def _first_token(self, request: Request, name: str, now: float) -> float:
+        """core's first_token_deadline, with the provider's true TTFT mean and spread."""
+        config = self.config
+        sigma = max(self.world.providers[name].jitter, config.overdue_min_sigma)
+        p99 = self.world.mean_ttft(name, now) * math.exp(P99_Z * sigma - sigma * sigma / 2.0)
+        return max(config.first_token_factor * p99 + request.input_tokens / config.first_token_prefill_tps,
+                   config.first_token_min_s)
 
     def expected(self, now: float, request: Request, exclude: Sequence[str]) -> list[tuple[float, str]]:
         world = self.world
@@ -264,6 +288,8 @@ class Oracle:
             else:
                 latency = world.mean_latency(name, now, request.output_tokens)
             p_fail, _, fail_s = world.failure(name, now)
+            if request.stream:
+                fail_s = min(fail_s, self._first_token(request, name, now))
             options.append((latency, p_fail, fail_s, name))
         if not options:
             return []

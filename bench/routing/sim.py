@@ -25,6 +25,10 @@ class Policy(Protocol):
 
     async def hedge_delay(self, request: Request, name: str, now: float) -> float | None: ...  # hedging "auto"
 
+    # A policy may also have `async first_token_deadline(request, name, now)` (the DWA's and
+    # the oracle's): how long a stream waits for its first token while another provider
+    # could take it, after which it fails over as a timeout of that long (the gateway's
+    # STREAM_FIRST_TOKEN_TIMEOUT).
     # A policy may also have `async answering(request, name, started)` (the DWA's): told
     # of a stream's first token, `started` being when its call began.
 
@@ -70,6 +74,7 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
         seq += 1
     heapq.heapify(heap)
     answering = getattr(policy, "answering", None)
+    first_token = getattr(policy, "first_token_deadline", None)
 
     async def finish(request: Request, now: float, ok: bool, at: float | None = None) -> None:
         result.requests += 1
@@ -91,6 +96,11 @@ async def simulate(scenario: Scenario, world: World, requests: list[Request], po
         already.append(name)
         result.attempts[name].append(now)
         call = world.call(name, now, request)
+        if first_token is not None and request.stream and len(already) < len(names):
+            wait = await first_token(request, name, now)  # another could take it: a late first token fails over
+            if wait is not None and (call.ttft if call.kind == "ok" and call.ttft is not None
+                                     else call.latency if call.kind == "fail" else 0.0) > wait:
+                call = CallResult("fail", wait, "timeout")
         left = request.arrival + deadline - now
         if call.latency > left:  # the request's deadline cuts the call short
             call = CallResult("fail", left, "timeout")

@@ -75,6 +75,14 @@ class DWAConfig:
     hedge_factor: float = 2.0
     hedge_min_s: float = 0.05
 
+    # -- a stream's first token (STREAM_FIRST_TOKEN_TIMEOUT "auto", scoring.first_token_deadline):
+    # while another deployment could take the call, a stream waits for its first token this
+    # many times the p99 of the deployment's TTFTs, plus the prompt's reading at
+    # first_token_prefill_tps, never less than first_token_min_s, then fails over
+    first_token_factor: float = 3.0
+    first_token_min_s: float = 2.0
+    first_token_prefill_tps: float = 2000.0
+
     # -- calls in flight too long (see StoreBase.mark_overdue): failures in progress
     overdue_min_s: float = 1.0      # a call younger than this is never suspected
     overdue_prior: float = 0.02     # the least failure rate assumed of a call running long

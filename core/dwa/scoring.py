@@ -101,6 +101,11 @@ state.py; everything already decayed to `now` by elapsed time):
                    run past the hedge would otherwise never answer, never look slower,
                    and be picked first every time.
 
+    a first token  D = max(3 · p99(TTFT) + prompt / 2000 tok/s, 2 s)  (first_token_deadline)
+                   how long a stream waits for its first token while another candidate
+                   could take it (STREAM_FIRST_TOKEN_TIMEOUT "auto"); then it fails over,
+                   and the wait counts as a timeout of that provider.
+
     speed          v = min(E) / E                          (1 for the fastest candidate)
     price factor   c = (min(P) + ε) / (P + ε)              P: blended price per 1k tokens
     baseline       b' = 1 − λ + λ·b                        b: the recompute job's weight
@@ -401,6 +406,26 @@ def hedge_delay(state: ProviderState, config: DWAConfig) -> float | None:
         return None
     delay = config.hedge_factor * state.latency_mean
     return delay if delay > config.hedge_min_s else config.hedge_min_s
+
+
+P99_Z = 2.3263479  # the standard normal quantile of 0.99
+
+
+def first_token_deadline(state: ProviderState, prompt_tokens: int, config: DWAConfig) -> float | None:
+    """How long a stream to `state`'s provider waits for its first token before it fails
+    over (STREAM_FIRST_TOKEN_TIMEOUT "auto", while another deployment could take it):
+    first_token_factor × the p99 of its TTFTs (the log-normal of their logs, the spread at
+    least overdue_min_sigma), plus prompt_tokens / first_token_prefill_tps for reading a
+    long prompt, at least first_token_min_s. None before it has streamed (nothing to tell
+    a hanging stream by). A stream that accepted the call and sends nothing is then
+    another deployment's after a few seconds, not after the whole provider timeout; a
+    slow first token from a provider whose first tokens are that slow is not cut."""
+    if state.ttft_log_sq <= 0.0 or state.ttft_mean <= 0.0:
+        return None
+    mu = state.ttft_log_mean
+    p99 = math.exp(mu + P99_Z * log_spread(mu, state.ttft_log_sq, config))
+    deadline = config.first_token_factor * p99 + prompt_tokens / config.first_token_prefill_tps
+    return deadline if deadline > config.first_token_min_s else config.first_token_min_s
 
 
 def censored_latency(state: ProviderState, elapsed: float, tokens: int, config: DWAConfig) -> float:

@@ -203,6 +203,12 @@ class ProviderTimeout(ProviderError):
     error_class = "timeout"
 
 
+class ProviderFirstTokenLate(ProviderTimeout):
+    """A stream's first token did not come within the gateway's first-token deadline
+    (STREAM_FIRST_TOKEN_TIMEOUT), shorter than the call's timeout: a timeout of the
+    provider's, never one the request's own deadline cut short."""
+
+
 class ProviderUnavailable(ProviderError):
     """Connection refused/reset, DNS, TLS, or a 5xx (529 overloaded included)."""
 

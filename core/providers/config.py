@@ -42,6 +42,8 @@ A providers file (TOML; the JSON form is `{"deployments": [{...}, ...]}` or just
     model = "llama3.2"                       # OpenAI-compatible server; no key needed
     max_concurrency = 2
     timeout_seconds = 120
+    first_token_timeout_seconds = 60 # a stream's wait for its first token before it fails
+                                     # over (default: STREAM_FIRST_TOKEN_TIMEOUT)
 
     [[deployments]]
     name = "mistral"
@@ -222,6 +224,9 @@ class DeploymentSpec(BaseModel):
     price_output_per_1k: float = Field(default=0.0, ge=0)
     priority: int = 100  # smaller is preferred (the `priority` strategy tries 1 before 2)
     timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # how long a stream waits for its first token while another deployment could take it;
+    # None: STREAM_FIRST_TOKEN_TIMEOUT's (by default learnt from its TTFTs)
+    first_token_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
     max_concurrency: int | None = Field(default=None, ge=1)  # None: no limit of ours
     default_max_tokens: int | None = Field(default=None, ge=1)  # used when a request has none
     params: dict[str, Any] = Field(default_factory=dict)  # extra body params on every call
@@ -324,6 +329,7 @@ class DeploymentSpec(BaseModel):
             "serves": list(self.serves),
             "priority": self.priority,
             "timeout_seconds": self.timeout_seconds,
+            "first_token_timeout_seconds": self.first_token_timeout_seconds,
             "max_concurrency": self.max_concurrency,
             "price_input_per_1k": self.price_input_per_1k,
             "price_output_per_1k": self.price_output_per_1k,
