@@ -135,6 +135,44 @@ async def test_with_redis_down_every_route_answers_and_the_outage_is_logged_once
         assert response.json()["error"]["code"] == "redis_unavailable", path
 
 
+async def test_with_redis_frozen_calls_answer_at_their_usual_speed_after_one_timeout_and_redis_comes_back(
+        open_gateway: Any) -> None:
+    """A Redis that holds its connections and answers nothing (SIGSTOP). Each request
+    reads and records through Redis: without a hold, every one waited the timeout twice.
+    Twelve requests in a row cost one timeout (and a probe), not twenty-four; they are
+    logged to Postgres, and once Redis answers again it is used again."""
+    import signal
+
+    from pydantic import SecretStr
+
+    from tests.servers import RedisProcess
+
+    server = RedisProcess()
+    server.start()
+    try:
+        async with open_gateway(REDIS_URL=SecretStr(server.url), REDIS_DB=0, REDIS_TIMEOUT_SECONDS=1.0) as gw:
+            client = gw.client
+            assert (await client.post("/api/llm/orchestrate", json={"prompt": "before"})).status_code == 200
+            server.signal(signal.SIGSTOP)
+            started = time.monotonic()
+            served = [await client.post("/api/llm/orchestrate", json={"prompt": f"frozen {i}"}) for i in range(12)]
+            frozen_s = time.monotonic() - started
+            server.signal(signal.SIGCONT)
+            deadline = time.monotonic() + 20
+            while (await client.get("/api/health")).json()["services"]["cache"]["status"] != "healthy":
+                assert time.monotonic() < deadline, "Redis was not used again"
+                await asyncio.sleep(0.2)
+            after = [await client.post("/api/llm/orchestrate", json={"prompt": "after", "temperature": 0})
+                     for _ in range(2)]
+    finally:
+        server.signal(signal.SIGCONT)
+        server.kill()
+    assert [r.status_code for r in served] == [200] * 12
+    assert all(r.json()["metadata"]["database_logged"] for r in served)  # straight to Postgres
+    assert frozen_s < 8, frozen_s  # one timeout and a probe or two, not 24 s of timeouts
+    assert after[1].json()["metadata"]["cached_response"] is True  # Redis serves the cache again
+
+
 async def test_redis_killed_under_load_loses_no_logged_request_and_comes_back(
         gateway_settings: Settings, tmp_path: Path) -> None:
     import os

@@ -325,6 +325,48 @@ async def test_a_redis_that_comes_back_is_used_again_by_the_same_kv(
     assert logged[1].startswith("redis reachable again after")
 
 
+@pytest.mark.parametrize("backend", ["redis", "upstash"])
+async def test_a_frozen_redis_costs_one_timeout_not_one_per_call_and_is_used_again_when_it_answers(
+        backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A Redis that keeps its connections open and answers nothing (SIGSTOP: a partition
+    that drops packets, a blocked server). The first call waits its timeout; the next
+    twenty fail at once instead of waiting twenty timeouts; once it answers again, the
+    call after the hold probes it and the KV is back."""
+    import contextlib
+    import signal
+
+    server = RedisProcess()
+    server.start()
+    with contextlib.ExitStack() as stack:
+        stack.callback(server.kill)
+        stack.callback(server.signal, signal.SIGCONT)
+        if backend == "redis":
+            kv: KV | None = RedisKV.from_url(server.url, timeout=1.0)
+        else:
+            kv = open_kv(kv_settings(UPSTASH_REDIS_REST_URL=stack.enter_context(serve_upstash(server.url, TOKEN)),
+                                     UPSTASH_REDIS_REST_TOKEN=TOKEN, REDIS_TIMEOUT_SECONDS=1.0, UPSTASH_RETRIES=0))
+        assert kv is not None
+        assert await kv.execute("SET", "orchesity:test:frozen", "1") == "OK"
+        server.signal(signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(KVUnavailable, match="in time|timed out"):
+            await kv.execute("GET", "orchesity:test:frozen")
+        first = time.monotonic() - started
+        started = time.monotonic()
+        for _ in range(20):
+            with pytest.raises(KVUnavailable):
+                await kv.pipeline([["GET", "orchesity:test:frozen"]])
+        rest = time.monotonic() - started
+        assert kv.available is False
+        server.signal(signal.SIGCONT)
+        await asyncio.sleep(1.1)  # past the first hold
+        assert await kv.execute("GET", "orchesity:test:frozen") == "1"
+        assert kv.available is True
+        await kv.close()
+    assert first >= 0.9 and rest < 0.5, (first, rest)  # one timeout, then no waiting (was 20 s)
+    assert len(kv_log(caplog)) == 2  # unavailable, reachable again: once each
+
+
 async def test_a_redis_still_loading_its_data_is_unavailable(tmp_path: Path) -> None:
     server = RedisProcess(tmp_path)
     server.start("--rdbcompression", "no")
