@@ -24,6 +24,7 @@ log. The auth client is imported on the first JWT, not before.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("orchesity.auth")
 
 KEY_START = "osk_"
+KEY_CHECK_WAIT_SECONDS = 0.25  # the most a request waits for the once-a-second check for keys (open)
 _PREFIX_LENGTH = 8
 _PREFIX_ALPHABET = string.ascii_lowercase + string.digits
 VERDICT_PREFIX = f"{KEY_PREFIX}auth:"
@@ -252,25 +254,36 @@ class Authenticator:
         self._no_key_yet = settings.OPEN_ACCESS_UNTIL_KEY
         self._no_key_checked = 0.0
         self._key_check_failing = False
+        self._key_check: asyncio.Future[None] | None = None
 
     async def open(self) -> bool:
         """Whether a caller needs no key: OPEN_ACCESS, or OPEN_ACCESS_UNTIL_KEY while no
         active key exists. Postgres is asked at most once a second (a key made by the CLI
         or another instance closes the door within that); once a key exists, keys are
-        required until the next start, whatever becomes of it."""
+        required until the next start, whatever becomes of it. The request that asks
+        waits for the answer at most KEY_CHECK_WAIT_SECONDS: a database that does not
+        answer (frozen, a stalled pooler) answers the check later, never a caller."""
         if self.settings.OPEN_ACCESS:
             return True
-        if self._no_key_yet and time.monotonic() - self._no_key_checked >= 1.0:
+        if self._no_key_yet and self._key_check is None and time.monotonic() - self._no_key_checked >= 1.0:
             self._no_key_checked = time.monotonic()
-            try:
-                self._no_key_yet = not await any_active_key(self.db)
-            except Exception as exc:  # noqa: BLE001 - Postgres down: as it was, asked again in a second
-                if not self._key_check_failing:  # once per spell
-                    log.warning("could not check for API keys: %s", type(exc).__name__)
-                self._key_check_failing = True
-            else:
-                self._key_check_failing = False
+            self._key_check = asyncio.ensure_future(self._check_for_keys())
+        if self._key_check is not None:
+            await asyncio.wait([self._key_check], timeout=KEY_CHECK_WAIT_SECONDS)
         return self._no_key_yet
+
+    async def _check_for_keys(self) -> None:
+        try:
+            self._no_key_yet = not await any_active_key(self.db)
+        except Exception as exc:  # noqa: BLE001 - Postgres down: as it was, asked again in a second
+            if not self._key_check_failing:  # once per spell
+                log.warning("could not check for API keys: %s", type(exc).__name__)
+            self._key_check_failing = True
+        else:
+            self._key_check_failing = False
+        finally:
+            self._key_check = None
+            self._no_key_checked = time.monotonic()
 
     def key_created(self) -> None:
         """A key was just made here: keys are required from the next request on."""

@@ -10,6 +10,19 @@ SQLAlchemy and the driver (about 0.2 s to import) are loaded when the engine is 
 used, not when this module is: the gateway's hot path needs only Redis, and a function
 whose requests never reach Postgres should not pay for it in its cold start.
 
+A server that accepts a statement and never answers (frozen, a pooler stalled on a full
+pool, a network that drops packets while the kernel on our side still waits) would hold
+its caller forever: psycopg has no client-side statement timeout, and a server-side
+`statement_timeout` needs the server to run. So an engine made with settings connects
+with libpq's `connect_timeout` (DB_CONNECT_TIMEOUT_SECONDS) on a psycopg AsyncConnection
+whose `wait`, through which every statement's round trip goes, gets a deadline
+(DB_STATEMENT_TIMEOUT_SECONDS): past it the connection is closed and the statement fails
+with an OperationalError, which callers already take for a database they cannot reach
+(503 naming it; the pool drops the closed connection). psycopg `wait(…, timeout)` and its
+`_WaitTimeout` are what psycopg's own cancellation uses; psycopg is pinned in uv.lock.
+`unbounded()` lifts the deadline for work that may rightly take long (migrations, an
+index build).
+
 Postgres text and jsonb cannot hold NUL, which text from outside may (a caller's input,
 a provider's reply, a tool's result); the engine removes it from what it sends, so such
 a value is stored without it rather than failing the write: from JSON it serialises
@@ -18,8 +31,11 @@ a value is stored without it rather than failing the write: from JSON it seriali
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import sys
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from core import fastjson
@@ -117,9 +133,11 @@ def make_engine(url: str, settings: Settings | None = None) -> AsyncEngine:
     # psycopg passes unknown query parameters to libpq, which rejects `pgbouncer`.
     parsed = parsed.difference_update_query(["pgbouncer"])
     options: dict[str, Any] = {"echo": settings.DATABASE_ECHO if settings else False}
-    if pooler:
-        options.update(poolclass=NullPool, connect_args={"prepare_threshold": None})
-    elif settings is None:
+    connect_args: dict[str, Any] = {"prepare_threshold": None} if pooler else {}
+    if settings is not None:
+        connect_args.update(connect_timeout=settings.DB_CONNECT_TIMEOUT_SECONDS,
+                            async_creator_fn=_deadline_connection(settings.DB_STATEMENT_TIMEOUT_SECONDS))
+    if pooler or settings is None:
         options.update(poolclass=NullPool)
     else:
         options.update(
@@ -129,9 +147,42 @@ def make_engine(url: str, settings: Settings | None = None) -> AsyncEngine:
             pool_recycle=settings.DB_POOL_RECYCLE,
             pool_pre_ping=True,
         )
-    engine = create_async_engine(parsed, json_serializer=json_text, **options)
+    engine = create_async_engine(parsed, json_serializer=json_text, connect_args=connect_args, **options)
     event.listen(engine.sync_engine, "before_cursor_execute", _without_nul, retval=True)
     return engine
+
+
+_unbounded: contextvars.ContextVar[bool] = contextvars.ContextVar("orchesity_db_unbounded", default=False)
+
+
+@contextlib.contextmanager
+def unbounded() -> Iterator[None]:
+    """Statements run in this context have no client-side deadline (a migration, an
+    index build: work that may rightly take minutes)."""
+    token = _unbounded.set(True)
+    try:
+        yield
+    finally:
+        _unbounded.reset(token)
+
+
+def _deadline_connection(deadline: float) -> Any:
+    """psycopg's AsyncConnection.connect for a connection whose statements fail after
+    `deadline` seconds without an answer (the module docstring)."""
+    import psycopg
+    from psycopg import errors
+
+    class DeadlineConnection(psycopg.AsyncConnection):  # type: ignore[type-arg]
+        async def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            if timeout is not None or _unbounded.get():
+                return await super().wait(gen, interval, timeout)
+            try:
+                return await super().wait(gen, interval, deadline)
+            except errors._WaitTimeout:
+                self.pgconn.finish()  # mid-statement: its state is unknown, so it goes
+                raise psycopg.OperationalError(f"the database did not answer within {deadline:g} s") from None
+
+    return DeadlineConnection.connect
 
 
 def json_text(value: Any) -> str | None:

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import migrations
-from core.db import Database, make_engine
+from core.db import Database, make_engine, unbounded
 
 Target = Database | AsyncEngine | str
 
@@ -86,12 +86,15 @@ async def _engine(target: Target) -> AsyncIterator[AsyncEngine]:
 async def _run_command(
     target: Target, alembic_command: Callable[[Config, str], None], revision: str
 ) -> None:
-    async with _engine(target) as engine, engine.connect() as conn:
-        # Waiting here awaits the event loop, outside Alembic. The transaction this
-        # begins is also the migration's: Alembic sees it and leaves the commit to us.
-        await conn.run_sync(lock_migrations)
-        await conn.run_sync(_invoke, alembic_command, revision)
-        await conn.commit()
+    # A migration may rightly take minutes (an index build, another instance's migration
+    # holding the lock): no statement deadline (core.db.unbounded).
+    with unbounded():
+        async with _engine(target) as engine, engine.connect() as conn:
+            # Waiting here awaits the event loop, outside Alembic. The transaction this
+            # begins is also the migration's: Alembic sees it and leaves the commit to us.
+            await conn.run_sync(lock_migrations)
+            await conn.run_sync(_invoke, alembic_command, revision)
+            await conn.commit()
 
 
 def _invoke(

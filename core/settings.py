@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     DB_MAX_OVERFLOW: int = Field(default=10, ge=0)
     DB_POOL_TIMEOUT: float = Field(default=30, gt=0)
     DB_POOL_RECYCLE: int = Field(default=3600, ge=-1)
+    # A database that stops answering (frozen, a stalled pooler, a network dropping packets)
+    # fails a statement after this long, and a new connection after DB_CONNECT_TIMEOUT_SECONDS,
+    # instead of holding the request forever (core/db.py); migrations and index builds are exempt.
+    DB_STATEMENT_TIMEOUT_SECONDS: float = Field(default=15.0, gt=0, le=3600)
+    DB_CONNECT_TIMEOUT_SECONDS: int = Field(default=5, ge=2, le=600)
 
     # --- Redis ----------------------------------------------------------------------
     REDIS_ENABLED: bool = True

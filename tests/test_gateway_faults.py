@@ -263,3 +263,58 @@ async def test_with_postgres_down_its_routes_answer_503_naming_it_and_calls_go_o
         assert error["code"] == "database_unavailable" and "DATABASE_URL" in error["message"]
         assert "hunter2" not in response.text
     assert call.status_code == 200 and call.json()["metadata"]["database_logged"] is True  # queued in Redis
+
+
+async def test_with_postgres_frozen_its_routes_answer_503_in_seconds_and_calls_go_on(
+        open_gateway: Any, tmp_path: Path) -> None:
+    """A Postgres that keeps its sockets open and answers nothing (SIGSTOP: a stalled
+    pooler, a network that drops packets). Its routes answer 503 naming the database once
+    the connection or statement deadline passes, instead of hanging; health says it is
+    down within its own check time; LLM calls go on; it is used again once it answers."""
+    import os
+    import signal
+
+    import psutil
+    from pydantic import SecretStr
+
+    from core.db import Database
+    from core.embedded import start_postgres
+    from core.migrate import upgrade
+
+    server = start_postgres(tmp_path)  # the test's own, to freeze
+    database = Database(server.url)
+    await upgrade(database)
+    await database.close()
+    postmaster = psutil.Process(int((tmp_path / "pg" / "postmaster.pid").read_text().split()[0]))
+    try:
+        async with open_gateway(DATABASE_URL=SecretStr(server.url), DB_CONNECT_TIMEOUT_SECONDS=2,
+                                DB_STATEMENT_TIMEOUT_SECONDS=2) as gw:
+            assert (await gw.client.get("/api/runs")).status_code == 200
+            frozen = [postmaster, *postmaster.children()]
+            for process in frozen:
+                os.kill(process.pid, signal.SIGSTOP)
+            try:
+                timings = {}
+                for name, method, path, body in [
+                        ("runs", "GET", "/api/runs", None), ("stats", "GET", "/api/db/stats", None),
+                        ("health", "GET", "/api/health", None),
+                        ("llm", "POST", "/api/llm/orchestrate", {"prompt": "postgres is frozen"})]:
+                    started = time.monotonic()
+                    response = await gw.client.request(method, path, json=body)
+                    timings[name] = (response, time.monotonic() - started)
+            finally:
+                for process in frozen:
+                    os.kill(process.pid, signal.SIGCONT)
+            deadline = time.monotonic() + 20
+            while (after := await gw.client.get("/api/runs")).status_code != 200:
+                assert time.monotonic() < deadline, after.text
+                await asyncio.sleep(0.2)
+    finally:
+        server.stop()
+    for name in ("runs", "stats"):
+        response, seconds = timings[name]
+        assert response.status_code == 503 and response.json()["error"]["code"] == "database_unavailable", name
+        assert seconds < 12, (name, seconds)  # a deadline's 2 s (and psycopg's cleanup), not forever
+    health, seconds = timings["health"]
+    assert health.json()["services"]["database"]["status"] == "down" and seconds < 6, (health.text, seconds)
+    assert timings["llm"][0].status_code == 200

@@ -139,9 +139,12 @@ async def _ensure_index(svc: Services, model: str, dim: int) -> None:
         if valid is False:  # a build that was interrupted leaves an invalid index behind
             await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
         if not valid:
-            await conn.execute(text(
-                f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON runs USING hnsw "
-                f"((embedding::vector({dim})) vector_cosine_ops) WHERE embedding_model = {literal}"))
+            from core.db import unbounded
+
+            with unbounded():  # minutes, on a large table: no statement deadline
+                await conn.execute(text(
+                    f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON runs USING hnsw "
+                    f"((embedding::vector({dim})) vector_cosine_ops) WHERE embedding_model = {literal}"))
     _indexed.add((model, dim))
 
 
