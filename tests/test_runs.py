@@ -262,6 +262,25 @@ async def test_a_stream_resumes_after_last_event_id_and_a_malformed_one_is_a_400
     assert malformed.status_code == 400 and malformed.json()["error"]["param"] == "Last-Event-ID"
 
 
+async def test_a_cancel_asked_where_the_run_runs_stops_it_at_once_not_at_the_next_lease_renewal(
+        runs_settings: Settings) -> None:
+    """With a 30 s lease the renewer looks at the run every 10 s; a cancel that reaches the
+    process advancing the run wakes it, and the run ends cancelled within a round trip."""
+    settings = runs_settings.model_copy(update={"RUN_LEASE_SECONDS": 30.0})
+    body = {"pipeline": {"steps": [python("b", "slow", arguments={"seconds": 30}, timeout=60)]}}
+    with gateway(settings) as client:
+        run = (await start_run(client, body)).json()
+        async with asyncio.timeout(20):
+            async for event in sse(client, run["stream_url"]):
+                if event["event"] == "step.started":
+                    await asyncio.sleep(0.5)  # well into the step, past any renewal at its start
+                    asked = time.monotonic()
+                    assert (await client.post(run["cancel_url"])).status_code == 202
+                last = event
+        took = time.monotonic() - asked
+    assert last["event"] == "run.cancelled" and took < 3, took
+
+
 async def test_cancel_stops_a_run_mid_step(runs_settings: Settings) -> None:
     body = {"pipeline": {"steps": [python("a", "shout", arguments={"text": "x"}),
                                    python("b", "slow", arguments={"seconds": 30}, timeout=60, needs=["a"]),

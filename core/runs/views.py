@@ -114,17 +114,18 @@ async def request_cancel(svc: Services, run_id: uuid.UUID) -> str | None:
     """Ask the run to stop at its next step boundary; its status after (None: no such run).
 
     A run nobody is advancing is cancelled here and now; one that is being advanced is
-    stopped by its owner, whose lease renewal sees the request within a third of the
-    lease (RUN_LEASE_SECONDS).
+    stopped by its owner, at once if that is this process (executor.nudge), else when its
+    lease renewal sees the request, within a third of the lease (RUN_LEASE_SECONDS).
     """
     from sqlalchemy import text
 
-    from core.runs.executor import Executor
+    from core.runs.executor import Executor, nudge
 
     async with svc.db.engine.begin() as conn:
         status = (await conn.execute(text(
             "UPDATE runs SET cancel_requested = status IN ('queued', 'running') OR cancel_requested "
             "WHERE id = :id RETURNING status"), {"id": run_id})).scalar()
     if status in ("queued", "running"):
+        nudge(run_id)
         status = await Executor(svc, owner=f"cancel:{uuid.uuid4().hex[:12]}").advance(run_id, 0.0) or status
     return status
