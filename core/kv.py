@@ -28,8 +28,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from core.embedded import EmbeddedRedis
@@ -41,6 +41,7 @@ log = logging.getLogger("orchesity.kv")
 KEY_PREFIX = "orchesity:"
 
 Command = Sequence[Any]
+T = TypeVar("T")
 BLOCK_LIMIT_MS = 1000  # the longest XREAD … BLOCK the blocking connection's timeout allows
 
 
@@ -102,20 +103,42 @@ class KV:
         self._probing = True
         return True
 
-    def _timed_out(self, error: KVTimeout) -> KVTimeout:
-        """A round trip timed out: hold the store (doubling the hold after a probe)."""
-        self._hold_s = min(HOLD_MAX_S, self._hold_s * 2.0) if self._hold_s else HOLD_FIRST_S
+    def _timed_out(self, error: KVTimeout, probe: bool) -> None:
+        """A round trip timed out: hold the store (doubling the hold after a probe; the
+        other calls that were in flight when it froze time out too, and hold it as long)."""
+        if not self._hold_s:
+            self._hold_s = HOLD_FIRST_S
+        elif probe:
+            self._hold_s = min(HOLD_MAX_S, self._hold_s * 2.0)
         self._held_until = time.monotonic() + self._hold_s
         self._went_down(error)
-        return error
 
-    def _released(self, probe: bool, answered: bool) -> None:
-        """A round trip ended without timing out: the store answered (the hold ends), or
-        it refused the connection (tried every time, as before any timeout)."""
-        if probe:
-            self._probing = False
-        if answered or probe:
+    async def _guarded(self, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """`call(*args)`, a round trip raising KVTimeout or KVUnavailable, through the
+        hold (KV.hold) and the outage log: a timeout holds the store, an answer or a
+        refused connection ends the hold, a cancelled probe leaves the next call to probe."""
+        probe = self.hold()
+        try:
+            result = await call(*args)
+        except KVTimeout as exc:
+            if probe:
+                self._probing = False
+            self._timed_out(exc, probe)
+            raise
+        except KVUnavailable as exc:
+            if probe:
+                self._probing = False
             self._hold_s = 0.0
+            self._went_down(exc)
+            raise
+        except BaseException:
+            if probe:
+                self._probing = False
+            raise
+        self._probing, self._hold_s = False, 0.0
+        if not self.available:
+            self._reachable()
+        return result
 
     def _went_down(self, error: KVUnavailable) -> KVUnavailable:
         """Note `error` (and return it); logged only if the store was reachable till now."""
@@ -261,25 +284,17 @@ class RedisKV(KV):
                    RespClient(url, db=db, timeout=timeout + BLOCK_LIMIT_MS / 1000, connections=1))
 
     async def _round_trip(self, commands: Sequence[Command], client: "RespClient | None" = None) -> list[Any]:
-        probe = self.hold()
+        return await self._guarded(self._execute, commands, client or self._client)
+
+    async def _execute(self, commands: Sequence[Command], client: "RespClient") -> list[Any]:
         try:
-            replies = await (client or self._client).execute(commands)
+            return await client.execute(commands)
         except TimeoutError as exc:  # a slow or frozen server is not a dead one: no restart
-            self._probing = False
-            raise self._timed_out(KVTimeout(f"{self.backend} Redis did not answer in time")) from exc
+            raise KVTimeout(f"{self.backend} Redis did not answer in time") from exc
         except OSError as exc:  # core.resp's ConnectionLost is a ConnectionError
-            self._released(probe, answered=False)
             if self._embedded is not None:
                 self._embedded.reviver.soon()
-            error = KVUnavailable(f"{self.backend} Redis unreachable: {type(exc).__name__}")
-            raise self._went_down(error) from exc
-        except BaseException:  # cancelled mid-call: the next call probes
-            self._released(probe, answered=False)
-            raise
-        self._released(probe, answered=True)
-        if not self.available:
-            self._reachable()
-        return replies
+            raise KVUnavailable(f"{self.backend} Redis unreachable: {type(exc).__name__}") from exc
 
     async def _send(self, command: Command) -> Any:
         (reply,) = await self._round_trip([command])
@@ -362,24 +377,7 @@ class UpstashKV(KV):
             max_connections=None, max_keepalive_connections=64))
 
     async def _post(self, path: str, body: Any) -> Any:
-        probe = self.hold()
-        try:
-            reply = await self._request(path, body)
-        except KVTimeout as exc:
-            self._probing = False
-            self._timed_out(exc)
-            raise
-        except KVUnavailable as exc:
-            self._released(probe, answered=False)
-            self._went_down(exc)
-            raise
-        except BaseException:
-            self._released(probe, answered=False)
-            raise
-        self._released(probe, answered=True)
-        if not self.available:
-            self._reachable()
-        return reply
+        return await self._guarded(self._request, path, body)
 
     async def _send_once(self, path: str, content: bytes) -> Any:
         import httpx2

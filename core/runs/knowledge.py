@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core import fastjson
+from core.db import unbounded
 from core.outage import Outage
 
 if TYPE_CHECKING:
@@ -139,8 +140,6 @@ async def _ensure_index(svc: Services, model: str, dim: int) -> None:
         if valid is False:  # a build that was interrupted leaves an invalid index behind
             await conn.execute(text(f"DROP INDEX CONCURRENTLY IF EXISTS {name}"))
         if not valid:
-            from core.db import unbounded
-
             with unbounded():  # minutes, on a large table: no statement deadline
                 await conn.execute(text(
                     f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON runs USING hnsw "
