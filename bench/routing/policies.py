@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from core.dwa import DWAConfig, Outcome, OutcomeKind, ProviderProfile, RedisDWAStore, Router
-from core.dwa.scoring import P99_Z, censored_latency, first_token_deadline, hedge_delay
+from core.dwa.scoring import P99_Z, censored_latency, first_token_deadline, first_token_wait, hedge_delay
 from core.kv import KV
 from core.settings import RoutingStrategy
 
@@ -271,11 +271,9 @@ class Oracle:
 
     def _first_token(self, request: Request, name: str, now: float) -> float:
         """core's first_token_deadline, with the provider's true TTFT mean and spread."""
-        config = self.config
-        sigma = max(self.world.providers[name].jitter, config.overdue_min_sigma)
+        sigma = max(self.world.providers[name].jitter, self.config.overdue_min_sigma)
         p99 = self.world.mean_ttft(name, now) * math.exp(P99_Z * sigma - sigma * sigma / 2.0)
-        return max(config.first_token_factor * p99 + request.input_tokens / config.first_token_prefill_tps,
-                   config.first_token_min_s)
+        return first_token_wait(p99, request.input_tokens, self.config)
 
     def expected(self, now: float, request: Request, exclude: Sequence[str]) -> list[tuple[float, str]]:
         world = self.world

@@ -423,7 +423,11 @@ def first_token_deadline(state: ProviderState, prompt_tokens: int, config: DWACo
     if state.ttft_log_sq <= 0.0 or state.ttft_mean <= 0.0:
         return None
     mu = state.ttft_log_mean
-    p99 = math.exp(mu + P99_Z * log_spread(mu, state.ttft_log_sq, config))
+    return first_token_wait(math.exp(mu + P99_Z * log_spread(mu, state.ttft_log_sq, config)), prompt_tokens, config)
+
+
+def first_token_wait(p99: float, prompt_tokens: int, config: DWAConfig) -> float:
+    """first_token_deadline's rule for a provider whose TTFTs have this p99 (seconds)."""
     deadline = config.first_token_factor * p99 + prompt_tokens / config.first_token_prefill_tps
     return deadline if deadline > config.first_token_min_s else config.first_token_min_s
 
