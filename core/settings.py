@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     ORCHESITY_TOOLS_FILE: Path | None = Path("tools.json")  # core/tools/loader.py; absent file: no file tools
     ORCHESITY_TOOL_MODULES: str = "core.tools.builtin"  # module prefixes python tools may live under
     PROVIDER_TIMEOUT_SECONDS: float = Field(default=30.0, gt=0, le=3600)
+    # A provider's reply past this many bytes (a stream's: any one event) fails the call
+    # over: an endless or runaway upstream costs bounded memory (core/providers/replies.py).
+    PROVIDER_MAX_REPLY_BYTES: int = Field(default=64 * 1024 * 1024, ge=1024)
     # How long a stream waits for its first token while another deployment could take the
     # call, then fails over: "auto" (from each deployment's TTFTs: scoring.first_token_deadline),
     # seconds, or "off" (the provider timeout); a deployment's first_token_timeout_seconds wins.

@@ -14,6 +14,12 @@ What it does is chosen by the `model` of each request:
     "slow:<seconds>"          waits that long before answering
     "trickle:<seconds>"       streams a word, then waits that long before the next one
     "status:<code>"           answers with that HTTP status and an OpenAI-style error body
+    "endless"                 a plain reply's body that never ends (bytes until the client leaves)
+    "gzip-bomb"               a plain reply of 64 MiB of spaces, gzipped to 64 KiB
+    "endless-event"           a stream whose first event never ends
+    "line-separators"         a stream whose words hold U+2028, U+2029 and U+0085 unescaped (as
+                              pydantic's and Node's JSON encoders send them), its events'
+                              lines ending in CRLF and CR as well as LF
 
     with FakeOpenAI() as server:
         base_url = server.base_url          # http://127.0.0.1:<port>/v1
@@ -28,6 +34,8 @@ It runs its own event loop in a thread, so any test (sync or async) can use it.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import itertools
 import json
 import threading
 from typing import TYPE_CHECKING, Any
@@ -36,6 +44,7 @@ if TYPE_CHECKING:
     import httpx2
 
 REPLY_WORDS = ["Hello", " from", " the", " fake", " server", "."]
+SEPARATED_WORDS = ["one\u2028", "two\u2029", "three\u0085", "four"]
 
 
 async def call_and_stream(server: FakeOpenAI, transport: httpx2.AsyncBaseTransport | None = None) -> None:
@@ -133,6 +142,15 @@ class FakeOpenAI:
             error = {"error": {"message": f"fake error {status}", "type": "fake_error", "code": None}}
             await _send_whole(writer, status, json.dumps(error).encode(), "application/json")
             return
+        if model == "endless":
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{")
+            while True:  # until the client closes the connection (ConnectionError)
+                writer.write(b" " * 65536)
+                await writer.drain()
+        if model == "gzip-bomb":
+            await _send_whole(writer, 200, gzip.compress(b" " * (64 * 1024 * 1024)), "application/json",
+                              "content-encoding: gzip\r\n")
+            return
         if not body.get("stream"):
             reply = {
                 "id": "chatcmpl-fake",
@@ -153,9 +171,11 @@ class FakeOpenAI:
             b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
         )
 
+        ends = itertools.cycle(["\r\n\r\n", "\r\r", "\n\r\n"] if model == "line-separators" else ["\n\n"])
+
         async def event(data: object) -> None:
-            payload = data if isinstance(data, str) else json.dumps(data)
-            raw = f"data: {payload}\n\n".encode()
+            payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+            raw = f"data: {payload}{next(ends)}".encode()
             writer.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
             await writer.drain()
 
@@ -168,11 +188,17 @@ class FakeOpenAI:
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
 
+        if model == "endless-event":
+            raw = b'data: {"choices": [{"delta": {"content": "' + b"a" * 65536
+            while True:
+                writer.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
+                await writer.drain()
+                raw = b"a" * 65536
         await event(chunk({"role": "assistant", "content": ""}))
         if model == "cut-before-first-token":
             writer.transport.abort()  # no terminating chunk: the client sees a broken body
             return
-        for number, word in enumerate(REPLY_WORDS):
+        for number, word in enumerate(SEPARATED_WORDS if model == "line-separators" else REPLY_WORDS):
             if model == "cut-after-first-token" and number == 2:
                 writer.transport.abort()
                 return
@@ -195,9 +221,10 @@ class FakeOpenAI:
         await writer.drain()
 
 
-async def _send_whole(writer: asyncio.StreamWriter, status: int, content: bytes, content_type: str) -> None:
+async def _send_whole(writer: asyncio.StreamWriter, status: int, content: bytes, content_type: str,
+                      extra_headers: str = "") -> None:
     writer.write(
-        f"HTTP/1.1 {status} FAKE\r\ncontent-type: {content_type}\r\n"
+        f"HTTP/1.1 {status} FAKE\r\ncontent-type: {content_type}\r\n{extra_headers}"
         f"content-length: {len(content)}\r\nconnection: close\r\n\r\n".encode()
         + content
     )

@@ -17,7 +17,7 @@ from core import requestlog
 from core.db import Database
 from core.models import RequestLog
 from tests.conftest import providers_file
-from tests.fake_openai import FakeOpenAI
+from tests.fake_openai import SEPARATED_WORDS, FakeOpenAI
 
 OPENAI_URL = "https://api.openai.com/v1/chat/completions"
 SIM = {"latency_ms": 1, "ms_per_token": 0, "jitter": 0, "seed": 3, "reply_tokens": 12}
@@ -366,6 +366,43 @@ async def test_a_deployments_first_token_timeout_applies_while_another_can_answe
     assert between["last_error"] == "timeout" and between["consecutive_failures"] == 1
     assert alone.status_code == 200 and alone.headers["x-orchesity-provider"] == "fake"
     assert (await sse(alone))[-1] == "[DONE]"  # waited out its 1 s first token
+
+
+@pytest.mark.parametrize("model, stream", [("endless", False), ("gzip-bomb", False), ("endless-event", True)])
+async def test_a_reply_past_the_size_limit_is_cut_off_and_the_call_fails_over(
+        open_gateway: Any, tmp_path: Path, model: str, stream: bool) -> None:
+    """An upstream that sends without end (or a small gzip that decodes to 64 MiB, or a
+    stream event that never ends) is cut off at PROVIDER_MAX_REPLY_BYTES: the call goes
+    to the next deployment and, asked for by name, fails naming the setting, instead of
+    the gateway buffering until the provider timeout."""
+    body = {"model": "auto", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+    with FakeOpenAI() as server:
+        path = fake_pair(tmp_path, server.base_url, model)
+        async with open_gateway(ORCHESITY_PROVIDERS_FILE=path, DWA_ROUTING_STRATEGY="priority",
+                                PROVIDER_MAX_REPLY_BYTES=1024 * 1024) as gw:
+            failed_over = await gw.client.post("/v1/chat/completions", json=body)
+            stats = await dwa_stats(gw)
+            named = await gw.client.post("/v1/chat/completions", json={**body, "model": "fake"})
+    assert failed_over.status_code == 200 and failed_over.headers["x-orchesity-provider"] == "backup"
+    assert stats["fake"]["last_error"] == "bad_response"
+    error = named.json()["error"]  # a stream that failed before its first token: a JSON error too
+    assert error["code"] == "bad_response" and "PROVIDER_MAX_REPLY_BYTES" in error["message"], error
+
+
+async def test_stream_text_holding_unicode_line_separators_arrives_whole(open_gateway: Any, tmp_path: Path) -> None:
+    """U+2028, U+2029 and U+0085 inside a stream's JSON, unescaped (vLLM's and Node's
+    encoders leave them so), with event lines ending in CRLF and CR: each event is
+    split where SSE says lines end, and the text arrives as the model wrote it."""
+    with FakeOpenAI() as server:
+        path = fake_pair(tmp_path, server.base_url, "line-separators")
+        async with open_gateway(ORCHESITY_PROVIDERS_FILE=path, DWA_ROUTING_STRATEGY="priority") as gw:
+            response = await gw.client.post("/v1/chat/completions", json={
+                "model": "auto", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 200 and response.headers["x-orchesity-provider"] == "fake"
+    events = [json.loads(line.removeprefix("data: ")) for line in response.text.split("\n\n")
+              if line.startswith("data: {")]
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]) \
+        == "".join(SEPARATED_WORDS)
 
 
 # --- the request log ------------------------------------------------------------------------------

@@ -464,6 +464,18 @@ async def test_stream_split_across_network_reads(httpx_mock: HTTPXMock, make: Ma
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 24
 
 
+@pytest.mark.parametrize("end", [b"\r\n", b"\r"])
+async def test_stream_lines_ending_in_crlf_or_cr_split_anywhere(httpx_mock: HTTPXMock, make: Make,
+                                                                end: bytes) -> None:
+    """SSE lines may end in CRLF or CR; a CRLF split between two reads ends one line."""
+    raw = b"".join(sse(delta("Hello"), delta(" world"), delta(finish="stop"), USAGE_CHUNK, "[DONE]"))
+    raw = raw.replace(b"\n", end)
+    stream_response(httpx_mock, [raw[i : i + 3] for i in range(0, len(raw), 3)])
+    chunks = await collect(make())
+    assert "".join(c.text for c in chunks) == "Hello world"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 24
+
+
 async def test_stream_without_usage_is_counted(httpx_mock: HTTPXMock, make: Make) -> None:
     stream_response(httpx_mock, sse(delta("Counted "), delta("reply."), delta(finish="stop"), "[DONE]"))
     chunks = await collect(make(stream_usage=False))

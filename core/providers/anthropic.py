@@ -48,7 +48,8 @@ from core.providers.base import (
     call_budget,
 )
 from core.providers.native import NativeAdapter, redirected
-from core.providers.openai_compat import _json_or_text, _sse_data, _tool_call_text, limit_reset, parse_retry_after
+from core.providers.openai_compat import _json_or_text, _tool_call_text, limit_reset, parse_retry_after
+from core.providers.replies import read_body, sse_data
 
 if TYPE_CHECKING:
     from core.providers.config import DeploymentSpec
@@ -94,10 +95,10 @@ class AnthropicAdapter(NativeAdapter):
             "POST", self._url, headers=self._headers, content=body, extensions={"timeout": phases}))
         if response.status_code >= 300:
             try:
-                await response.aread()
+                content = await read_body(response, self.spec.max_reply_bytes, self.spec.name)
             finally:
                 await response.aclose()
-            raise self._status_error(response.status_code, _json_or_text(response.content), response.headers)
+            raise self._status_error(response.status_code, _json_or_text(content), response.headers)
         return response
 
     async def complete(self, request: ChatRequest, *, timeout: float | None = None) -> Completion:
@@ -176,7 +177,7 @@ class AnthropicAdapter(NativeAdapter):
         parts: list[str] = []
         calls: list[dict[str, Any]] = []
         try:
-            async for payload in _sse_data(response):
+            async for payload in sse_data(response, spec.max_reply_bytes, spec.name):
                 try:
                     event = fastjson.loads(payload)
                 except ValueError:

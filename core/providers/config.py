@@ -42,6 +42,7 @@ A providers file (TOML; the JSON form is `{"deployments": [{...}, ...]}` or just
     model = "llama3.2"                       # OpenAI-compatible server; no key needed
     max_concurrency = 2
     timeout_seconds = 120
+    max_reply_bytes = 16777216       # default: PROVIDER_MAX_REPLY_BYTES
     first_token_timeout_seconds = 60 # a stream's wait for its first token before it fails
                                      # over (default: STREAM_FIRST_TOKEN_TIMEOUT)
 
@@ -228,6 +229,8 @@ class DeploymentSpec(BaseModel):
     # None: STREAM_FIRST_TOKEN_TIMEOUT's (by default learnt from its TTFTs)
     first_token_timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
     max_concurrency: int | None = Field(default=None, ge=1)  # None: no limit of ours
+    # a reply's bytes (a streamed one's, each event's) past which the call fails over
+    max_reply_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     default_max_tokens: int | None = Field(default=None, ge=1)  # used when a request has none
     params: dict[str, Any] = Field(default_factory=dict)  # extra body params on every call
     drop_params: list[str] = Field(default_factory=list)  # body params this endpoint refuses
@@ -392,6 +395,7 @@ def default_simulated(settings: Settings) -> DeploymentSpec:
         kind="simulated",
         priority=1,
         timeout_seconds=settings.PROVIDER_TIMEOUT_SECONDS,
+        max_reply_bytes=settings.PROVIDER_MAX_REPLY_BYTES,
         simulation=simulation,
     )
 
@@ -403,7 +407,8 @@ def _key_defaults(settings: Settings) -> list[DeploymentSpec]:
         if key is None or not key.get_secret_value():
             continue
         spec = DeploymentSpec(
-            name=family, provider=family, priority=priority, timeout_seconds=settings.PROVIDER_TIMEOUT_SECONDS
+            name=family, provider=family, priority=priority, timeout_seconds=settings.PROVIDER_TIMEOUT_SECONDS,
+            max_reply_bytes=settings.PROVIDER_MAX_REPLY_BYTES,
         )
         specs.append(spec.model_copy(update={"api_key": key}))
     return specs
@@ -451,6 +456,7 @@ def read_providers_file(
             continue
         entry = dict(entry)
         entry.setdefault("timeout_seconds", settings.PROVIDER_TIMEOUT_SECONDS)
+        entry.setdefault("max_reply_bytes", settings.PROVIDER_MAX_REPLY_BYTES)
         try:
             spec = DeploymentSpec.model_validate(entry)
         except ValidationError as exc:

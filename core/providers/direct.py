@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 import httpx2
 
-from core.providers.http_pool import Prepared, ProviderTransport
+from core.providers.http_pool import Prepared, ProviderTransport, ReplyTooLarge
+from core.providers.replies import read_body, too_large
 
 
 class Reply(NamedTuple):
@@ -29,25 +30,33 @@ class Reply(NamedTuple):
 
 
 class DirectPost:
-    """POSTs with `headers` over `transport`, to any of a few URLs."""
+    """POSTs with `headers` over `transport`, to any of a few URLs, for `deployment`,
+    whose replies may hold at most `limit` bytes (replies.py)."""
 
-    def __init__(self, transport: httpx2.AsyncBaseTransport, headers: httpx2.Headers) -> None:
+    def __init__(self, transport: httpx2.AsyncBaseTransport, headers: httpx2.Headers, limit: int,
+                 deployment: str) -> None:
         self._transport = transport
         self._pool = transport if isinstance(transport, ProviderTransport) else None
         self._headers = headers
+        self._limit = limit
+        self._deployment = deployment
         self._prepared: dict[httpx2.URL, Prepared] = {}
 
     async def __call__(self, url: httpx2.URL, body: bytes, timeout: float | None) -> Reply:
         """`body` to `url`, every phase (pool, connect, write, each read) within `timeout`.
 
-        Raises httpx2's exceptions, as the transport does."""
+        Raises httpx2's exceptions, as the transport does, and ProviderBadResponse for a
+        reply past the limit."""
         phases = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         pool = self._pool
         if pool is not None:
             prepared = self._prepared.get(url)
             if prepared is None:  # a header it refuses raises here, on every call, as before
                 prepared = self._prepared[url] = pool.prepare(url, self._headers)
-            status, raw, content = await pool.post_prepared(prepared, body, phases)
+            try:
+                status, raw, content = await pool.post_prepared(prepared, body, phases, self._limit)
+            except ReplyTooLarge:
+                raise too_large(self._limit, self._deployment) from None
             if not any(name.lower() == b"content-encoding" for name, _ in raw):
                 return Reply(status, _header_map(raw), content)
             response = httpx2.Response(status, headers=raw, stream=httpx2.ByteStream(content))
@@ -55,10 +64,10 @@ class DirectPost:
             response = await self._transport.handle_async_request(httpx2.Request(
                 "POST", url, headers=self._headers, content=body, extensions={"timeout": phases}))
         try:
-            await response.aread()
+            content = await read_body(response, self._limit, self._deployment)  # decoded, within the limit
         finally:
             await response.aclose()
-        return Reply(response.status_code, response.headers, response.content)
+        return Reply(response.status_code, response.headers, content)
 
 
 def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:

@@ -69,7 +69,8 @@ from core.providers.base import (
 from core.providers.gemini_request import generate_body
 from core.providers.gemini_schema import Untranslatable
 from core.providers.native import NativeAdapter, redirected
-from core.providers.openai_compat import _json_or_text, _sse_data, parse_retry_after
+from core.providers.openai_compat import _json_or_text, parse_retry_after
+from core.providers.replies import read_body, sse_data
 
 if TYPE_CHECKING:
     from core.providers.config import DeploymentSpec
@@ -179,10 +180,10 @@ class GeminiAdapter(NativeAdapter):
             try:
                 if response.status_code >= 300:
                     try:
-                        await response.aread()
+                        content = await read_body(response, spec.max_reply_bytes, spec.name)
                     except Exception as exc:
                         raise self._error(exc) from None
-                    raise self._status_error(response.status_code, _json_or_text(response.content), response.headers)
+                    raise self._status_error(response.status_code, _json_or_text(content), response.headers)
                 async with aclosing(self._read_stream(response, request)) as chunks:
                     async for chunk in chunks:
                         yield chunk
@@ -201,7 +202,7 @@ class GeminiAdapter(NativeAdapter):
         reply_id: str | None = None
         events = 0
         try:
-            async for payload in _sse_data(response):
+            async for payload in sse_data(response, spec.max_reply_bytes, spec.name):
                 try:
                     data = fastjson.loads(payload)
                 except ValueError:

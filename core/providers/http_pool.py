@@ -103,6 +103,10 @@ async def _wait(waiter: asyncio.Future[None], timeout: float | None, error: type
             timer.cancel()
 
 
+class ReplyTooLarge(Exception):
+    """A reply `post_prepared` read past the limit it was given (its connection is closed)."""
+
+
 class _Exchange:
     """One request's reply, filled by the parser's callbacks as bytes arrive."""
 
@@ -412,17 +416,28 @@ class ProviderTransport(httpx2.AsyncBaseTransport):
                  if name.lower() not in (b"content-length", b"transfer-encoding")]
         return Prepared(_origin(url), self._head(b"POST", url.raw_path, fixed)[:-2])
 
-    async def post_prepared(self, prepared: Prepared, body: bytes,
-                            timeouts: dict[str, float | None]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def post_prepared(self, prepared: Prepared, body: bytes, timeouts: dict[str, float | None],
+                            limit: int) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """`prepared` with `body`, as `handle_async_request` would send it, and the reply
-        read to its end: its status, headers and (still encoded) body. The same
-        connections, limits, timeouts and errors, without httpx2's models around them."""
+        read to its end: its status, headers and (still encoded) body, of at most `limit`
+        bytes (ReplyTooLarge past it). The same connections, limits, timeouts and errors,
+        without httpx2's models around them."""
         if self._closed:
             raise RuntimeError("the transport is closed")
         payload = b"%bContent-Length: %d\r\n\r\n%b" % (prepared.head, len(body), body)
         connection, exchange, read_timeout = await self._exchange(prepared.origin, payload, False, timeouts)
-        content = b"".join([part async for part in _ReplyBody(self, connection, exchange, read_timeout)])
-        return exchange.status, exchange.headers, content
+        reply = _ReplyBody(self, connection, exchange, read_timeout)
+        parts: list[bytes] = []
+        size = 0
+        try:
+            async for part in reply:
+                size += len(part)
+                if size > limit:
+                    raise ReplyTooLarge
+                parts.append(part)
+        finally:
+            await reply.aclose()  # cut short: the connection is closed, not reused
+        return exchange.status, exchange.headers, b"".join(parts)
 
     async def _exchange(self, origin: tuple[bytes, bytes, int], payload: bytes, head_only: bool,
                         timeouts: dict[str, float | None]) -> tuple[_Connection, _Exchange, float | None]:

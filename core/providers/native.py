@@ -78,7 +78,8 @@ class NativeAdapter:
         if direct is None:
             from core.providers.direct import DirectPost
 
-            direct = self._direct = DirectPost(self._get_transport(), self._headers)
+            direct = self._direct = DirectPost(self._get_transport(), self._headers, self.spec.max_reply_bytes,
+                                               self.spec.name)
         return direct
 
     async def aclose(self) -> None:

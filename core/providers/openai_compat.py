@@ -49,6 +49,7 @@ import httpx2
 from core import fastjson, heap
 from core.providers import tokens
 from core.providers.native import redirected, scrub
+from core.providers.replies import read_body, sse_data
 from core.providers.vectors import decode_base64
 from core.providers.base import (
     ChatRequest,
@@ -159,7 +160,7 @@ class OpenAICompatAdapter:
             self._headers["OpenAI-Organization"] = client.organization
         if client.project:
             self._headers["OpenAI-Project"] = client.project
-        self._direct = DirectPost(transport, self._headers)
+        self._direct = DirectPost(transport, self._headers, spec.max_reply_bytes, spec.name)
         options: dict[str, Any] = {"security": _SECURITY}
         if key is None:
             options["headers"] = {"Authorization": Omit()}
@@ -279,8 +280,8 @@ class OpenAICompatAdapter:
             try:
                 if "json" in response.headers.get("content-type", ""):
                     # A server that ignored `stream: true` and answered in one piece.
-                    await response.aread()
-                    completion = self._completion(response.json(), request)
+                    content = await read_body(response, spec.max_reply_bytes, spec.name)
+                    completion = self._completion(fastjson.loads(content), request)
                     if completion.text or completion.tool_calls:
                         yield Chunk(text=completion.text, tool_calls=completion.tool_calls)
                     yield Chunk(
@@ -316,7 +317,7 @@ class OpenAICompatAdapter:
         done = False
         events = 0
         try:
-            async for payload in _sse_data(response):
+            async for payload in sse_data(response, spec.max_reply_bytes, spec.name):
                 if payload == "[DONE]":
                     done = True
                     break
@@ -522,20 +523,6 @@ def _json_or_text(content: bytes) -> object:
         return fastjson.loads(content)
     except ValueError:
         return content.decode("utf-8", "replace")
-
-
-async def _sse_data(response: httpx2.Response) -> AsyncIterator[str]:
-    """The data of each server-sent event (multi-line data joined; other fields ignored)."""
-    lines: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            lines.append(line[6:] if line.startswith("data: ") else line[5:])
-    if lines:
-        yield "\n".join(lines)
 
 
 def _usage(raw: Any) -> Usage | None:
