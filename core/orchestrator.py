@@ -250,9 +250,12 @@ class Orchestrator:
         self.cache_mode = CacheMode(cache_mode)
         self.default_timeout = default_timeout
         self.scripts = {**store.scripts, **limits.SCRIPTS} if kv is not None else {}
-        # Redis being unreachable is logged by the KV itself, once per outage; this one is
-        # for Redis answering commands with errors (out of memory, a script refused).
-        self.redis_errors = Outage("Redis, answering with errors,", log)
+        # Redis being unreachable is logged by the KV itself, once per outage; these are for
+        # Redis answering commands with errors (out of memory, a script refused), the read
+        # and the record apart: a full Redis still serves the read and refuses the record,
+        # and one tracker for both logged a failure and a recovery on every request.
+        self.redis_read_errors = Outage("Redis, answering the routing read with errors,", log)
+        self.redis_record_errors = Outage("Redis, answering the record with errors,", log)
         self.postgres_outage = Outage("Postgres", log)
 
     # -- the request flow -------------------------------------------------------------
@@ -424,9 +427,9 @@ class Orchestrator:
             try:
                 replies = await self.kv.pipeline(commands, scripts=self.scripts)
             except KVError as exc:  # Redis down: route on priors, no cache, limits fail open, log to Postgres
-                self._redis_failed(exc)
+                self._redis_failed(exc, self.redis_read_errors)
             else:
-                self.redis_errors.recovered()
+                self.redis_read_errors.recovered()
                 if limited:
                     verdict = limits.parse_check(replies[0], now)
                     if not verdict.allowed:
@@ -783,9 +786,10 @@ class Orchestrator:
             selection_reason=result.selection_reason, dwa_score=result.dwa_score,
         )
 
-    def _redis_failed(self, exc: KVError) -> None:
+    @staticmethod
+    def _redis_failed(exc: KVError, outage: Outage) -> None:
         if not isinstance(exc, KVUnavailable):
-            self.redis_errors.failed(exc)
+            outage.failed(exc)
 
     # -- step 3: one record round trip ---------------------------------------------------------
     async def _finish(self, plan: _Plan, orchestration: Orchestration) -> None:
@@ -820,9 +824,9 @@ class Orchestrator:
             try:
                 await self.kv.pipeline(commands, scripts=self.scripts)
             except KVError as exc:
-                self._redis_failed(exc)
+                self._redis_failed(exc, self.redis_record_errors)
             else:
-                self.redis_errors.recovered()
+                self.redis_record_errors.recovered()
                 orchestration.database_logged = True
         else:
             try:

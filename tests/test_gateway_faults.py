@@ -173,6 +173,41 @@ async def test_with_redis_frozen_calls_answer_at_their_usual_speed_after_one_tim
     assert after[1].json()["metadata"]["cached_response"] is True  # Redis serves the cache again
 
 
+async def test_a_full_redis_serves_every_call_logs_it_to_postgres_and_says_so_once(
+        open_gateway: Any, caplog: Any) -> None:
+    """Redis at its maxmemory (noeviction: a full Upstash database, say) answers reads and
+    refuses every write. Calls are answered and logged to Postgres, and the refusals are
+    one warning, not a failure and a recovery per request; freeing memory is one more."""
+    import logging
+
+    from pydantic import SecretStr
+
+    from tests.servers import RedisProcess
+
+    server = RedisProcess()
+    server.start()
+    try:
+        async with open_gateway(REDIS_URL=SecretStr(server.url), REDIS_DB=0) as gw:
+            client, kv = gw.client, gw.services.kv
+            assert (await client.post("/api/llm/orchestrate", json={"prompt": "before"})).status_code == 200
+            await kv.execute("CONFIG", "SET", "maxmemory-policy", "noeviction")
+            await kv.execute("CONFIG", "SET", "maxmemory", "1")
+            with caplog.at_level(logging.WARNING, logger="orchesity"):
+                served = [await client.post("/api/llm/orchestrate", json={"prompt": f"full {i}"}) for i in range(8)]
+                full = [r.getMessage() for r in caplog.records if "with errors" in r.getMessage()]
+                await kv.execute("CONFIG", "SET", "maxmemory", "0")
+                after = [await client.post("/api/llm/orchestrate", json={"prompt": "after", "temperature": 0})
+                         for _ in range(2)]
+                freed = [r.getMessage() for r in caplog.records if "with errors" in r.getMessage()][len(full):]
+    finally:
+        server.kill()
+    assert [r.status_code for r in served] == [200] * 8
+    assert all(r.json()["metadata"]["database_logged"] for r in served)  # straight to Postgres
+    assert len(full) == 1 and "is failing" in full[0] and "OOM" in full[0], full
+    assert len(freed) == 1 and "is back" in freed[0] and "8 failed calls" in freed[0], freed
+    assert after[1].json()["metadata"]["cached_response"] is True  # Redis keeps answers again
+
+
 async def test_redis_killed_under_load_loses_no_logged_request_and_comes_back(
         gateway_settings: Settings, tmp_path: Path) -> None:
     import os
