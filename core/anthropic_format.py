@@ -22,6 +22,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from core import fastjson
+from core.json_schema import schema_problem
 from core.providers.base import ChatRequest, Chunk, Completion, Usage
 
 if TYPE_CHECKING:
@@ -482,6 +483,9 @@ def _openai_tool(tool: dict[str, Any], where: str) -> dict[str, Any]:
     _refuse_keys(tool, {"type", "name", "description", "input_schema", "cache_control"}, where)
     if not isinstance(tool.get("name"), str) or not isinstance(tool.get("input_schema"), dict):
         raise Untranslatable(where, "a tool needs a name and an input_schema object")
+    problem = schema_problem(tool["input_schema"])
+    if problem is not None:
+        raise Untranslatable(f"{where}.input_schema", f"input_schema {problem}")
     function: dict[str, Any] = {"name": tool["name"], "parameters": tool["input_schema"]}
     if tool.get("description"):
         function["description"] = tool["description"]

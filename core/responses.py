@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from core.json_schema import schema_problem
 from core.providers.base import ChatRequest, Chunk, Usage
 
 if TYPE_CHECKING:
@@ -185,8 +186,9 @@ def _tool(tool: Any, param: str) -> dict[str, Any]:
     if not name:
         raise InvalidRequest(f"{param}.name", "a function tool needs a name")
     parameters = tool.get("parameters")
-    if parameters is not None and not isinstance(parameters, dict):
-        raise InvalidRequest(f"{param}.parameters", "parameters must be a JSON Schema object")
+    problem = schema_problem(parameters) if parameters is not None else None
+    if problem is not None:
+        raise InvalidRequest(f"{param}.parameters", f"parameters {problem}")
     description = tool.get("description")
     if description is not None:
         _text_of(description, f"{param}.description")
@@ -233,6 +235,9 @@ def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
         schema = fmt.get("schema")
         if not isinstance(schema, dict):
             raise InvalidRequest("text.format.schema", "a json_schema format needs its schema (an object)")
+        problem = schema_problem(schema)
+        if problem is not None:
+            raise InvalidRequest("text.format.schema", f"the schema {problem}")
         name = _text_of(fmt.get("name"), "text.format.name")
         spec: dict[str, Any] = {"name": name, "schema": schema}
         for key in ("description", "strict"):

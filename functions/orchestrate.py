@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 from core import fastjson, openai_wire
 from core.auth import Principal, Scope
 from core.cache import CachePolicy
+from core.json_schema import schema_problem
 from core.limits import LimitExceeded
 from core.orchestrator import LLMRequest, NoDeployment, Orchestration, Result, UnknownProvider
 from core.providers.base import ChatRequest, Chunk, EmbeddingRequest, ProviderError
@@ -42,6 +43,23 @@ class Message(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _function_calls_are_named_with_arguments(cls, calls: list[dict[str, Any]] | None) -> Any:
+        for index, call in enumerate(calls or ()):
+            if call.get("type", "function") != "function":
+                continue
+            if not isinstance(call.get("id"), str):
+                raise ValueError(f"tool_calls[{index}].id must be the call's id (a string)")
+            function = call.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str) \
+                    or not isinstance(function.get("arguments"), str):
+                raise ValueError(f"tool_calls[{index}].function must be an object with the function's name "
+                                 "and its arguments (both strings)")
+        return calls
 
 
 class _Sampling(ReplyRouting):
@@ -55,6 +73,33 @@ class _Sampling(ReplyRouting):
     tools: list[dict[str, Any]] | None = None
     response_format: dict[str, Any] | None = None
     stream: StrictBool = False
+
+    @field_validator("tools")
+    @classmethod
+    def _function_tools_are_named_with_a_schema(cls, tools: list[dict[str, Any]] | None) -> Any:
+        for index, tool in enumerate(tools or ()):
+            if tool.get("type", "function") != "function":
+                continue  # another kind of tool: the provider's to judge
+            function = tool.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"tools[{index}].function must be an object with the function's name (a string)")
+            problem = schema_problem(function["parameters"]) if "parameters" in function else None
+            if problem is not None:
+                raise ValueError(f"tools[{index}].function.parameters {problem}")
+        return tools
+
+    @field_validator("response_format")
+    @classmethod
+    def _json_schema_is_one(cls, response_format: dict[str, Any] | None) -> Any:
+        if response_format is not None and response_format.get("type") == "json_schema":
+            spec = response_format.get("json_schema")
+            if not isinstance(spec, dict) or "schema" not in spec:
+                raise ValueError("response_format.json_schema must be an object holding the schema")
+            problem = schema_problem(spec["schema"])
+            if problem is not None:
+                raise ValueError(f"response_format.json_schema.schema {problem}")
+        return response_format
 
 
 class OrchestrateBody(_Sampling):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +28,62 @@ async def test_a_lone_surrogate_in_a_prompt_is_served(open_gateway: Any, path: s
         again = await gw.client.post(path, content=body, headers=JSON)
     assert first.status_code == 200, first.text
     assert again.status_code == 200
+
+
+USER = [{"role": "user", "content": "hi"}]
+NOT_A_SCHEMA = {"type": "object", "properties": 5}
+
+
+@pytest.mark.parametrize("path,body,says", [
+    ("/v1/chat/completions", {"model": "auto", "messages": USER, "tools": [
+        {"type": "function", "function": {"name": "f", "parameters": NOT_A_SCHEMA}}]},
+     "tools[0].function.parameters is not a valid JSON Schema at properties"),
+    ("/v1/chat/completions", {"model": "auto", "messages": USER, "tools": [
+        {"type": "function", "function": {"name": [1], "parameters": {"type": "object"}}}]},
+     "tools[0].function must be an object with the function's name"),
+    ("/v1/chat/completions", {"model": "auto", "messages": USER, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "\ud800"}}}},
+     "response_format.json_schema.schema holds a lone surrogate"),
+    ("/api/llm/orchestrate", {"messages": [*USER, {"role": "assistant", "tool_calls": [
+        {"id": {"a": None}, "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "done"}]},
+     "tool_calls[0].id must be the call's id"),
+    ("/v1/messages", {"model": "auto", "max_tokens": 20, "messages": USER, "tools": [
+        {"name": "f", "input_schema": NOT_A_SCHEMA}]},
+     "tools[0].input_schema: input_schema is not a valid JSON Schema"),
+    ("/v1/responses", {"model": "auto", "input": "hi", "tools": [
+        {"type": "function", "name": "f", "parameters": NOT_A_SCHEMA}]},
+     "parameters is not a valid JSON Schema at properties"),
+    ("/v1/responses", {"model": "auto", "input": "hi", "text": {"format": {
+        "type": "json_schema", "name": "x", "schema": {"type": "object", "required": 7}}}},
+     "the schema is not a valid JSON Schema at required"),
+])
+async def test_a_tool_or_output_schema_that_is_no_json_schema_is_a_4xx_naming_it(
+        open_gateway: Any, path: str, body: dict[str, Any], says: str) -> None:
+    """Tools and structured outputs were passed on as they came: the simulated provider
+    (and the translations to other APIs) failed on them with a 500."""
+    async with open_gateway() as gw:
+        response = await gw.client.post(path, content=json.dumps(body).encode(), headers=JSON)
+    assert 400 <= response.status_code < 500, response.text
+    assert says in response.json()["error"]["message"], response.text
+
+
+async def test_a_schema_naming_an_unknown_draft_is_checked_here_and_never_fetched(open_gateway: Any) -> None:
+    """jsonschema-rs fetches a `$schema` it does not know; a caller's URL is never fetched."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        schema = {"$schema": f"http://127.0.0.1:{listener.getsockname()[1]}/meta", "type": "object",
+                  "properties": {"city": {"type": "string"}}, "required": ["city"]}
+        async with open_gateway() as gw:
+            response = await gw.client.post("/v1/chat/completions", json={"model": "auto", "messages": USER,
+                                            "tools": [{"type": "function", "function": {"name": "weather",
+                                                                                        "parameters": schema}}]})
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody came
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "weather"
 
 
 async def test_a_nul_in_a_query_parameter_is_a_422(open_gateway: Any) -> None:
