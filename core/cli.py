@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from core.limits import MAX_PER_MINUTE
 from core.settings import Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -383,8 +384,8 @@ def keys_create(
     scopes: Annotated[str, typer.Option(help="Comma-separated: llm, runs, tools, admin.")],
     expires_in_days: Annotated[float | None, typer.Option(min=0.001, help="Expire after this many days.")] = None,
     shared_cache: Annotated[bool, typer.Option(help="Share cached answers with other shared keys.")] = False,
-    rpm: Annotated[int | None, typer.Option(min=1, help="Requests per minute.")] = None,
-    tpm: Annotated[int | None, typer.Option(min=1, help="LLM tokens per minute.")] = None,
+    rpm: Annotated[int | None, typer.Option(min=1, max=MAX_PER_MINUTE, help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(min=1, max=MAX_PER_MINUTE, help="LLM tokens per minute.")] = None,
     budget_day: Annotated[float | None, typer.Option(min=0.0001, help="USD per UTC day.")] = None,
     budget_month: Annotated[float | None, typer.Option(min=0.0001, help="USD per UTC month.")] = None,
 ) -> None:

@@ -40,6 +40,9 @@ WINDOW_MS = 60_000
 NANO = 1_000_000_000  # spend counters are in nanodollars
 
 
+MAX_PER_MINUTE = 2**31 - 1  # the largest a per-minute limit can be: its column is a Postgres integer
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """A key's limits; None means no limit of that kind."""

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from core.auth import Principal, Scope, create_key, list_keys, parse_scopes, revoke_key
 from core.db import load_driver
-from core.limits import Limits
+from core.limits import MAX_PER_MINUTE, Limits
 from core.services import Services
 from functions.http import ApiError, create_app, entry_points, require, services
 
@@ -27,15 +27,15 @@ load_driver()  # every request here reaches Postgres: load its stack at import
 ADMIN = Depends(require(Scope.admin))
 router = APIRouter(prefix="/api/keys", tags=["keys"])
 
-PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+PerMinute = Annotated[int, Field(strict=True, ge=1, le=MAX_PER_MINUTE)]
 PositiveFloat = Annotated[float, Field(strict=True, gt=0)]
 
 
 class LimitsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    requests_per_minute: PositiveInt | None = None
-    tokens_per_minute: PositiveInt | None = None
+    requests_per_minute: PerMinute | None = None
+    tokens_per_minute: PerMinute | None = None
     budget_usd_per_day: PositiveFloat | None = None
     budget_usd_per_month: PositiveFloat | None = None
 

@@ -195,12 +195,15 @@ async def test_keys_through_the_api(keyed: Any) -> None:
             "name": "frontend", "scopes": ["llm", "runs"], "expires_in_days": 30,
             "limits": {"requests_per_minute": 100}})
         bad = await client.post("/api/keys", headers=k.headers("boss"), json={"name": "x", "scopes": ["root"]})
+        huge = await client.post("/api/keys", headers=k.headers("boss"), json={  # more than its column holds
+            "name": "huge", "scopes": ["llm"], "limits": {"tokens_per_minute": 2**70}})
         new_key = made.json()["key"]
         works = await client.get("/v1/models", headers={"authorization": f"Bearer {new_key}"})
         listed = (await client.get("/api/keys", headers=k.headers("boss"))).json()
     assert made.status_code == 201 and new_key.startswith("osk_")
     assert made.json()["limits"] == {"requests_per_minute": 100} and made.json()["expires_at"]
     assert bad.status_code == 422 and "root" in bad.json()["error"]["message"]
+    assert huge.status_code == 422 and huge.json()["error"]["param"] == "limits.tokens_per_minute"
     assert works.status_code == 200
     assert {row["name"] for row in listed["keys"]} >= {"boss", "frontend"}
     assert new_key not in str(listed)

@@ -141,6 +141,9 @@ async def test_bad_arguments_get_every_error_with_its_path(tools_gateway: Any) -
         reply = await gw.client.post("/api/tools/summarize/invoke",
                                      json={"arguments": {"text": "", "sentences": 50, "colour": 1}})
         missing = await gw.client.post("/api/tools/summarize/invoke", json={"arguments": {}})
+        surrogate = await gw.client.post("/api/tools/summarize/invoke", content=b'{"arguments": {"text": "\\ud800"}}',
+                                         headers={"content-type": "application/json"})
+    assert surrogate.status_code == 422 and "lone surrogate" in surrogate.json()["error"]["details"][0]["message"]
     assert reply.status_code == 422
     details = reply.json()["error"]["details"]
     paths = {d["path"] for d in details}

@@ -86,9 +86,13 @@ def check_arguments(entry: Entry, arguments: Any) -> None:
     if size > tool.max_argument_bytes:
         raise ArgumentsInvalid([{"path": "", "message": f"the arguments are {size} bytes; {tool.ref} takes at "
                                                         f"most {tool.max_argument_bytes}"}])
-    if tool.arguments_validator.is_valid(arguments):
-        return
-    errors = sorted(tool.arguments_validator.iter_errors(arguments), key=lambda e: list(map(str, e.instance_path)))
+    try:
+        if tool.arguments_validator.is_valid(arguments):
+            return
+        errors = sorted(tool.arguments_validator.iter_errors(arguments), key=lambda e: list(map(str, e.instance_path)))
+    except UnicodeEncodeError:  # JSON's "\ud800" came in: no text jsonschema-rs (or a tool) can take
+        raise ArgumentsInvalid([{"path": "", "message": "the arguments hold a lone surrogate (a \\ud800-\\udfff "
+                                                        "escape alone), which is not text"}]) from None
     raise ArgumentsInvalid([{"path": _path(e), "message": e.message} for e in errors])
 
 
