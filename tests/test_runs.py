@@ -231,7 +231,10 @@ async def test_bodies_that_are_not_runs_get_422_naming_the_field(runs_settings: 
         private = await send(json.dumps({"pipeline": {"steps": [python("a", "shout", arguments={"text": "x"})]},
                                          "callback_url": "http://169.254.169.254/latest"}))
         unnamed = await send(json.dumps({"pipeline": "no_such_pipeline"}))
+        unfed = await send(json.dumps({"pipeline": {"steps": [  # it would only fail once the step ran
+            python("a", "shout", arguments={"text": "{{ inputs.text }}"})]}, "inputs": {"txt": "typo"}}))
     assert "not valid JSON" in not_json["message"]
+    assert unfed["details"] == ["inputs: steps[0] ('a') reads {{ inputs.text }}, which the run's inputs do not hold"]
     assert "surprise" in unknown["message"]
     assert private["details"][0].startswith("callback_url:")
     assert "no pipeline named 'no_such_pipeline'" in unnamed["message"] and "summarize" in unnamed["message"]

@@ -26,13 +26,15 @@ jitter) and `on_error`: `fail` ends the run, `continue` lets the steps after it 
 
 `check(pipeline, registry)` refuses, with every problem naming the step and the field:
 a reference to a step that does not exist, a cycle, an unknown tool (of a tool or an agent step), a python entry
-point outside the allowed modules, a tool pair the tools' compatibility rule refuses.
+point outside the allowed modules, a tool pair the tools' compatibility rule refuses;
+`check_inputs(pipeline, inputs)` a placeholder of the run's inputs that they do not hold.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -192,6 +194,23 @@ def parse(document: Any) -> Pipeline:
             field = ".".join(map(str, loc))
             problems.append(": ".join(part for part in (where, field, message) if part))
         raise RunInvalid(problems) from None
+
+
+def check_inputs(pipeline: Pipeline, inputs: Mapping[str, Any]) -> None:
+    """RunInvalid naming each `{{ inputs.… }}` placeholder that names nothing in `inputs`:
+    the step reading it would fail the run, so the run is refused before it starts."""
+    problems: dict[str, str] = {}
+    context = {"inputs": inputs}
+    for index, step in enumerate(pipeline.steps):
+        for path in templates.references(step.template()):
+            if path.startswith("inputs.") and path not in problems:
+                try:
+                    templates.lookup(context, path)
+                except templates.TemplateError:
+                    problems[path] = (f"inputs: steps[{index}] ({step.id!r}) reads {{{{ {path} }}}}, which the "
+                                      "run's inputs do not hold")
+    if problems:
+        raise RunInvalid(list(problems.values()))
 
 
 async def check(pipeline: Pipeline, registry: ToolRegistry, settings: Settings) -> dict[str, Entry]:

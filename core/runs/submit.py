@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from core import progress
 from core.db import json_text
 from core.runs.executor import EVENT_SQL, event_row
-from core.runs.pipeline import Pipeline, RunInvalid, Step, check, parse
+from core.runs.pipeline import Pipeline, RunInvalid, Step, check, check_inputs, parse
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -135,7 +135,9 @@ async def prepare(svc: Services, request: RunRequest, *, caller: Caller) -> Prep
     if request.callback_url is not None:
         _check_callback(svc.settings, request.callback_url)
     if request.pipeline is not None:
-        return Prepared(await pin(svc, resolve(svc, request.pipeline)), None)
+        pipeline = await pin(svc, resolve(svc, request.pipeline))
+        check_inputs(pipeline, request.run_inputs())
+        return Prepared(pipeline, None)
     from core.runs.planner import plan
 
     assert request.goal is not None  # the request's validator saw to it
