@@ -231,6 +231,11 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # in the past
     assert parse_retry_after({"retry-after": "soon"}) is None
     assert parse_retry_after({}) is None
+    # what would keep a deployment out for good, or for days: an hour at most
+    assert parse_retry_after({"retry-after": "inf"}) == parse_retry_after({"retry-after": "60000"}) == 3600.0
+    assert parse_retry_after({"retry-after-ms": "1e300"}) == 3600.0
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2099 07:28:00 GMT"}) == 3600.0
+    assert parse_retry_after({"retry-after": "nan"}) is None
 
 
 async def test_500_is_unavailable(httpx_mock: HTTPXMock, make: Make) -> None:
@@ -604,6 +609,7 @@ async def test_once_a_client_is_built_the_sdk_is_out_of_the_collectors_full_scan
     ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s",
       "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "1m30s"}, 90.0),  # the later one
     ({"x-ratelimit-remaining-requests": "0"}, 1.0),  # no reset given: a second's rest
+    ({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "99999h"}, 3600.0),  # an hour at most
     ({}, None),
 ])
 def test_limit_headers_say_how_long_until_a_used_up_limit_resets(headers: dict[str, str],

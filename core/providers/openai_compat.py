@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -602,6 +603,17 @@ def _is_key_rejection(body: object) -> bool:
     return "API_KEY_INVALID" in text or "API key not valid" in text
 
 
+# The longest wait a provider's headers can impose on a deployment: "Retry-After: inf", or
+# milliseconds sent as seconds ("Retry-After: 60000"), would otherwise keep it out of
+# routing for days (or for good). Past an hour, the next call after it asks again.
+MAX_WAIT_S = 3600.0
+
+
+def _bounded(seconds: float) -> float | None:
+    """`seconds` as a wait: within 0 and MAX_WAIT_S, None for NaN."""
+    return None if math.isnan(seconds) else min(max(0.0, seconds), MAX_WAIT_S)
+
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -622,7 +634,7 @@ def limit_reset(headers: Mapping[str, str]) -> float | None:
         if headers.get(f"anthropic-ratelimit-{kind}-remaining", "").strip() == "0":
             seconds = _until(headers.get(f"anthropic-ratelimit-{kind}-reset", ""))
             wait = seconds if wait is None else max(wait, seconds)
-    return wait
+    return wait if wait is None else _bounded(wait)
 
 
 def _until(moment: str) -> float:
@@ -636,22 +648,23 @@ def _until(moment: str) -> float:
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait, from `retry-after-ms` (OpenAI) or `Retry-After` (seconds or a date)."""
+    """Seconds to wait, from `retry-after-ms` (OpenAI) or `Retry-After` (seconds or a date),
+    at most MAX_WAIT_S."""
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
         try:
-            return max(0.0, float(raw_ms) / 1000.0)
+            return _bounded(float(raw_ms) / 1000.0)
         except ValueError:
             pass
     raw = headers.get("retry-after")
     if not raw:
         return None
     try:
-        return max(0.0, float(raw))
+        return _bounded(float(raw))
     except ValueError:
         pass
     try:
         when = parsedate_to_datetime(raw)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return _bounded(when.timestamp() - time.time())
