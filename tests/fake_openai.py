@@ -15,6 +15,7 @@ What it does is chosen by the `model` of each request:
     "trickle:<seconds>"       streams a word, then waits that long before the next one
     "status:<code>"           answers with that HTTP status and an OpenAI-style error body
     "endless"                 a plain reply's body that never ends (bytes until the client leaves)
+    "endless-error"           the same with status 500, to a stream's request as to a plain one
     "gzip-bomb"               a plain reply of 64 MiB of spaces, gzipped to 64 KiB
     "endless-event"           a stream whose first event never ends
     "line-separators"         a stream whose words hold U+2028, U+2029 and U+0085 unescaped (as
@@ -142,8 +143,9 @@ class FakeOpenAI:
             error = {"error": {"message": f"fake error {status}", "type": "fake_error", "code": None}}
             await _send_whole(writer, status, json.dumps(error).encode(), "application/json")
             return
-        if model == "endless":
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{")
+        if model in ("endless", "endless-error"):
+            status = b"500 FAKE" if model == "endless-error" else b"200 OK"
+            writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{")
             while True:  # until the client closes the connection (ConnectionError)
                 writer.write(b" " * 65536)
                 await writer.drain()

@@ -368,11 +368,13 @@ async def test_a_deployments_first_token_timeout_applies_while_another_can_answe
     assert (await sse(alone))[-1] == "[DONE]"  # waited out its 1 s first token
 
 
-@pytest.mark.parametrize("model, stream", [("endless", False), ("gzip-bomb", False), ("endless-event", True)])
+@pytest.mark.parametrize("model, stream", [("endless", False), ("gzip-bomb", False), ("endless-event", True),
+                                           ("endless-error", True)])
 async def test_a_reply_past_the_size_limit_is_cut_off_and_the_call_fails_over(
         open_gateway: Any, tmp_path: Path, model: str, stream: bool) -> None:
-    """An upstream that sends without end (or a small gzip that decodes to 64 MiB, or a
-    stream event that never ends) is cut off at PROVIDER_MAX_REPLY_BYTES: the call goes
+    """An upstream that sends without end (or a small gzip that decodes to 64 MiB, a
+    stream event that never ends, an error status to a stream with a body without end:
+    the openai SDK read that whole) is cut off at PROVIDER_MAX_REPLY_BYTES: the call goes
     to the next deployment and, asked for by name, fails naming the setting, instead of
     the gateway buffering until the provider timeout."""
     body = {"model": "auto", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}

@@ -1,4 +1,5 @@
-"""The adapters' direct JSON POST: one request to a fixed URL and headers, its reply read whole.
+"""The adapters' direct JSON POST: one request to a fixed URL and headers, its reply read whole
+(or, for a stream, handed back unread: `DirectPost.open`).
 
 Every adapter sends its non-streamed calls, the hot path, straight to its transport
 (`openai_compat.py` says why not through the SDK). On the providers' own pool
@@ -10,6 +11,8 @@ and its read), and leaving them took a chat request through the gateway from 1.7
 million instructions (`bench.overhead.instructions`). A reply with a
 Content-Encoding (a provider gzips what it is allowed to) is decoded by httpx2 as before,
 and any other transport (a proxy's, a test's) gets an httpx2.Request as it always did.
+A stream's request is an httpx2.Request on every transport: its reply is read as it
+comes, by the adapter.
 """
 
 from __future__ import annotations
@@ -68,6 +71,14 @@ class DirectPost:
         finally:
             await response.aclose()
         return Reply(response.status_code, response.headers, content)
+
+
+    async def open(self, url: httpx2.URL, body: bytes, timeout: float | None) -> httpx2.Response:
+        """`body` to `url`, every phase within `timeout`, and the reply's head: its body
+        (a stream) is the caller's to read and close."""
+        phases = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
+        return await self._transport.handle_async_request(httpx2.Request(
+            "POST", url, headers=self._headers, content=body, extensions={"timeout": phases}))
 
 
 def _header_map(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:

@@ -16,16 +16,16 @@ How it uses the SDK, and why:
   reads no proxy from the environment itself, hence the choice here), and so does the
   direct path below. A transport passed in (tests: httpx2's stock one, which
   pytest-httpx answers for) is used as it is, for every call, and not closed here.
-- Non-streamed calls, the hot path, are sent straight to that transport (direct.py),
-  with the URL and headers the SDK would send built once per deployment. Under load the
-  SDK's per-call request building (options, URL and header merging, its retry and auth
-  wrappers) was about half of the gateway's CPU per request, and httpx2's client layer
-  (URL merging, auth and redirect wrappers, cookies) a fifth of what was left (py-spy,
-  bench/overhead). Neither does anything a provider call needs; the status-to-error
-  mapping below is ours either way.
-- Streams go through the SDK's generic `client.post(..., stream=True)` (its documented
-  way to call any endpoint) rather than `chat.completions.create`, which would also
-  transform the params and build pydantic models for every chunk.
+- Calls, streamed or not, are sent straight to that transport (direct.py), with the URL
+  and headers the SDK would send built once per deployment from its client. Under load
+  the SDK's per-call request building (options, URL and header merging, its retry and
+  auth wrappers) was about half of the gateway's CPU per request, and httpx2's client
+  layer (URL merging, auth and redirect wrappers, cookies) a fifth of what was left
+  (py-spy, bench/overhead). Neither does anything a provider call needs; the
+  status-to-error mapping below is ours either way. Streams went through the SDK's
+  `client.post(..., stream=True)` until an error status with a body without end showed
+  that the SDK reads such a body whole (2.5 GB in 8 s); ours is read within the
+  deployment's `max_reply_bytes` (replies.py).
 - Streams are read as raw SSE from the response, so the end of a stream is known
   exactly: `data: [DONE]` or a finish_reason ends it; anything else is a cut.
 - Every exception becomes a `ProviderError` subclass (see `base.py`), raised `from None`:
@@ -81,7 +81,6 @@ CHAT_PATH = "/chat/completions"
 EMBEDDINGS_PATH = "/embeddings"
 # Only the bearer key: the SDK's default also adds OPENAI_ADMIN_KEY, which must never
 # travel to another provider.
-_SECURITY = {"bearer_auth": True}
 
 
 class OpenAICompatAdapter:
@@ -92,7 +91,6 @@ class OpenAICompatAdapter:
         self._given_transport = transport  # owned by the caller, not closed here
         self._client: AsyncOpenAI | None = None
         self._slots = Slots(spec.max_concurrency)
-        self._options: dict[str, Any] | None = None  # per-call request options, minus timeout
         # Set with the SDK client, on first use: the direct path's sender (on the transport
         # every call takes), its URLs and headers.
         self._direct: DirectPost
@@ -120,7 +118,7 @@ class OpenAICompatAdapter:
         return client
 
     def _make_client(self) -> AsyncOpenAI:
-        from openai import AsyncOpenAI, Omit
+        from openai import AsyncOpenAI
 
         from core.providers.direct import DirectPost
         from core.providers.http_pool import transport_for
@@ -162,10 +160,6 @@ class OpenAICompatAdapter:
         if client.project:
             self._headers["OpenAI-Project"] = client.project
         self._direct = DirectPost(transport, self._headers, spec.max_reply_bytes, spec.name)
-        options: dict[str, Any] = {"security": _SECURITY}
-        if key is None:
-            options["headers"] = {"Authorization": Omit()}
-        self._options = options
         heap.settle()  # the SDK is loaded for good: keep it out of the GC's full scans
         return client
 
@@ -267,18 +261,20 @@ class OpenAICompatAdapter:
         budget = call_budget(spec, timeout)
         await self._slots.acquire(budget, spec.name)
         try:
-            client = self._get_client()
+            if self._client is None:
+                self._get_client()
             try:
-                response = await client.post(
-                    CHAT_PATH,
-                    cast_to=httpx2.Response,
-                    body=self._body(request, stream=True),
-                    options={**self._options, "timeout": budget},  # type: ignore[dict-item]
-                    stream=True,
-                )
+                response = await self._direct.open(self._urls[CHAT_PATH], fastjson.dumps(self._body(request, stream=True)),
+                                                   budget)
             except Exception as exc:
                 raise self._error(exc) from None
             try:
+                if response.status_code >= 300:  # its body read within the limit: the SDK would read it all
+                    try:
+                        content = await read_body(response, spec.max_reply_bytes, spec.name)
+                    except Exception as exc:
+                        raise self._error(exc) from None
+                    raise self._status_error(response.status_code, _json_or_text(content), response.headers)
                 if "json" in response.headers.get("content-type", ""):
                     # A server that ignored `stream: true` and answered in one piece.
                     content = await read_body(response, spec.max_reply_bytes, spec.name)
