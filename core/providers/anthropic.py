@@ -90,9 +90,7 @@ class AnthropicAdapter(NativeAdapter):
 
     async def _send(self, body: bytes, budget: float) -> httpx2.Response:
         """The reply's head (its body still to read), or the ProviderError of its status."""
-        phases = {"connect": budget, "read": budget, "write": budget, "pool": budget}
-        response = await self._get_transport().handle_async_request(httpx2.Request(
-            "POST", self._url, headers=self._headers, content=body, extensions={"timeout": phases}))
+        response = await self._get_direct().open(self._url, body, budget)
         if response.status_code >= 300:
             try:
                 content = await read_body(response, self.spec.max_reply_bytes, self.spec.name)

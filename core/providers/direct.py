@@ -50,9 +50,9 @@ class DirectPost:
 
         Raises httpx2's exceptions, as the transport does, and ProviderBadResponse for a
         reply past the limit."""
-        phases = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         pool = self._pool
         if pool is not None:
+            phases = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
             prepared = self._prepared.get(url)
             if prepared is None:  # a header it refuses raises here, on every call, as before
                 prepared = self._prepared[url] = pool.prepare(url, self._headers)
@@ -64,14 +64,12 @@ class DirectPost:
                 return Reply(status, _header_map(raw), content)
             response = httpx2.Response(status, headers=raw, stream=httpx2.ByteStream(content))
         else:
-            response = await self._transport.handle_async_request(httpx2.Request(
-                "POST", url, headers=self._headers, content=body, extensions={"timeout": phases}))
+            response = await self.open(url, body, timeout)
         try:
             content = await read_body(response, self._limit, self._deployment)  # decoded, within the limit
         finally:
             await response.aclose()
         return Reply(response.status_code, response.headers, content)
-
 
     async def open(self, url: httpx2.URL, body: bytes, timeout: float | None) -> httpx2.Response:
         """`body` to `url`, every phase within `timeout`, and the reply's head: its body

@@ -73,7 +73,7 @@ class NativeAdapter:
         return transport
 
     def _get_direct(self) -> DirectPost:
-        """The non-streamed calls' sender: `_headers` over `_get_transport()`."""
+        """The sender of the calls made with `_headers`, over `_get_transport()`."""
         direct = self._direct
         if direct is None:
             from core.providers.direct import DirectPost
