@@ -79,8 +79,6 @@ if TYPE_CHECKING:
 
 CHAT_PATH = "/chat/completions"
 EMBEDDINGS_PATH = "/embeddings"
-# Only the bearer key: the SDK's default also adds OPENAI_ADMIN_KEY, which must never
-# travel to another provider.
 
 
 class OpenAICompatAdapter:
